@@ -1,0 +1,92 @@
+"""One entry point for the course. Needs only Python 3.11 or newer.
+
+    python3 course.py lab          open the course in JupyterLab
+    python3 course.py test         run the whole test suite (unit tests, notebooks, browser tests)
+    python3 course.py checkpoints  retrain every checkpoint in data/ from its seed
+    python3 course.py notebooks    regenerate the learner notebooks from the solution notebooks
+
+Every command first makes sure the virtual environment `.venv/` exists and matches
+`requirements.txt`, creating or updating it when needed (first use: a few minutes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+REQUIREMENTS = ROOT / "requirements.txt"
+STAMP = VENV / "requirements.sha256"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+
+
+def ensure_environment() -> None:
+    """Create `.venv` and install the pinned requirements, unless that was already done."""
+    if sys.version_info < (3, 11):  # noqa: UP036 (this file may be run by an older Python)
+        sys.exit(f"The course needs Python 3.11 or newer; this is {sys.version.split()[0]}.")
+    wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    if PYTHON.exists() and STAMP.exists() and STAMP.read_text().strip() == wanted:
+        return
+    if not PYTHON.exists():
+        print(f"Creating the virtual environment {VENV.relative_to(ROOT)}/ ...", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    print("Installing the course's requirements (first use only; a few minutes) ...", flush=True)
+    subprocess.run(
+        [str(PYTHON), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)],
+        cwd=ROOT,
+        check=True,
+    )
+    STAMP.write_text(wanted + "\n")
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> int:
+    return subprocess.run([str(PYTHON), *args], cwd=ROOT, env=env).returncode
+
+
+def cmd_lab(extra: list[str]) -> int:
+    return run("-m", "jupyterlab", "--notebook-dir", str(ROOT / "notebooks"), *extra)
+
+
+def cmd_test(extra: list[str]) -> int:
+    env = dict(os.environ)
+    # The test suite never needs the network; keep Jupyter and matplotlib from writing into $HOME.
+    env.setdefault("MPLBACKEND", "Agg")
+    status = run("-m", "pytest", *extra, env=env)
+    if status == 5:  # pytest's "no tests collected" must not pass as green
+        print("No tests were collected: that is a failure.")
+        return 1
+    return status
+
+
+def cmd_checkpoints(extra: list[str]) -> int:
+    return run("-m", "helpers.recipes", *extra)
+
+
+def cmd_notebooks(extra: list[str]) -> int:
+    return run(str(ROOT / "tools" / "build_learner_notebooks.py"), *extra)
+
+
+COMMANDS = {
+    "lab": cmd_lab,
+    "test": cmd_test,
+    "checkpoints": cmd_checkpoints,
+    "notebooks": cmd_notebooks,
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    ensure_environment()
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,420 @@
+"""The attention-only transformer of "A Mathematical Framework for Transformer Circuits".
+
+Elhage et al. (2021), section "Transformer Overview": token embedding, a stack of attention-only
+layers that each add their heads' outputs to the residual stream, and an unembedding. No MLPs, no
+LayerNorm and (by default) no biases, so that the logits are exactly the sum of the paths of the
+path expansion ("Zero-Layer Transformers", "One-Layer Attention-Only Transformers").
+
+Conventions, stated once. Activations are row vectors and weights multiply on the right
+(`x @ W`), as in PyTorch and TransformerLens. The paper uses column vectors, so its
+W_OV = W_O W_V is `W_V @ W_O` here (transposed), while its W_QK = W_Q^T W_K is `W_Q @ W_K.T`.
+Parameter names, shapes and hook names are TransformerLens's, so a state dict saved here loads into
+its `HookedTransformer` (attn_only=True, normalization_type=None).
+
+Positions are "shortformer" by default: the positional embedding is added to the input of the
+queries and keys only and never enters the residual stream, as in the paper's models (footnote on
+positional embeddings; Press et al. 2021). With "standard" it is added to the residual stream.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PositionalEmbeddingType = Literal["shortformer", "standard"]
+HookFn = Callable[[Tensor, "HookPoint"], Tensor | None]
+
+
+@dataclass(frozen=True)
+class HookedTransformerConfig:
+    """Shape and initialisation of a model. Field names follow TransformerLens's config.
+
+    `d_vocab` counts every token, the BOS token included. `initializer_range` is the standard
+    deviation of the weights at initialisation; None means TransformerLens's default,
+    0.8 / sqrt(d_model). `seed` seeds the initialisation (through a private generator: the global
+    RNG is never touched).
+    """
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    n_ctx: int
+    d_vocab: int
+    positional_embedding_type: PositionalEmbeddingType = "shortformer"
+    use_bias: bool = False
+    initializer_range: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+    attn_only: bool = True
+    normalization_type: None = None
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "d_head", "n_ctx", "d_vocab"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("n_layers", "n_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.n_layers > 0 and self.n_heads < 1:
+            raise ValueError(f"a model with layers needs n_heads >= 1, got {self.n_heads}")
+        if self.positional_embedding_type not in ("shortformer", "standard"):
+            raise ValueError(
+                "positional_embedding_type must be 'shortformer' or 'standard', "
+                f"got {self.positional_embedding_type!r}"
+            )
+        if self.initializer_range is not None and not self.initializer_range > 0:
+            raise ValueError(f"initializer_range must be > 0 or None, got {self.initializer_range}")
+        if self.attn_only is not True or self.normalization_type is not None:
+            raise ValueError("this course's models are attention-only with no normalisation")
+
+    @property
+    def init_std(self) -> float:
+        if self.initializer_range is not None:
+            return self.initializer_range
+        return 0.8 / math.sqrt(self.d_model)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HookedTransformerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+class HookPoint(nn.Module):
+    """An identity on the forward pass where hooks can read or replace an activation.
+
+    A hook is `fn(activation, hook) -> new_activation | None`; returning None keeps the activation.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = ""
+        self.fns: list[HookFn] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        for fn in self.fns:
+            out = fn(x, self)
+            if out is not None:
+                if not isinstance(out, Tensor) or out.shape != x.shape:
+                    got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                    raise ValueError(
+                        f"hook on {self.name} must return None or a tensor of shape "
+                        f"{tuple(x.shape)}, got {got}"
+                    )
+                x = out
+        return x
+
+
+class Embed(nn.Module):
+    def __init__(self, cfg: HookedTransformerConfig) -> None:
+        super().__init__()
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        # F.embedding rather than W_E[tokens]: its backward is deterministic on CPU (indexing's
+        # accumulating backward is not, with several threads), so a seed fixes the model.
+        return F.embedding(tokens, self.W_E)  # [batch, pos, d_model]
+
+
+class PosEmbed(nn.Module):
+    def __init__(self, cfg: HookedTransformerConfig) -> None:
+        super().__init__()
+        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        batch, pos = tokens.shape
+        return self.W_pos[:pos].expand(batch, pos, -1)  # [batch, pos, d_model]
+
+
+class Unembed(nn.Module):
+    def __init__(self, cfg: HookedTransformerConfig) -> None:
+        super().__init__()
+        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+        if cfg.use_bias:
+            self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
+        else:
+            self.b_U = None
+
+    def forward(self, resid: Tensor) -> Tensor:
+        logits = resid @ self.W_U
+        return logits if self.b_U is None else logits + self.b_U
+
+
+class Attention(nn.Module):
+    """One layer of attention heads, computed head by head in parallel.
+
+    Framework paper, "Attention Heads are Independent and Additive": each head reads the residual
+    stream, moves information between positions with its pattern A^h, and writes through its own
+    W_O^h; the layer's output is the sum of the heads' outputs.
+    """
+
+    def __init__(self, cfg: HookedTransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        H, D, d = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q = nn.Parameter(torch.empty(H, D, d))
+        self.W_K = nn.Parameter(torch.empty(H, D, d))
+        self.W_V = nn.Parameter(torch.empty(H, D, d))
+        self.W_O = nn.Parameter(torch.empty(H, d, D))
+        if cfg.use_bias:
+            self.b_Q = nn.Parameter(torch.zeros(H, d))
+            self.b_K = nn.Parameter(torch.zeros(H, d))
+            self.b_V = nn.Parameter(torch.zeros(H, d))
+            self.b_O = nn.Parameter(torch.zeros(D))
+        else:
+            self.b_Q = self.b_K = self.b_V = self.b_O = None
+        self.hook_q = HookPoint()  # [batch, pos, head_index, d_head]
+        self.hook_k = HookPoint()
+        self.hook_v = HookPoint()
+        self.hook_attn_scores = HookPoint()  # [batch, head_index, query_pos, key_pos], masked
+        self.hook_pattern = HookPoint()  # [batch, head_index, query_pos, key_pos]
+        self.hook_z = HookPoint()  # [batch, pos, head_index, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, head_index, d_model]
+
+    def forward(self, qk_input: Tensor, v_input: Tensor, want_result: bool = False) -> Tensor:
+        q = torch.einsum("bpm,hmd->bphd", qk_input, self.W_Q)
+        k = torch.einsum("bpm,hmd->bphd", qk_input, self.W_K)
+        v = torch.einsum("bpm,hmd->bphd", v_input, self.W_V)
+        if self.b_Q is not None:
+            q, k, v = q + self.b_Q, k + self.b_K, v + self.b_V
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.cfg.d_head)
+        n_pos = scores.shape[-1]
+        causal = torch.ones(n_pos, n_pos, dtype=torch.bool, device=scores.device).tril()
+        scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
+        pattern = self.hook_pattern(scores.softmax(dim=-1))  # softmax over key positions
+
+        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))
+        if want_result or self.hook_result.fns:
+            # Per-head outputs, each in the residual stream's basis: the terms of the sum.
+            result = self.hook_result(torch.einsum("bqhd,hdm->bqhm", z, self.W_O))
+            out = result.sum(dim=2)
+        else:
+            # Same sum, without materialising [batch, pos, head, d_model] (faster training).
+            out = torch.einsum("bqhd,hdm->bqm", z, self.W_O)
+        return out if self.b_O is None else out + self.b_O
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: HookedTransformerConfig) -> None:
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, resid: Tensor, pos_embed: Tensor | None, want_result: bool) -> Tensor:
+        resid = self.hook_resid_pre(resid)
+        qk_input = resid if pos_embed is None else resid + pos_embed
+        attn_out = self.hook_attn_out(self.attn(qk_input, resid, want_result))
+        return self.hook_resid_post(resid + attn_out)
+
+
+class AttnOnlyTransformer(nn.Module):
+    """An attention-only transformer with 0, 1, 2 … layers (`cfg.n_layers`).
+
+    `model(tokens)` takes token ids `[batch, pos]` (or `[pos]`) and returns logits
+    `[batch, pos, d_vocab]`; the logits at position i predict the token at position i + 1.
+    """
+
+    def __init__(self, cfg: HookedTransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embed(cfg)
+        self.hook_embed = HookPoint()
+        self.pos_embed = PosEmbed(cfg)
+        self.hook_pos_embed = HookPoint()
+        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.unembed = Unembed(cfg)
+        self.hook_dict: dict[str, HookPoint] = {}
+        for name, module in self.named_modules():
+            if isinstance(module, HookPoint):
+                module.name = name
+                self.hook_dict[name] = module
+        self.init_weights()
+        self.to(cfg.device)
+
+    # -- parameters ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Normal(0, cfg.init_std) weights and zero biases, from a generator seeded by cfg.seed."""
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        for name, p in self.named_parameters():
+            if name.split(".")[-1].startswith("b_"):
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * self.cfg.init_std)
+
+    @property
+    def W_E(self) -> Tensor:
+        return self.embed.W_E
+
+    @property
+    def W_pos(self) -> Tensor:
+        return self.pos_embed.W_pos
+
+    @property
+    def W_U(self) -> Tensor:
+        return self.unembed.W_U
+
+    def _stack(self, name: str) -> Tensor:
+        if self.cfg.n_layers == 0:
+            raise ValueError("a zero-layer model has no attention heads")
+        return torch.stack([getattr(block.attn, name) for block in self.blocks])
+
+    @property
+    def W_Q(self) -> Tensor:
+        """[n_layers, n_heads, d_model, d_head]"""
+        return self._stack("W_Q")
+
+    @property
+    def W_K(self) -> Tensor:
+        return self._stack("W_K")
+
+    @property
+    def W_V(self) -> Tensor:
+        return self._stack("W_V")
+
+    @property
+    def W_O(self) -> Tensor:
+        """[n_layers, n_heads, d_head, d_model]"""
+        return self._stack("W_O")
+
+    def check_head(self, layer: int, head: int) -> None:
+        """Raise a ValueError naming the allowed range if (layer, head) is not in this model."""
+        n_layers, n_heads = self.cfg.n_layers, self.cfg.n_heads
+        if n_layers == 0:
+            raise ValueError("a zero-layer model has no attention heads")
+        if not isinstance(layer, int) or not 0 <= layer < n_layers:
+            raise ValueError(f"layer must be in 0..{n_layers - 1}, got {layer!r}")
+        if not isinstance(head, int) or not 0 <= head < n_heads:
+            raise ValueError(f"head must be in 0..{n_heads - 1}, got {head!r}")
+
+    # -- forward ------------------------------------------------------------------------------
+    def validate_tokens(self, tokens: Tensor) -> Tensor:
+        """Return tokens as a `[batch, pos]` int64 tensor on the model's device, or raise."""
+        if not isinstance(tokens, Tensor):
+            raise TypeError(
+                f"tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}"
+            )
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise TypeError(
+                f"tokens must have an integer dtype (torch.long), got {tokens.dtype}; "
+                "pass token ids, not embeddings or probabilities"
+            )
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2:
+            raise ValueError(
+                f"tokens must have shape [batch, pos] or [pos], got {tuple(tokens.shape)}"
+            )
+        if tokens.shape[1] == 0:
+            raise ValueError("tokens must hold at least one position")
+        if tokens.shape[1] > self.cfg.n_ctx:
+            raise ValueError(
+                f"sequence of length {tokens.shape[1]} is longer than n_ctx={self.cfg.n_ctx}"
+            )
+        if tokens.numel():
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi >= self.cfg.d_vocab:
+                bad = lo if lo < 0 else hi
+                raise ValueError(
+                    f"token id {bad} is outside the vocabulary: ids must be in "
+                    f"0..{self.cfg.d_vocab - 1} (d_vocab={self.cfg.d_vocab})"
+                )
+        return tokens.to(device=self.W_E.device, dtype=torch.long)
+
+    def forward(self, tokens: Tensor, want_result: bool = False) -> Tensor:
+        tokens = self.validate_tokens(tokens)
+        resid = self.hook_embed(self.embed(tokens))
+        pos = self.hook_pos_embed(self.pos_embed(tokens))
+        if self.cfg.positional_embedding_type == "standard":
+            resid, qk_pos = resid + pos, None
+        else:
+            qk_pos = pos  # shortformer: positions reach queries and keys only
+        for block in self.blocks:
+            resid = block(resid, qk_pos, want_result)
+        return self.unembed(resid)  # [batch, pos, d_vocab]
+
+    # -- hooks --------------------------------------------------------------------------------
+    def _hook_point(self, name: str) -> HookPoint:
+        if name not in self.hook_dict:
+            raise ValueError(f"no hook named {name!r}; available: {', '.join(self.hook_dict)}")
+        return self.hook_dict[name]
+
+    @contextmanager
+    def hooks(self, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]]) -> Iterator:
+        """Attach hooks for the duration of a `with` block; they are removed whatever happens.
+
+        Each entry is (hook name, or a predicate on hook names, fn).
+        """
+        added: list[tuple[HookPoint, HookFn]] = []
+        try:
+            for name, fn in fwd_hooks:
+                points = (
+                    [p for n, p in self.hook_dict.items() if name(n)]
+                    if callable(name)
+                    else [self._hook_point(name)]
+                )
+                for point in points:
+                    point.fns.append(fn)
+                    added.append((point, fn))
+            yield self
+        finally:
+            for point, fn in added:
+                point.fns.remove(fn)
+
+    def run_with_hooks(self, tokens: Tensor, fwd_hooks=(), want_result: bool = False) -> Tensor:
+        """Forward pass with hooks that may read or replace any activation (ablations, frozen
+        attention patterns); see `hooks`."""
+        with self.hooks(fwd_hooks):
+            return self(tokens, want_result=want_result)
+
+    def run_with_cache(
+        self,
+        tokens: Tensor,
+        names_filter: str | Iterable[str] | Callable[[str], bool] | None = None,
+        fwd_hooks=(),
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Forward pass that also returns activations keyed by TransformerLens hook names.
+
+        The cache includes `blocks.{l}.attn.hook_result` (per-head outputs). Cached tensors are
+        detached. Extra `fwd_hooks` run before caching, so the cache records what they wrote.
+        """
+        if names_filter is None:
+            wanted = lambda n: True  # noqa: E731
+        elif isinstance(names_filter, str):
+            self._hook_point(names_filter)
+            wanted = lambda n: n == names_filter  # noqa: E731
+        elif callable(names_filter):
+            wanted = names_filter
+        else:
+            names = set(names_filter)
+            for n in names:
+                self._hook_point(n)
+            wanted = names.__contains__
+        cache: dict[str, Tensor] = {}
+
+        def save(x: Tensor, hook: HookPoint) -> None:
+            cache[hook.name] = x.detach()
+
+        with self.hooks(list(fwd_hooks)):
+            with self.hooks([(n, save) for n in self.hook_dict if wanted(n)]):
+                logits = self(tokens, want_result=True)
+        return logits, cache

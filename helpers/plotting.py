@@ -1,0 +1,233 @@
+"""Static figures (matplotlib). Pure functions: tensors and labels in, a `Figure` out.
+
+Figures are built with `matplotlib.figure.Figure`, not pyplot, so nothing is drawn twice and no
+global state is kept; a notebook displays a returned figure by leaving it as a cell's last value.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+from torch import Tensor
+
+
+class CourseFigure(Figure):
+    """A matplotlib Figure that Jupyter shows as a PNG when it is a cell's value (no pyplot)."""
+
+    def _repr_png_(self) -> bytes:
+        return figure_png(self)
+
+
+def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(x, Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=float)
+
+
+def _check_labels(name: str, labels: Sequence[str] | None, n: int) -> None:
+    if labels is not None and len(labels) != n:
+        raise ValueError(
+            f"{name} has {len(labels)} labels but the matrix has {n} entries on that axis"
+        )
+
+
+def token_heatmap(
+    matrix: Tensor | np.ndarray,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    colorbar_label: str = "",
+    centre: bool = True,
+    ax_size: float = 5.0,
+) -> Figure:
+    """A labelled heat-map of a `[rows, cols]` matrix, e.g. token × token.
+
+    With `centre=True` the colour map is diverging and centred on 0 (red positive, blue
+    negative), the right choice for logits and circuits; otherwise sequential.
+    """
+    M = _numpy(matrix)
+    if M.ndim != 2:
+        raise ValueError(f"token_heatmap needs a 2-d matrix, got shape {M.shape}")
+    _check_labels("row_labels", row_labels, M.shape[0])
+    _check_labels("col_labels", col_labels, M.shape[1])
+    fig = CourseFigure(figsize=(ax_size * 1.2, ax_size), layout="constrained")
+    ax = fig.add_subplot()
+    if centre:
+        bound = float(np.nanmax(np.abs(M[np.isfinite(M)]))) if np.isfinite(M).any() else 1.0
+        norm = TwoSlopeNorm(0.0, -bound or -1.0, bound or 1.0)
+        im = ax.imshow(M, cmap="RdBu_r", norm=norm, aspect="auto", interpolation="nearest")
+    else:
+        im = ax.imshow(M, cmap="viridis", aspect="auto", interpolation="nearest")
+    fontsize = 8 if max(M.shape) <= 32 else 6
+    if row_labels is not None and len(row_labels) <= 64:
+        ax.set_yticks(range(M.shape[0]), row_labels, fontsize=fontsize)
+    if col_labels is not None and len(col_labels) <= 64:
+        ax.set_xticks(range(M.shape[1]), col_labels, fontsize=fontsize, rotation=90)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.colorbar(im, ax=ax, label=colorbar_label, shrink=0.8)
+    return fig
+
+
+def side_by_side_heatmaps(
+    matrices: Mapping[str, Tensor | np.ndarray],
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    *,
+    suptitle: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    centre: bool = True,
+    ax_size: float = 4.2,
+) -> Figure:
+    """Several matrices of one shape on a shared colour scale, titled by key.
+
+    `centre=True`: diverging colours centred on 0 (circuits, logits); False: sequential colours
+    from 0 (attention patterns, probabilities)."""
+    arrays = {k: _numpy(v) for k, v in matrices.items()}
+    shapes = {a.shape for a in arrays.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"side_by_side_heatmaps needs matrices of one shape, got {shapes}")
+    bound = max(float(np.nanmax(np.abs(a[np.isfinite(a)]))) for a in arrays.values()) or 1.0
+    fig = CourseFigure(figsize=(ax_size * len(arrays) + 1, ax_size), layout="constrained")
+    axes = fig.subplots(1, len(arrays), squeeze=False)[0]
+    style = (
+        {"cmap": "RdBu_r", "norm": TwoSlopeNorm(0.0, -bound, bound)}
+        if centre
+        else {"cmap": "Blues", "vmin": 0.0, "vmax": bound}
+    )
+    for ax, (name, M) in zip(axes, arrays.items(), strict=True):
+        im = ax.imshow(M, aspect="auto", interpolation="nearest", **style)
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        if row_labels is not None and len(row_labels) <= 40:
+            ax.set_yticks(range(M.shape[0]), row_labels, fontsize=7)
+        if col_labels is not None and len(col_labels) <= 40:
+            ax.set_xticks(range(M.shape[1]), col_labels, fontsize=7, rotation=90)
+    axes[0].set_ylabel(ylabel)
+    fig.colorbar(im, ax=list(axes), shrink=0.8)
+    fig.suptitle(suptitle)
+    return fig
+
+
+def loss_curve(
+    losses: Sequence[float] | Tensor,
+    *,
+    reference_lines: Mapping[str, float] | None = None,
+    title: str = "Training loss",
+    smooth: int = 20,
+) -> Figure:
+    """Loss per step (raw, faint) with a moving average, and labelled horizontal reference lines
+    (e.g. the entropy rate, the loss of uniform guessing)."""
+    y = _numpy(losses).ravel()
+    if y.size == 0:
+        raise ValueError("loss_curve needs at least one loss value")
+    fig = CourseFigure(figsize=(7, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    steps = np.arange(len(y))
+    ax.plot(steps, y, color="tab:blue", alpha=0.25, lw=0.8, label="loss per step")
+    if smooth > 1 and len(y) >= smooth:
+        kernel = np.ones(smooth) / smooth
+        ax.plot(steps[smooth - 1 :], np.convolve(y, kernel, mode="valid"), color="tab:blue", lw=2,
+                label=f"moving average ({smooth} steps)")  # fmt: skip
+    for i, (name, value) in enumerate((reference_lines or {}).items()):
+        ax.axhline(value, ls="--", color=f"C{i + 1}", lw=1.2, label=f"{name} = {value:.3f}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def contribution_bars(
+    contributions: Tensor | np.ndarray,
+    labels: Sequence[str],
+    *,
+    title: str = "",
+    total_label: str = "total",
+) -> Figure:
+    """Horizontal bars of each component's contribution to one logit, plus their sum."""
+    c = _numpy(contributions).ravel()
+    _check_labels("labels", labels, len(c))
+    values = np.append(c, c.sum())
+    names = [*labels, total_label]
+    colours = ["tab:red" if v > 0 else "tab:blue" for v in c] + ["0.3"]
+    fig = CourseFigure(figsize=(6.5, 0.35 * len(values) + 1.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.barh(range(len(values)), values, color=colours)
+    ax.set_yticks(range(len(values)), names)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    for i, v in enumerate(values):
+        ax.annotate(f"{v:+.2f}", (v, i), xytext=(4 if v >= 0 else -4, 0), textcoords="offset points",
+                    ha="left" if v >= 0 else "right", va="center", fontsize=8)  # fmt: skip
+    ax.set_xlabel("contribution to the logit")
+    ax.set_title(title)
+    ax.margins(x=0.2)
+    return fig
+
+
+def distribution_comparison(
+    distributions: Mapping[str, Tensor | np.ndarray],
+    labels: Sequence[str],
+    *,
+    title: str = "",
+) -> Figure:
+    """Grouped bars comparing probability distributions over the same tokens."""
+    arrays = {k: _numpy(v).ravel() for k, v in distributions.items()}
+    for name, p in arrays.items():
+        _check_labels(f"distribution {name!r}", labels, len(p))
+    n = len(labels)
+    width = 0.8 / len(arrays)
+    fig = CourseFigure(figsize=(max(6.0, 0.28 * n + 2), 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (name, p) in enumerate(arrays.items()):
+        ax.bar(np.arange(n) + (i - (len(arrays) - 1) / 2) * width, p, width, label=name)
+    ax.set_xticks(range(n), labels, fontsize=8)
+    ax.set_xlabel("next token")
+    ax.set_ylabel("probability")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def scatter_comparison(
+    x: Tensor | np.ndarray,
+    y: Tensor | np.ndarray,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+) -> Figure:
+    """Scatter of two matrices' matching entries with the y = x line, e.g. learned vs true."""
+    a, b = _numpy(x).ravel(), _numpy(y).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"x and y must have the same number of entries, got {a.size} and {b.size}")
+    fig = CourseFigure(figsize=(4.8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(a, b, s=6, alpha=0.5)
+    lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
+    ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, ls="--", label="y = x")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes (for widgets, which display images rather than live figures)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()

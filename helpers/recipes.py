@@ -1,0 +1,136 @@
+"""The course's trained models: how each checkpoint in `data/` is made, and loading them.
+
+Each recipe names a model config, a language and a training config, all seeded, so
+`python3 course.py checkpoints` (or `python -m helpers.recipes [NAME ...]`) rebuilds every file in
+`data/` from scratch, and a notebook can retrain a model instead of loading it (`retrain=True`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from helpers.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from helpers.data import BigramLanguage, CopyingLanguage
+from helpers.models import AttnOnlyTransformer, HookedTransformerConfig
+from helpers.train import Task, TrainConfig, next_token_loss, train
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    description: str
+    model: HookedTransformerConfig
+    make_task: Callable[[], Task]
+    training: TrainConfig
+
+
+def _bigram_language() -> BigramLanguage:
+    return BigramLanguage(n_states=26, scale=2.0, decay=0.75, seed=0)
+
+
+def _bigram_model(d_model: int) -> HookedTransformerConfig:
+    return HookedTransformerConfig(
+        n_layers=0, d_model=d_model, n_heads=0, d_head=1, n_ctx=64, d_vocab=27, seed=0
+    )
+
+
+_BIGRAM_TRAINING = TrainConfig(n_steps=1000, batch_size=128, lr=3e-2, seq_len=64, seed=0)
+
+RECIPES: dict[str, Recipe] = {
+    "copying_2l": Recipe(
+        "two layers of two heads on the copying language: heads that copy earlier tokens (chapter 00)",
+        HookedTransformerConfig(
+            n_layers=2, d_model=32, n_heads=2, d_head=8, n_ctx=32, d_vocab=27, seed=0
+        ),
+        lambda: CopyingLanguage(n_states=26, k=4, seed=0),
+        TrainConfig(n_steps=1000, batch_size=64, lr=1e-2, seed=0),
+    ),
+    "bigram_0l": Recipe(
+        "zero-layer model, d_model=32 >= d_vocab=27, on the planted bigram language (chapter 01)",
+        _bigram_model(32),
+        _bigram_language,
+        _BIGRAM_TRAINING,
+    ),
+    "bigram_0l_rank4": Recipe(
+        "zero-layer model with d_model=4 < d_vocab: W_E @ W_U has rank at most 4 (chapter 01)",
+        _bigram_model(4),
+        _bigram_language,
+        _BIGRAM_TRAINING,
+    ),
+}
+
+
+def _check_name(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"no recipe named {name!r}; available: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def _eval_loss(task: Task, n_ctx: int) -> Callable[[AttnOnlyTransformer], float]:
+    """Loss on a fixed held-out batch, over transitions only (positions >= 1 predicting the next)."""
+    tokens = task.sample(256, n_ctx, generator=torch.Generator().manual_seed(12345))
+
+    def fn(model: AttnOnlyTransformer) -> float:
+        return float(next_token_loss(model(tokens), tokens, per_token=True)[:, 1:].mean())
+
+    return fn
+
+
+def train_recipe(name: str, progress: bool = True) -> Checkpoint:
+    """Train the named model from its seeds (seconds to a minute on a laptop CPU)."""
+    recipe = _check_name(name)
+    task = recipe.make_task()
+    model = AttnOnlyTransformer(recipe.model)
+    n_ctx = recipe.training.seq_len or recipe.model.n_ctx
+    history = train(
+        model, task, recipe.training, {"eval_loss": _eval_loss(task, n_ctx)}, progress=progress
+    )
+    history["training"] = recipe.training.to_dict()
+    return Checkpoint(model=model, task=task.to_dict(), history=history)
+
+
+def checkpoint_path(name: str) -> Path:
+    _check_name(name)
+    return DATA_DIR / f"{name}.pt"
+
+
+def load(name: str, retrain: bool = False, progress: bool = True) -> Checkpoint:
+    """The named model: from `data/{name}.pt`, or trained afresh when `retrain=True`."""
+    if retrain:
+        return train_recipe(name, progress=progress)
+    return load_checkpoint(checkpoint_path(name))
+
+
+def build(names: list[str] | None = None, progress: bool = True) -> list[Path]:
+    """Retrain and save the named checkpoints (all when `names` is None)."""
+    paths = []
+    for name in names or list(RECIPES):
+        ckpt = train_recipe(name, progress=progress)
+        path = save_checkpoint(checkpoint_path(name), ckpt.model, ckpt.task, ckpt.history)
+        final = ckpt.history["eval_loss"][-1]
+        print(f"{path.name}: eval loss {final:.4f} in {ckpt.history['seconds'][0]:.1f} s")
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description="Rebuild the course's checkpoints in data/.")
+    parser.add_argument(
+        "names", nargs="*", help=f"recipes to build (default: all of {list(RECIPES)})"
+    )
+    args = parser.parse_args(argv)
+    for name in args.names:
+        _check_name(name)
+    build(args.names or None, progress=sys.stderr.isatty())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

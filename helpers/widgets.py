@@ -1,0 +1,104 @@
+"""Interactive explorers (ipywidgets). Thin: each wires controls to a function of
+`helpers.plotting` and shows the figure as a PNG in an Output widget.
+
+The figure goes into the Output widget through its `outputs` trait rather than `with out:`, which
+keeps nbval's comparison clean and makes every widget testable in plain pytest: setting a
+control's `.value` redraws synchronously, with no kernel or browser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ipywidgets as widgets
+from IPython.display import Image
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from helpers.attribution import logit_contributions
+from helpers.models import AttnOnlyTransformer
+from helpers.plotting import contribution_bars, distribution_comparison, figure_png
+
+
+class Explorer(widgets.VBox):
+    """Controls on top, the figure below; `render()` redraws from the controls' values."""
+
+    def __init__(self, controls: list[widgets.Widget], draw: Callable[[], Figure]):
+        self.output = widgets.Output(layout=widgets.Layout(min_height="200px"))
+        self.controls = controls
+        self._draw = draw
+        super().__init__([widgets.HBox(controls), self.output])
+        for control in controls:
+            control.observe(lambda _change: self.render(), names="value")
+        self.render()
+
+    def render(self) -> None:
+        png = figure_png(self._draw())
+        self.output.outputs = ()
+        self.output.append_display_data(Image(data=png, format="png"))
+
+
+def logit_attribution_explorer(
+    model: AttnOnlyTransformer, tokens: Tensor, token_labels: list[str]
+) -> Explorer:
+    """Chapter 00: pick a position and a next token; see each component's contribution to that
+    token's logit at that position (embedding, every head), and their sum = the model's logit."""
+    tokens = model.validate_tokens(tokens)[0]  # one sequence: [pos]
+    if len(token_labels) != model.cfg.d_vocab:
+        raise ValueError(f"need {model.cfg.d_vocab} token labels, got {len(token_labels)}")
+    contributions, labels = logit_contributions(model, tokens)  # [component, 1, pos, d_vocab]
+    contributions = contributions[:, 0]
+    text = [token_labels[int(t)] for t in tokens]
+    position = widgets.IntSlider(
+        value=min(3, len(tokens) - 1), min=0, max=len(tokens) - 1, description="position",
+        continuous_update=False,
+    )  # fmt: skip
+    next_token = widgets.Dropdown(
+        options=[(label, i) for i, label in enumerate(token_labels)],
+        value=int(tokens[min(position.value + 1, len(tokens) - 1)]),
+        description="next token",
+    )
+
+    def draw() -> Figure:
+        pos, tok = position.value, next_token.value
+        context = " ".join(text[max(0, pos - 5) : pos + 1])
+        return contribution_bars(
+            contributions[:, pos, tok],
+            labels,
+            title=f"logit of {token_labels[tok]!r} after …{context}  (position {pos})",
+            total_label="total = model's logit",
+        )
+
+    return Explorer([position, next_token], draw)
+
+
+def bigram_explorer(
+    predicted: Tensor,
+    true: Tensor,
+    token_labels: list[str],
+    names: tuple[str, str] = ("model", "true"),
+    initial: int = 0,
+) -> Explorer:
+    """Chapter 01: pick a current token; compare the model's next-token distribution (a row of
+    softmax(W_E @ W_U)) with the planted chain's transition probabilities."""
+    if predicted.shape != true.shape or predicted.shape[0] != len(token_labels):
+        raise ValueError(
+            f"predicted {tuple(predicted.shape)} and true {tuple(true.shape)} must both be "
+            f"[{len(token_labels)}, {len(token_labels)}] (one row per current token)"
+        )
+    current = widgets.Dropdown(
+        options=[(label, i) for i, label in enumerate(token_labels)],
+        value=initial,
+        description="current",
+    )
+
+    def draw() -> Figure:
+        i = current.value
+        tv = 0.5 * float((predicted[i] - true[i]).abs().sum())
+        return distribution_comparison(
+            {names[0]: predicted[i], names[1]: true[i]},
+            token_labels,
+            title=f"P(next | {token_labels[i]!r}); total variation distance {tv:.3f}",
+        )
+
+    return Explorer([current], draw)

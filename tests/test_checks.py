@@ -1,0 +1,226 @@
+"""Every checker accepts a correct answer and rejects plausible wrong ones with the right diagnosis."""
+
+import math
+
+import pytest
+import torch
+
+from helpers import checks
+
+
+def _causal(n):
+    return torch.ones(n, n, dtype=torch.bool).tril()
+
+
+# ---- Exercise 0.1 -------------------------------------------------------------------------------
+def pattern_reference(x, W_Q, W_K):
+    scores = (x @ W_Q) @ (x @ W_K).transpose(-1, -2) / math.sqrt(W_Q.shape[-1])
+    return scores.masked_fill(~_causal(x.shape[1]), float("-inf")).softmax(-1)
+
+
+def pattern_no_mask(x, W_Q, W_K):
+    return ((x @ W_Q) @ (x @ W_K).transpose(-1, -2) / math.sqrt(W_Q.shape[-1])).softmax(-1)
+
+
+def pattern_wrong_axis(x, W_Q, W_K):
+    scores = (x @ W_Q) @ (x @ W_K).transpose(-1, -2) / math.sqrt(W_Q.shape[-1])
+    return scores.masked_fill(~_causal(x.shape[1]), float("-inf")).softmax(-2)
+
+
+def pattern_no_scale(x, W_Q, W_K):
+    scores = (x @ W_Q) @ (x @ W_K).transpose(-1, -2)
+    return scores.masked_fill(~_causal(x.shape[1]), float("-inf")).softmax(-1)
+
+
+def pattern_scaled_by_d_head(x, W_Q, W_K):
+    scores = (x @ W_Q) @ (x @ W_K).transpose(-1, -2) / W_Q.shape[-1]
+    return scores.masked_fill(~_causal(x.shape[1]), float("-inf")).softmax(-1)
+
+
+def pattern_mask_after_softmax(x, W_Q, W_K):
+    return pattern_no_mask(x, W_Q, W_K) * _causal(x.shape[1])
+
+
+def pattern_scores_only(x, W_Q, W_K):
+    return (x @ W_Q) @ (x @ W_K).transpose(-1, -2)
+
+
+def pattern_wrong_shape(x, W_Q, W_K):
+    return pattern_reference(x, W_Q, W_K)[0]
+
+
+def test_attention_pattern_accepts_reference(capsys):
+    checks.check_attention_pattern(pattern_reference)
+    assert "✔ Exercise 0.1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (pattern_no_mask, "no causal mask"),
+        (pattern_wrong_axis, "softmax runs over query positions"),
+        (pattern_no_scale, "1/sqrt(d_head) scale is missing"),
+        (pattern_scaled_by_d_head, "divided by d_head instead of sqrt(d_head)"),
+        (pattern_mask_after_softmax, "mask is applied after the softmax"),
+        (pattern_scores_only, "matches none of the common mistakes"),
+        (pattern_wrong_shape, "returned shape (7, 7); expected (2, 7, 7)"),
+    ],
+)
+def test_attention_pattern_rejects(wrong, diagnosis):
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_attention_pattern(wrong)
+    assert diagnosis in str(info.value)
+
+
+# ---- Exercise 0.2 -------------------------------------------------------------------------------
+def head_reference(pattern, x, W_V, W_O):
+    return pattern @ (x @ W_V) @ W_O
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda p, x, W_V, W_O: p.transpose(-1, -2) @ x @ W_V @ W_O, "pattern is transposed"),
+        (lambda p, x, W_V, W_O: p @ x @ (W_V @ W_O).T, "OV matrix is transposed"),
+        (lambda p, x, W_V, W_O: x @ W_V @ W_O, "pattern is not applied"),
+        (lambda p, x, W_V, W_O: p @ x @ W_V, "returned shape (2, 7, 4); expected (2, 7, 12)"),
+        (
+            lambda p, x, W_V, W_O: (p @ x @ W_V @ W_O).tolist(),
+            "must return a torch.Tensor, got list",
+        ),
+    ],
+)
+def test_head_output_rejects(wrong, diagnosis):
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_head_output(wrong)
+    assert diagnosis in str(info.value)
+
+
+def test_head_output_accepts_reference(capsys):
+    checks.check_head_output(head_reference)
+    assert "✔ Exercise 0.2" in capsys.readouterr().out
+
+
+# ---- Exercise 0.3 -------------------------------------------------------------------------------
+def direct_reference(model, tokens):
+    x0 = model.W_E[tokens]
+    if model.cfg.positional_embedding_type == "standard":
+        x0 = x0 + model.W_pos[: tokens.shape[-1]]
+    return x0 @ model.W_U
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (
+            lambda m, t: (m.W_E[t] + m.W_pos[: t.shape[-1]]) @ m.W_U,
+            "shortformer model the positional embedding never enters",
+        ),
+        (lambda m, t: m.W_E[t] @ m.W_U, "the positional part is missing"),
+        (lambda m, t: m(t), "model's full logits"),
+    ],
+)
+def test_direct_path_rejects(wrong, diagnosis):
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_direct_path_logits(wrong)
+    assert diagnosis in str(info.value)
+
+
+def test_direct_path_accepts_reference():
+    checks.check_direct_path_logits(direct_reference)
+
+
+# ---- chapter 01 ---------------------------------------------------------------------------------
+def counts_reference(tokens, d_vocab):
+    pairs = tokens[:, :-1].flatten() * d_vocab + tokens[:, 1:].flatten()
+    return torch.bincount(pairs, minlength=d_vocab**2).view(d_vocab, d_vocab)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda t, V: counts_reference(t, V).T, "rows and columns are swapped"),
+        (lambda t, V: counts_reference(t.flatten()[None], V), "flattened before pairing"),
+        (lambda t, V: counts_reference(t[:1], V), "only the first sequence"),
+        (
+            lambda t, V: counts_reference(t, V).float() / counts_reference(t, V).sum(),
+            "expected integer counts",
+        ),
+        (lambda t, V: counts_reference(t, V)[1:, 1:], "returned shape (5, 5); expected (6, 6)"),
+    ],
+)
+def test_count_bigrams_rejects(wrong, diagnosis):
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_count_bigrams(wrong)
+    assert diagnosis in str(info.value)
+
+
+def test_count_bigrams_accepts_reference():
+    checks.check_count_bigrams(counts_reference)
+
+
+def log_probs_reference(counts):
+    c = counts.double()
+    return (c / c.sum(-1, keepdim=True)).log()
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda c: (c.double() / c.double().sum(0, keepdim=True)).log(), "each column sums to 1"),
+        (lambda c: (c.double() / c.sum()).log(), "log P(current, next), the joint"),
+        (
+            lambda c: c.double() / c.double().sum(-1, keepdim=True),
+            "probabilities, not log-probabilities",
+        ),
+        (lambda c: c.double().log(), "log counts, not normalised"),
+        (lambda c: (c / c.sum(-1, keepdim=True)).log()[None], "returned shape (1, 6, 6)"),
+    ],
+)
+def test_empirical_log_probs_rejects(wrong, diagnosis):
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_empirical_log_probs(wrong)
+    assert diagnosis in str(info.value)
+
+
+def test_empirical_log_probs_accepts_reference_in_float32_too():
+    checks.check_empirical_log_probs(log_probs_reference)
+    checks.check_empirical_log_probs(lambda c: log_probs_reference(c).float())
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m: (m.W_E @ m.W_U).T, "the matrix is transposed"),
+        (lambda m: (m.W_E @ m.W_U).softmax(-1), "these are probabilities"),
+        (lambda m: (m.W_E @ m.W_U).log_softmax(-1), "these are log-probabilities"),
+        (lambda m: m.W_U.T @ m.W_E.T + 1, "matches none of the common mistakes"),
+    ],
+)
+def test_zero_layer_circuit_rejects(wrong, diagnosis):
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_zero_layer_circuit(wrong)
+    assert diagnosis in str(info.value)
+
+
+def test_zero_layer_circuit_accepts_reference():
+    checks.check_zero_layer_circuit(lambda m: m.W_E @ m.W_U)
+
+
+# ---- shared behaviour ---------------------------------------------------------------------------
+def test_an_unfinished_stub_raises_not_implemented_unchanged():
+    def stub(*args):
+        raise NotImplementedError("Exercise 0.1: your code here")
+
+    with pytest.raises(NotImplementedError, match="your code here"):
+        checks.check_attention_pattern(stub)
+
+
+def test_nan_output_is_named():
+    with pytest.raises(checks.CheckFailed, match="NaN"):
+        checks.check_zero_layer_circuit(lambda m: torch.full((9, 9), float("nan")))
+
+
+def test_failure_renders_as_a_short_diagnosis_in_ipython():
+    err = checks.CheckFailed("Exercise 9.9", "line one\nline two")
+    assert err._render_traceback_() == ["✘ Exercise 9.9 is not right yet.", "line one", "line two"]

@@ -1,0 +1,248 @@
+import math
+
+import pytest
+import torch
+
+from helpers.models import AttnOnlyTransformer, HookedTransformerConfig
+from tests.conftest import make_model, random_tokens
+
+
+def brute_force_logits(model: AttnOnlyTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    """The forward pass written with explicit loops over heads and positions, from the paper's
+    equations, as an independent reference."""
+    cfg = model.cfg
+    out = []
+    for seq in tokens:
+        n = len(seq)
+        resid = model.W_E[seq].clone()  # [pos, d_model]
+        pos = model.W_pos[:n]
+        if cfg.positional_embedding_type == "standard":
+            resid = resid + pos
+        for block in model.blocks:
+            attn = block.attn
+            qk_in = resid + pos if cfg.positional_embedding_type == "shortformer" else resid
+            new = resid.clone()
+            for h in range(cfg.n_heads):
+                q, k, v = qk_in @ attn.W_Q[h], qk_in @ attn.W_K[h], resid @ attn.W_V[h]
+                if attn.b_Q is not None:
+                    q, k, v = q + attn.b_Q[h], k + attn.b_K[h], v + attn.b_V[h]
+                for i in range(n):
+                    scores = torch.stack(
+                        [q[i] @ k[j] / math.sqrt(cfg.d_head) for j in range(i + 1)]
+                    )
+                    weights = scores.softmax(0)
+                    z = sum(weights[j] * v[j] for j in range(i + 1))
+                    new[i] = new[i] + z @ attn.W_O[h]
+            if attn.b_O is not None:
+                new = new + attn.b_O
+            resid = new
+        logits = resid @ model.W_U
+        if model.unembed.b_U is not None:
+            logits = logits + model.unembed.b_U
+        out.append(logits)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("positions", ["shortformer", "standard"])
+@pytest.mark.parametrize("n_layers", [0, 1, 2])
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_forward_matches_brute_force(positions, n_layers, use_bias):
+    model = make_model(n_layers=n_layers, positional_embedding_type=positions, use_bias=use_bias)
+    if use_bias:  # biases start at zero; make them matter
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.split(".")[-1].startswith("b_"):
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    tokens = random_tokens(model, batch=2, pos=7)
+    with torch.no_grad():
+        assert torch.allclose(model(tokens), brute_force_logits(model, tokens), atol=1e-4)
+
+
+def test_parameter_names_and_shapes_follow_transformer_lens():
+    model = make_model(n_layers=2)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == {
+        "embed.W_E": (13, 16),
+        "pos_embed.W_pos": (10, 16),
+        "blocks.0.attn.W_Q": (3, 16, 4),
+        "blocks.0.attn.W_K": (3, 16, 4),
+        "blocks.0.attn.W_V": (3, 16, 4),
+        "blocks.0.attn.W_O": (3, 4, 16),
+        "blocks.1.attn.W_Q": (3, 16, 4),
+        "blocks.1.attn.W_K": (3, 16, 4),
+        "blocks.1.attn.W_V": (3, 16, 4),
+        "blocks.1.attn.W_O": (3, 4, 16),
+        "unembed.W_U": (16, 13),
+    }
+    assert model.W_Q.shape == (2, 3, 16, 4) and model.W_O.shape == (2, 3, 4, 16)
+
+
+def test_biases_are_off_by_default_and_named_like_transformer_lens_when_on():
+    assert not [k for k in make_model().state_dict() if ".b_" in k]
+    keys = set(make_model(n_layers=1, use_bias=True).state_dict())
+    assert {"blocks.0.attn.b_Q", "blocks.0.attn.b_K", "blocks.0.attn.b_V", "blocks.0.attn.b_O",
+            "unembed.b_U"} <= keys  # fmt: skip
+
+
+def test_shortformer_positions_never_enter_the_residual_stream(model, tokens):
+    _, cache = model.run_with_cache(tokens)
+    assert torch.equal(cache["blocks.0.hook_resid_pre"], cache["hook_embed"])
+    standard = make_model(positional_embedding_type="standard")
+    _, cache = standard.run_with_cache(tokens)
+    assert torch.allclose(
+        cache["blocks.0.hook_resid_pre"], cache["hook_embed"] + cache["hook_pos_embed"]
+    )
+
+
+def test_bos_and_causality_later_tokens_do_not_change_earlier_logits(model, tokens):
+    changed = tokens.clone()
+    changed[:, 6:] = (changed[:, 6:] + 1) % model.cfg.d_vocab
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+    assert torch.allclose(a[:, :6], b[:, :6])
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_attention_is_scaled_by_sqrt_d_head(model, tokens):
+    _, cache = model.run_with_cache(tokens)
+    q, k = cache["blocks.0.attn.hook_q"], cache["blocks.0.attn.hook_k"]
+    raw = torch.einsum("bqhd,bkhd->bhqk", q, k)
+    scores = cache["blocks.0.attn.hook_attn_scores"]
+    lower = torch.ones(10, 10, dtype=torch.bool).tril()
+    assert torch.allclose(scores[..., lower], raw[..., lower] / 2.0)  # d_head = 4
+    assert torch.isinf(scores[..., ~lower]).all()
+    pattern = cache["blocks.0.attn.hook_pattern"]
+    assert torch.allclose(pattern.sum(-1), torch.ones(()))
+
+
+def test_same_seed_same_weights_and_no_global_rng_use():
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a, b = make_model(seed=5), make_model(seed=5)
+    after = torch.rand(1)
+    assert torch.equal(before, after)  # building models did not consume the global RNG
+    for (_, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(p, q)
+    assert not torch.equal(make_model(seed=6).W_E, a.W_E)
+
+
+def test_run_with_cache_names_and_filter(model, tokens):
+    logits, cache = model.run_with_cache(tokens)
+    assert torch.allclose(logits, model(tokens), atol=1e-5)
+    assert cache["blocks.1.attn.hook_pattern"].shape == (3, 3, 10, 10)
+    assert cache["blocks.0.attn.hook_result"].shape == (3, 10, 3, 16)
+    assert cache["blocks.0.attn.hook_z"].shape == (3, 10, 3, 4)
+    _, only = model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_pattern")
+    assert list(only) == ["blocks.0.attn.hook_pattern"]
+    with pytest.raises(ValueError, match="no hook named 'blocks.9.attn.hook_pattern'"):
+        model.run_with_cache(tokens, names_filter="blocks.9.attn.hook_pattern")
+
+
+def test_hooks_replace_activations_and_are_removed_afterwards(model, tokens):
+    clean = model(tokens)
+
+    def ablate_head_1(result, hook):
+        result = result.clone()
+        result[:, :, 1] = 0.0
+        return result
+
+    ablated, cache = model.run_with_cache(
+        tokens, fwd_hooks=[("blocks.1.attn.hook_result", ablate_head_1)]
+    )
+    _, clean_cache = model.run_with_cache(tokens)
+    expected = clean - clean_cache["blocks.1.attn.hook_result"][:, :, 1] @ model.W_U
+    assert torch.allclose(ablated, expected, atol=1e-5)
+    assert torch.equal(cache["blocks.1.attn.hook_result"][:, :, 1], torch.zeros(3, 10, 16))
+    assert torch.allclose(model(tokens), clean)  # hooks gone
+    assert all(not p.fns for p in model.hook_dict.values())
+
+
+def test_frozen_attention_patterns(model, tokens):
+    """Replacing patterns with those recorded on the same input changes nothing; with patterns
+    from another input, the logits become linear in the input embeddings (framework paper)."""
+    _, cache = model.run_with_cache(tokens)
+    frozen = [
+        (
+            f"blocks.{l}.attn.hook_pattern",
+            lambda x, hook, l=l: cache[f"blocks.{l}.attn.hook_pattern"],
+        )
+        for l in range(2)
+    ]
+    assert torch.allclose(model.run_with_hooks(tokens, frozen), model(tokens), atol=1e-5)
+
+    def run_from_embeddings(x0):
+        return model.run_with_hooks(tokens, [*frozen, ("hook_embed", lambda x, hook: x0)])
+
+    e1, e2 = torch.randn(3, 10, 16), torch.randn(3, 10, 16)
+    zero = run_from_embeddings(torch.zeros(3, 10, 16))  # pos embeddings feed only frozen QK
+    lhs = run_from_embeddings(2 * e1 + 3 * e2) - zero
+    rhs = 2 * (run_from_embeddings(e1) - zero) + 3 * (run_from_embeddings(e2) - zero)
+    assert torch.allclose(lhs, rhs, atol=1e-4)
+
+
+def test_hook_returning_wrong_shape_is_a_clear_error(model, tokens):
+    with pytest.raises(
+        ValueError,
+        match=r"hook on blocks.0.attn.hook_pattern must return None or a tensor of shape \(3, 3, 10, 10\)",
+    ):
+        model.run_with_hooks(tokens, [("blocks.0.attn.hook_pattern", lambda x, hook: x[0])])
+    assert all(not p.fns for p in model.hook_dict.values())  # removed despite the error
+
+
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        (
+            torch.tensor([[0, 13]]),
+            ValueError,
+            r"token id 13 is outside the vocabulary: ids must be in 0..12",
+        ),
+        (torch.tensor([[0, -1]]), ValueError, r"token id -1 is outside the vocabulary"),
+        (torch.zeros(1, 11, dtype=torch.long), ValueError, r"length 11 is longer than n_ctx=10"),
+        (torch.zeros(1, 4), TypeError, r"integer dtype .* got torch.float32"),
+        ([[0, 1]], TypeError, r"must be a torch.Tensor"),
+        (torch.zeros(1, 2, 3, dtype=torch.long), ValueError, r"shape \[batch, pos\] or \[pos\]"),
+    ],
+)
+def test_bad_tokens_are_clear_errors(model, bad, error, message):
+    with pytest.raises(error, match=message):
+        model(bad)
+
+
+def test_one_dimensional_tokens_are_one_sequence(model, tokens):
+    assert torch.allclose(model(tokens[0]), model(tokens[:1]))
+
+
+def test_check_head_names_the_allowed_range(model):
+    model.check_head(1, 2)
+    with pytest.raises(ValueError, match=r"layer must be in 0..1, got 2"):
+        model.check_head(2, 0)
+    with pytest.raises(ValueError, match=r"head must be in 0..2, got 3"):
+        model.check_head(0, 3)
+    with pytest.raises(ValueError, match="zero-layer model has no attention heads"):
+        make_model(n_layers=0).check_head(0, 0)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"d_model": 0}, "d_model must be a positive int"),
+        ({"n_heads": 0}, "needs n_heads >= 1"),
+        ({"positional_embedding_type": "rotary"}, "'shortformer' or 'standard'"),
+        ({"initializer_range": -1.0}, "initializer_range must be > 0"),
+        ({"n_ctx": 2.5}, "n_ctx must be a positive int"),
+    ],
+)
+def test_bad_config_is_a_clear_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_model(**overrides)
+
+
+def test_config_is_frozen_and_round_trips():
+    cfg = make_model().cfg
+    with pytest.raises(AttributeError):
+        cfg.d_model = 3
+    assert HookedTransformerConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown config fields \\['d_mlp'\\]"):
+        HookedTransformerConfig.from_dict({**cfg.to_dict(), "d_mlp": 4})

@@ -1,0 +1,64 @@
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from helpers import plotting
+
+
+def _png(fig):
+    data = fig._repr_png_()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return data
+
+
+def test_heatmap_is_labelled():
+    fig = plotting.token_heatmap(torch.randn(3, 4), ["a", "b", "c"], ["w", "x", "y", "z"],
+                                 title="T", xlabel="next", ylabel="current")  # fmt: skip
+    ax = fig.axes[0]
+    assert isinstance(fig, Figure) and ax.get_title() == "T" and ax.get_xlabel() == "next"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["w", "x", "y", "z"]
+    _png(fig)
+
+
+def test_heatmap_bad_input():
+    with pytest.raises(ValueError, match="row_labels has 2 labels but the matrix has 3"):
+        plotting.token_heatmap(torch.zeros(3, 3), ["a", "b"])
+    with pytest.raises(ValueError, match="needs a 2-d matrix"):
+        plotting.token_heatmap(torch.zeros(3))
+
+
+def test_side_by_side_shares_one_scale():
+    fig = plotting.side_by_side_heatmaps({"A": torch.ones(2, 2), "B": -3 * torch.ones(2, 2)})
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 2 and images[0].norm.vmin == images[1].norm.vmin == -3
+    with pytest.raises(ValueError, match="one shape"):
+        plotting.side_by_side_heatmaps({"A": torch.ones(2, 2), "B": torch.ones(3, 2)})
+
+
+def test_loss_curve_and_references():
+    fig = plotting.loss_curve([3.0] * 50, reference_lines={"entropy rate": 2.0})
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "entropy rate = 2.000" in labels and "moving average (20 steps)" in labels
+    with pytest.raises(ValueError, match="at least one loss"):
+        plotting.loss_curve([])
+
+
+def test_contribution_bars_show_the_total():
+    fig = plotting.contribution_bars(torch.tensor([1.0, -0.5]), ["embed", "L0H0"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["embed", "L0H0", "total"]
+    assert [round(p.get_width(), 3) for p in ax.patches] == [1.0, -0.5, 0.5]
+    with pytest.raises(ValueError, match="labels has 1 labels but the matrix has 2"):
+        plotting.contribution_bars(torch.tensor([1.0, -0.5]), ["embed"])
+
+
+def test_distribution_and_scatter():
+    fig = plotting.distribution_comparison(
+        {"a": torch.ones(3) / 3, "b": torch.tensor([1.0, 0, 0])}, ["x", "y", "z"]
+    )
+    assert len(fig.axes[0].patches) == 6
+    fig = plotting.scatter_comparison(torch.arange(4.0), torch.arange(4.0), xlabel="x", ylabel="y")
+    assert fig.axes[0].get_xlabel() == "x"
+    with pytest.raises(ValueError, match="same number of entries"):
+        plotting.scatter_comparison(torch.ones(3), torch.ones(4), xlabel="x", ylabel="y")

@@ -1,0 +1,66 @@
+"""The stored checkpoints load, and retraining from the seeds reproduces the claims."""
+
+import math
+
+import pytest
+import torch
+
+from helpers import circuits, recipes
+from helpers.checkpoints import load_checkpoint
+from helpers.data import BigramLanguage, CopyingLanguage
+from helpers.train import next_token_loss
+
+
+@pytest.mark.parametrize("name", list(recipes.RECIPES))
+def test_every_stored_checkpoint_loads_and_matches_its_recipe(name):
+    ckpt = recipes.load(name)
+    assert ckpt.cfg == recipes.RECIPES[name].model
+    assert ckpt.history["training"] == recipes.RECIPES[name].training.to_dict()
+    language = {"bigram": BigramLanguage, "copying": CopyingLanguage}[ckpt.task["name"]]
+    assert language.from_dict(ckpt.task).d_vocab == ckpt.cfg.d_vocab  # the planted truth is there
+    assert len(ckpt.history["loss"]) == recipes.RECIPES[name].training.n_steps
+
+
+def _bigram_claims(ckpt) -> tuple[float, float]:
+    lang = BigramLanguage.from_dict(ckpt.task)
+    W = circuits.row_centred(circuits.direct_path(ckpt.model)[1:, 1:])
+    r = circuits.pearson(W, circuits.row_centred(lang.log_probs()[1:, 1:]))
+    test = lang.sample(1000, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        loss = next_token_loss(ckpt.model(test), test, per_token=True)[:, 1:].mean().item()
+    return r, loss - lang.entropy_rate()
+
+
+def test_retraining_bigram_model_reproduces_chapter_01_claims_deterministically():
+    a = recipes.load("bigram_0l", retrain=True, progress=False)
+    b = recipes.train_recipe("bigram_0l", progress=False)
+    assert torch.equal(a.model.W_E, b.model.W_E) and a.history["loss"] == b.history["loss"]
+    r, gap = _bigram_claims(a)
+    assert r >= 0.95 and abs(gap) <= 0.05
+    stored_r, stored_gap = _bigram_claims(recipes.load("bigram_0l"))
+    assert math.isclose(r, stored_r, abs_tol=0.01) and math.isclose(gap, stored_gap, abs_tol=0.01)
+
+
+def test_retraining_copying_model_learns_to_copy():
+    ckpt = recipes.train_recipe("copying_2l", progress=False)
+    lang = CopyingLanguage.from_dict(ckpt.task)
+    test = lang.sample(500, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        late = next_token_loss(ckpt.model(test), test, per_token=True)[:, 16:].mean().item()
+    assert late < math.log(26) - 1.0  # far better than ignoring the context
+
+
+def test_build_writes_loadable_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(recipes, "DATA_DIR", tmp_path)
+    (path,) = recipes.build(["bigram_0l_rank4"], progress=False)
+    assert path == tmp_path / "bigram_0l_rank4.pt"
+    assert load_checkpoint(path).cfg.d_model == 4
+
+
+def test_unknown_recipe_names_the_choices():
+    with pytest.raises(
+        ValueError, match="no recipe named 'bigram'; available: copying_2l, bigram_0l"
+    ):
+        recipes.load("bigram")
+    with pytest.raises(ValueError, match="no recipe named"):
+        recipes.main(["nope"])

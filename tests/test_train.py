@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from helpers.data import BigramLanguage
+from helpers.train import TrainConfig, next_token_loss, train
+from tests.conftest import make_model
+
+
+def _run(seed: int = 0, model_seed: int = 0):
+    model = make_model(n_layers=1, d_vocab=7, seed=model_seed, initializer_range=None)
+    lang = BigramLanguage(n_states=6, seed=0)
+    cfg = TrainConfig(n_steps=30, batch_size=16, lr=1e-2, seed=seed, eval_every=10)
+    history = train(model, lang, cfg, {"double": lambda m: 2.0}, progress=False)
+    return model, history
+
+
+def test_training_is_deterministic_from_the_seeds_and_leaves_global_rng_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(1)
+    torch.manual_seed(0)
+    a, ha = _run()
+    b, hb = _run()
+    assert torch.equal(torch.rand(1), expected)
+    assert ha["loss"] == hb["loss"]
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+    c, hc = _run(seed=1)
+    assert hc["loss"] != ha["loss"]
+
+
+def test_loss_decreases_and_history_is_recorded():
+    _, history = _run()
+    assert len(history["loss"]) == 30
+    assert sum(history["loss"][-5:]) < sum(history["loss"][:5])
+    assert history["eval_step"] == [0, 10, 20, 30] and history["double"] == [2.0] * 4
+
+
+def test_next_token_loss_by_hand():
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 0, 2] = 10.0  # position 0 confidently predicts token 2
+    tokens = torch.tensor([[0, 2, 1]])
+    per_token = next_token_loss(logits, tokens, per_token=True)
+    assert per_token.shape == (1, 2)
+    assert per_token[0, 0] < 1e-3 and torch.isclose(per_token[0, 1], torch.log(torch.tensor(4.0)))
+
+
+def test_bad_training_setups_are_clear_errors():
+    with pytest.raises(ValueError, match="n_steps must be a positive int, got 0"):
+        TrainConfig(n_steps=0, batch_size=2)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        TrainConfig(n_steps=1, batch_size=2, lr=0)
+    model = make_model(d_vocab=7)
+    with pytest.raises(ValueError, match="task has d_vocab=9 but the model 7"):
+        train(
+            model, BigramLanguage(n_states=8), TrainConfig(n_steps=1, batch_size=2), progress=False
+        )
+    with pytest.raises(ValueError, match="seq_len=20 is longer than the model's n_ctx=10"):
+        train(
+            model,
+            BigramLanguage(n_states=6),
+            TrainConfig(n_steps=1, batch_size=2, seq_len=20),
+            progress=False,
+        )

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from helpers import widgets
+from helpers.data import BigramLanguage
+from tests.conftest import make_model, random_tokens
+
+
+def _png(explorer):
+    (output,) = explorer.output.outputs
+    return output["data"]["image/png"]
+
+
+def test_logit_attribution_explorer_redraws_on_every_control():
+    model = make_model()
+    labels = [f"t{i}" for i in range(13)]
+    explorer = widgets.logit_attribution_explorer(model, random_tokens(model, batch=1), labels)
+    position, next_token = explorer.controls
+    first = _png(explorer)
+    position.value = 7
+    second = _png(explorer)
+    next_token.value = (next_token.value + 1) % 13
+    third = _png(explorer)
+    assert len({first, second, third}) == 3
+
+
+def test_logit_attribution_explorer_bad_input():
+    model = make_model()
+    with pytest.raises(ValueError, match="need 13 token labels, got 2"):
+        widgets.logit_attribution_explorer(model, random_tokens(model, batch=1), ["a", "b"])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        widgets.logit_attribution_explorer(model, torch.tensor([[0, 40]]), ["x"] * 13)
+
+
+def test_bigram_explorer_redraws():
+    lang = BigramLanguage(n_states=5, seed=1)
+    predicted = torch.full((5, 5), 0.2, dtype=torch.float64)
+    explorer = widgets.bigram_explorer(predicted, lang.transition_matrix, list("abcde"))
+    (current,) = explorer.controls
+    before = _png(explorer)
+    current.value = 3
+    assert _png(explorer) != before
+    with pytest.raises(ValueError, match=r"must both be \[4, 4\]"):
+        widgets.bigram_explorer(predicted, lang.transition_matrix, list("abcd"))
