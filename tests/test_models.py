@@ -164,10 +164,10 @@ def test_frozen_attention_patterns(model, tokens):
     _, cache = model.run_with_cache(tokens)
     frozen = [
         (
-            f"blocks.{l}.attn.hook_pattern",
-            lambda x, hook, l=l: cache[f"blocks.{l}.attn.hook_pattern"],
+            f"blocks.{layer}.attn.hook_pattern",
+            lambda x, hook, layer=layer: cache[f"blocks.{layer}.attn.hook_pattern"],
         )
-        for l in range(2)
+        for layer in range(2)
     ]
     assert torch.allclose(model.run_with_hooks(tokens, frozen), model(tokens), atol=1e-5)
 
