@@ -231,3 +231,54 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
+
+
+def circuit_panel(
+    qk: Tensor | np.ndarray,
+    ov: Tensor | np.ndarray,
+    labels: Sequence[str],
+    *,
+    source: int | None = None,
+    title: str = "",
+    ax_size: float = 4.6,
+) -> Figure:
+    """A head's full QK circuit `[query, key]` and full OV circuit `[source, output]` side by side,
+    each on its own zero-centred scale; with `source`, its QK column and OV row are outlined."""
+    qk_np, ov_np = _numpy(qk), _numpy(ov)
+    for name, M in (("qk", qk_np), ("ov", ov_np)):
+        if M.shape != (len(labels), len(labels)):
+            raise ValueError(f"{name} must be [{len(labels)}, {len(labels)}], got {M.shape}")
+    # fixed margins rather than constrained layout: this figure is redrawn by a widget, and
+    # constrained layout's extra drawing pass doubles the time per redraw
+    fig = CourseFigure(figsize=(2 * ax_size + 1.8, ax_size + 0.9))
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.17, top=0.88, wspace=0.3)
+    ax_qk, ax_ov = fig.subplots(1, 2)
+    fontsize = 7 if len(labels) <= 48 else 5
+    for ax, M, name, xl, yl in (
+        (ax_qk, qk_np, "QK circuit (row-centred scores)", "key (source) token", "query (destination) token"),
+        (ax_ov, ov_np, "OV circuit (logit change)", "output token", "source token"),
+    ):  # fmt: skip
+        bound = float(np.abs(M).max()) or 1.0
+        im = ax.imshow(M, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -bound, bound),
+                       aspect="auto", interpolation="nearest")  # fmt: skip
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        if len(labels) <= 64:
+            ax.set_xticks(range(len(labels)), labels, fontsize=fontsize, rotation=90)
+            ax.set_yticks(range(len(labels)), labels, fontsize=fontsize)
+        fig.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
+    if source is not None:
+        n = len(labels)
+        ax_qk.add_patch(
+            _outline(source - 0.5, -0.5, 1, n)
+        )  # the source's column: who attends to it
+        ax_ov.add_patch(_outline(-0.5, source - 0.5, n, 1))  # its row: what it writes
+    fig.suptitle(title)
+    return fig
+
+
+def _outline(x: float, y: float, w: float, h: float):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y), w, h, fill=False, edgecolor="black", lw=1.5)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from helpers.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
-from helpers.data import BigramLanguage, CopyingLanguage
+from helpers.data import BigramLanguage, CopyingLanguage, SkipTrigramLanguage
 from helpers.models import AttnOnlyTransformer, HookedTransformerConfig
 from helpers.train import Task, TrainConfig, next_token_loss, train
 
@@ -63,6 +63,14 @@ RECIPES: dict[str, Recipe] = {
         _bigram_model(4),
         _bigram_language,
         _BIGRAM_TRAINING,
+    ),
+    "skip_trigrams_1l": Recipe(
+        "one layer of four heads on the planted skip-trigram language (chapter 02)",
+        HookedTransformerConfig(
+            n_layers=1, d_model=64, n_heads=4, d_head=16, n_ctx=24, d_vocab=43, seed=0
+        ),
+        lambda: SkipTrigramLanguage(seed=0),
+        TrainConfig(n_steps=2000, batch_size=64, lr=3e-3, seed=0),
     ),
 }
 

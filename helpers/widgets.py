@@ -15,9 +15,16 @@ from IPython.display import Image
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from helpers import circuits
 from helpers.attribution import logit_contributions
+from helpers.data import BOS
 from helpers.models import AttnOnlyTransformer
-from helpers.plotting import contribution_bars, distribution_comparison, figure_png
+from helpers.plotting import (
+    circuit_panel,
+    contribution_bars,
+    distribution_comparison,
+    figure_png,
+)
 
 
 class Explorer(widgets.VBox):
@@ -102,3 +109,44 @@ def bigram_explorer(
         )
 
     return Explorer([current], draw)
+
+
+def circuit_explorer(
+    model: AttnOnlyTransformer, token_labels: list[str], source: int = 1, k: int = 3
+) -> Explorer:
+    """Chapter 02: pick a head and a source token; see the head's full QK and OV circuits, its
+    eigenvalue copying score, and the skip-trigrams "source … destination → output" read off
+    the weights for that source."""
+    if model.cfg.n_layers == 0:
+        raise ValueError("a zero-layer model has no attention heads")
+    if len(token_labels) != model.cfg.d_vocab:
+        raise ValueError(f"need {model.cfg.d_vocab} token labels, got {len(token_labels)}")
+    heads = [(f"L{layer}H{head}", (layer, head))
+             for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]  # fmt: skip
+    head = widgets.Dropdown(options=heads, value=heads[0][1], description="head")
+    token = widgets.Dropdown(
+        options=[(label, i) for i, label in enumerate(token_labels)],
+        value=source,
+        description="source",
+    )
+    cache: dict[tuple[int, int], tuple] = {}
+
+    def draw() -> Figure:
+        layer, h = head.value
+        if (layer, h) not in cache:  # circuits per head, computed once
+            cache[(layer, h)] = (
+                circuits.full_qk_circuit(model, layer, h),
+                circuits.full_ov_circuit(model, layer, h),
+                circuits.copying_score(model, layer, h),
+            )
+        qk, ov, score = cache[(layer, h)]
+        dests, outs = circuits.skip_trigrams(model, layer, h, token.value, k, ignore=[BOS])
+        src = token_labels[token.value]
+        trigrams = ", ".join(f"{token_labels[d]}" for d in dests)
+        outputs = ", ".join(f"{token_labels[o]}" for o in outs)
+        return circuit_panel(
+            qk, ov, token_labels, source=token.value,
+            title=(f"L{layer}H{h}: copying score {score:+.2f}.   {src!r} … [{trigrams}] → [{outputs}]"),
+        )  # fmt: skip
+
+    return Explorer([head, token], draw)

@@ -224,3 +224,143 @@ def test_nan_output_is_named():
 def test_failure_renders_as_a_short_diagnosis_in_ipython():
     err = checks.CheckFailed("Exercise 9.9", "line one\nline two")
     assert err._render_traceback_() == ["✘ Exercise 9.9 is not right yet.", "line one", "line two"]
+
+
+# ---- chapter 02 ---------------------------------------------------------------------------------
+from helpers import circuits  # noqa: E402
+
+
+def test_full_ov_circuit_accepts_reference():
+    checks.check_full_ov_circuit(lambda m, h: m.W_E @ m.W_V[0, h] @ m.W_O[0, h] @ m.W_U)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m, h: (m.W_E @ m.W_V[0, h] @ m.W_O[0, h] @ m.W_U).T, "circuit is transposed"),
+        (lambda m, h: m.W_E @ m.W_O[0, h].T @ m.W_V[0, h].T @ m.W_U, "W_O is applied before W_V"),
+        (lambda m, h: m.W_E @ m.W_V[0, 0] @ m.W_O[0, 0] @ m.W_U, "this is head 0's circuit"),
+        (lambda m, h: m.W_V[0, h] @ m.W_O[0, h], "returned shape (16, 16); expected (10, 10)"),
+    ],
+)
+def test_full_ov_circuit_rejects(wrong, diagnosis):
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_full_ov_circuit(wrong)
+    assert diagnosis in str(info.value)
+
+
+def _qk(m, h):
+    return (m.W_E @ m.W_Q[0, h]) @ (m.W_E @ m.W_K[0, h]).T / m.cfg.d_head**0.5
+
+
+def test_full_qk_circuit_accepts_reference():
+    checks.check_full_qk_circuit(lambda m, h: _qk(m, h) - _qk(m, h).mean(-1, keepdim=True))
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_qk, "each query's row must have its mean subtracted"),
+        (lambda m, h: _qk(m, h) - _qk(m, h).mean(0, keepdim=True), "subtracted over queries"),
+        (lambda m, h: (_qk(m, h) - _qk(m, h).mean(-1, keepdim=True)).T, "matrix is transposed"),
+        (lambda m, h: (_qk(m, h) - _qk(m, h).mean(-1, keepdim=True)) * 2, "scale is missing"),
+    ],
+)
+def test_full_qk_circuit_rejects(wrong, diagnosis):
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_full_qk_circuit(wrong)
+    assert diagnosis in str(info.value)
+
+
+def _eig(m, h):
+    return torch.linalg.eigvals((m.W_O[0, h] @ m.W_U @ m.W_E @ m.W_V[0, h]).detach().double())
+
+
+def test_copying_score_accepts_reference():
+    checks.check_copying_score(lambda m, h: float(_eig(m, h).sum().real / _eig(m, h).abs().sum()))
+    checks.check_copying_score(lambda m, h: _eig(m, h).sum().real / _eig(m, h).abs().sum())
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m, h: float(_eig(m, h).abs().sum() / _eig(m, h).abs().sum()), "exactly ±1"),
+        (lambda m, h: float(_eig(m, h).sum().real / _eig(m, h).sum().abs()), "not |Σλ|"),
+        (
+            lambda m, h: float(_eig(m, h).sum().real / _eig(m, h).real.abs().sum()),
+            "only the real parts",
+        ),
+        (
+            lambda m, h: float(
+                torch.linalg.eigvals((m.W_V[0, h] @ m.W_O[0, h]).detach().double()).real.mean()
+            ),
+            "expected",
+        ),
+        (lambda m, h: "high", "must return a float, got str"),
+        (lambda m, h: _eig(m, h).real, "must return one number"),
+    ],
+)
+def test_copying_score_rejects(wrong, diagnosis):
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_copying_score(wrong)
+    assert diagnosis in str(info.value)
+
+
+def _trigrams(qk_axis=0, ov_axis=1, largest=True):
+    def fn(m, h, s, k):
+        qk, ov = circuits.full_qk_circuit(m, 0, h), circuits.full_ov_circuit(m, 0, h)
+        dest_scores = qk[:, s] if qk_axis == 0 else qk[s]
+        out_scores = ov[s] if ov_axis == 1 else ov[:, s]
+        return (dest_scores.topk(k).indices.tolist(),
+                out_scores.topk(k, largest=largest).indices.tolist())  # fmt: skip
+
+    return fn
+
+
+def test_skip_trigrams_accepts_reference():
+    checks.check_skip_trigrams(_trigrams())
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_trigrams(qk_axis=1), "read from the source's row of the QK circuit"),
+        (_trigrams(ov_axis=0), "read from the source's column of the OV circuit"),
+        (_trigrams(largest=False), "pushed down most"),
+        (lambda m, h, s, k: [1, 2, 3], "must return a pair"),
+    ],
+)
+def test_skip_trigrams_rejects(wrong, diagnosis):
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_skip_trigrams(wrong)
+    assert diagnosis in str(info.value)
+
+
+def _effect(sign=1.0, word="bay", use_probs=False):
+    from helpers.evals import continuation_effect
+
+    def fn(model, language, n, seed):
+        e = continuation_effect(model, language, "in", word, n_contexts=n, seed=seed + 7)
+        return sign * (e.mean_p_with - e.mean_p_without if use_probs else e.mean_change)
+
+    return fn
+
+
+def test_crossed_effect_accepts_a_reference_with_other_random_contexts():
+    checks.check_crossed_effect(_effect())
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_effect(sign=-1.0), "the sign is flipped"),
+        (_effect(use_probs=True), "change in probability"),
+        (_effect(word="mind"), "effect on 'mind'"),
+        (lambda *a: 0.0 + 1.5, "the reference measures"),
+        (lambda *a: [3.0], "must return a float"),
+    ],
+)
+def test_crossed_effect_rejects(wrong, diagnosis):
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_crossed_effect(wrong)
+    assert diagnosis in str(info.value)

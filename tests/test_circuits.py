@@ -62,3 +62,131 @@ def test_expected_loss_of_the_truth_is_the_entropy_rate():
     )
     assert circuits.expected_loss(torch.zeros(5, 5), P, lang.stationary) > lang.entropy_rate()
     assert np.isclose(circuits.expected_loss(torch.zeros(5, 5), P, lang.stationary), np.log(5))
+
+
+# ---- one-layer circuits, each against a brute-force computation ---------------------------------
+def _one_layer(**kw):
+    return make_model(n_layers=1, n_heads=2, d_vocab=7, n_ctx=5, **kw)
+
+
+def test_full_qk_circuit_brute_force():
+    model = _one_layer()
+    for head in range(2):
+        raw = circuits.full_qk_circuit(model, 0, head, normalise=False)
+        norm = circuits.full_qk_circuit(model, 0, head)
+        for a, b in itertools.product(range(7), range(7)):
+            q = model.W_E[a] @ model.W_Q[0, head]
+            k = model.W_E[b] @ model.W_K[0, head]
+            assert torch.isclose(raw[a, b], q @ k / 2.0, atol=1e-5)  # d_head = 4
+        for a in range(7):
+            assert torch.allclose(norm[a], raw[a] - raw[a].mean(), atol=1e-5)
+
+
+def test_qk_circuit_gives_the_models_scores_on_two_token_sequences():
+    """In a shortformer model the score of query token a on key token b is the QK entry plus
+    positional terms; with positions zeroed, the model's own score is exactly the entry."""
+    model = _one_layer()
+    with torch.no_grad():
+        model.pos_embed.W_pos.zero_()
+    raw = circuits.full_qk_circuit(model, 0, 1, normalise=False)
+    _, cache = model.run_with_cache(torch.tensor([[3, 5]]))
+    assert torch.isclose(cache["blocks.0.attn.hook_attn_scores"][0, 1, 1, 0], raw[5, 3], atol=1e-5)
+
+
+def test_positional_qk_circuit_brute_force():
+    model = _one_layer()
+    P = circuits.positional_qk_circuit(model, 0, 1)
+    for i, j in itertools.product(range(5), range(5)):
+        if j > i:
+            assert torch.isinf(P[i, j]) and P[i, j] < 0
+        else:
+            q, k = model.W_pos[i] @ model.W_Q[0, 1], model.W_pos[j] @ model.W_K[0, 1]
+            assert torch.isclose(P[i, j], q @ k / 2.0, atol=1e-5)
+
+
+def test_full_ov_circuit_brute_force_and_is_what_the_head_writes():
+    model = _one_layer()
+    ov = circuits.full_ov_circuit(model, 0, 1)
+    for s in range(7):
+        expected = ((model.W_E[s] @ model.W_V[0, 1]) @ model.W_O[0, 1]) @ model.W_U
+        assert torch.allclose(ov[s], expected, atol=1e-5)
+    # A query at position 0 attends only to itself: the head's logit term is exactly row t.
+    _, cache = model.run_with_cache(torch.tensor([[4]]))
+    head_logits = cache["blocks.0.attn.hook_result"][0, 0, 1] @ model.W_U
+    assert torch.allclose(head_logits, ov[4], atol=1e-5)
+
+
+def test_ov_eigenvalues_are_the_nonzero_eigenvalues_of_the_full_circuit():
+    model = _one_layer()
+    for head in range(2):
+        small = circuits.ov_eigenvalues(model, 0, head)
+        full = torch.linalg.eigvals(circuits.full_ov_circuit(model, 0, head).double())
+        full = full[full.abs() > 1e-6]
+        key = lambda z: (round(z.real, 4), round(z.imag, 4))  # noqa: E731
+        assert sorted(map(key, small.tolist())) == sorted(map(key, full.tolist()))
+
+
+def test_copying_score_of_known_heads():
+    model = _one_layer()
+    with torch.no_grad():  # W_U = W_Eᵀ and W_V W_O = a projection: OV = W_E P W_Eᵀ, PSD
+        model.unembed.W_U.copy_(model.W_E.T)
+        model.blocks[0].attn.W_V[0] = torch.eye(16)[:, :4]
+        model.blocks[0].attn.W_O[0] = torch.eye(16)[:4]
+        model.blocks[0].attn.W_V[1] = torch.eye(16)[:, :4]
+        model.blocks[0].attn.W_O[1] = -torch.eye(16)[:4]
+    assert circuits.copying_score(model, 0, 0) > 0.999
+    assert circuits.copying_score(model, 0, 1) < -0.999
+    eig = circuits.ov_eigenvalues(_one_layer(), 0, 0)
+    by_hand = float(sum(e.real for e in eig) / sum(abs(e) for e in eig))
+    assert np.isclose(circuits.copying_score(_one_layer(), 0, 0), by_hand)
+
+
+def test_skip_trigrams_brute_force_and_ignore():
+    model = _one_layer()
+    qk, ov = circuits.full_qk_circuit(model, 0, 0), circuits.full_ov_circuit(model, 0, 0)
+    for source in range(7):
+        dests, outs = circuits.skip_trigrams(model, 0, 0, source, k=2)
+        assert dests == sorted(range(7), key=lambda q: -qk[q, source])[:2]
+        assert outs == sorted(range(7), key=lambda o: -ov[source, o])[:2]
+        dests, outs = circuits.skip_trigrams(model, 0, 0, source, k=6, ignore=[0])
+        assert 0 not in dests and 0 not in outs and len(dests) == 6
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m: circuits.full_qk_circuit(m, 0, 2), r"head must be in 0..1, got 2"),
+        (lambda m: circuits.full_ov_circuit(m, 1, 0), r"layer must be in 0..0, got 1"),
+        (lambda m: circuits.copying_score(m, 0, -1), r"head must be in 0..1, got -1"),
+        (lambda m: circuits.positional_qk_circuit(m, 0, 5), r"head must be in 0..1"),
+        (
+            lambda m: circuits.skip_trigrams(m, 0, 0, 1, k=8),
+            r"k must be an int in 1..7 \(the vocabulary size\), got 8",
+        ),
+        (
+            lambda m: circuits.skip_trigrams(m, 0, 0, 1, k=7, ignore=[0]),
+            r"k must be an int in 1..6",
+        ),
+        (lambda m: circuits.skip_trigrams(m, 0, 0, 9), r"source must be a token id in 0..6, got 9"),
+        (
+            lambda m: circuits.skip_trigrams(m, 0, 0, 1, ignore=[7]),
+            r"ignore must hold token ids in 0..6",
+        ),
+    ],
+)
+def test_bad_input_to_circuit_functions(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(_one_layer())
+
+
+def test_one_layer_path_expansion_is_exact_and_checks_its_model():
+    model = _one_layer()
+    tokens = torch.randint(0, 7, (3, 5), generator=torch.Generator().manual_seed(0))
+    direct, heads = circuits.one_layer_path_expansion(model, tokens)
+    assert heads.shape == (2, 3, 5, 7)
+    with torch.no_grad():
+        assert torch.allclose(direct + heads.sum(0), model(tokens), atol=1e-5)
+    with pytest.raises(ValueError, match="needs a one-layer model, got 2"):
+        circuits.one_layer_path_expansion(make_model(), tokens)
+    with pytest.raises(ValueError, match="shortformer positions and no biases"):
+        circuits.one_layer_path_expansion(_one_layer(positional_embedding_type="standard"), tokens)

@@ -62,3 +62,12 @@ def test_distribution_and_scatter():
     assert fig.axes[0].get_xlabel() == "x"
     with pytest.raises(ValueError, match="same number of entries"):
         plotting.scatter_comparison(torch.ones(3), torch.ones(4), xlabel="x", ylabel="y")
+
+
+def test_circuit_panel_shapes_and_outline():
+    fig = plotting.circuit_panel(torch.randn(4, 4), torch.randn(4, 4), list("abcd"), source=2)
+    qk_ax, ov_ax = fig.axes[:2]
+    assert qk_ax.get_xlabel() == "key (source) token" and ov_ax.get_ylabel() == "source token"
+    assert len(qk_ax.patches) == 1 and len(ov_ax.patches) == 1
+    with pytest.raises(ValueError, match=r"ov must be \[4, 4\], got \(4, 3\)"):
+        plotting.circuit_panel(torch.randn(4, 4), torch.randn(4, 3), list("abcd"))

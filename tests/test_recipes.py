@@ -7,7 +7,7 @@ import torch
 
 from helpers import circuits, recipes
 from helpers.checkpoints import load_checkpoint
-from helpers.data import BigramLanguage, CopyingLanguage
+from helpers.data import BigramLanguage, CopyingLanguage, SkipTrigramLanguage
 from helpers.train import next_token_loss
 
 
@@ -16,7 +16,8 @@ def test_every_stored_checkpoint_loads_and_matches_its_recipe(name):
     ckpt = recipes.load(name)
     assert ckpt.cfg == recipes.RECIPES[name].model
     assert ckpt.history["training"] == recipes.RECIPES[name].training.to_dict()
-    language = {"bigram": BigramLanguage, "copying": CopyingLanguage}[ckpt.task["name"]]
+    language = {"bigram": BigramLanguage, "copying": CopyingLanguage,
+                "skip_trigrams": SkipTrigramLanguage}[ckpt.task["name"]]  # fmt: skip
     assert language.from_dict(ckpt.task).d_vocab == ckpt.cfg.d_vocab  # the planted truth is there
     assert len(ckpt.history["loss"]) == recipes.RECIPES[name].training.n_steps
 
@@ -64,3 +65,22 @@ def test_unknown_recipe_names_the_choices():
         recipes.load("bigram")
     with pytest.raises(ValueError, match="no recipe named"):
         recipes.main(["nope"])
+
+
+def test_retraining_skip_trigram_model_reproduces_chapter_02_claims():
+    from helpers.data import BOS
+    from helpers.evals import continuation_effect
+
+    ckpt = recipes.train_recipe("skip_trigrams_1l", progress=False)
+    model, language = ckpt.model, SkipTrigramLanguage.from_dict(ckpt.task)
+    recovered = 0
+    for source, dest, out in language.rule_ids:
+        recovered += any(
+            dest in d and out in o
+            for d, o in (
+                circuits.skip_trigrams(model, 0, h, source, 3, ignore=[BOS]) for h in range(4)
+            )
+        )
+    assert recovered / len(language.rule_ids) >= 0.9
+    assert max(circuits.copying_score(model, 0, h) for h in range(4)) >= 0.7
+    assert continuation_effect(model, language, "in", "bay").mean_change > 0

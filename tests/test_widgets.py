@@ -42,3 +42,23 @@ def test_bigram_explorer_redraws():
     assert _png(explorer) != before
     with pytest.raises(ValueError, match=r"must both be \[4, 4\]"):
         widgets.bigram_explorer(predicted, lang.transition_matrix, list("abcd"))
+
+
+def test_circuit_explorer_redraws_for_head_and_source():
+    model = make_model(n_layers=2, n_heads=2)
+    labels = [f"t{i}" for i in range(13)]
+    explorer = widgets.circuit_explorer(model, labels, source=3)
+    head, source = explorer.controls
+    seen = {_png(explorer)}
+    head.value = (1, 1)
+    seen.add(_png(explorer))
+    source.value = 5
+    seen.add(_png(explorer))
+    assert len(seen) == 3
+
+
+def test_circuit_explorer_bad_input():
+    with pytest.raises(ValueError, match="need 13 token labels, got 3"):
+        widgets.circuit_explorer(make_model(), ["a", "b", "c"])
+    with pytest.raises(ValueError, match="zero-layer model has no attention heads"):
+        widgets.circuit_explorer(make_model(n_layers=0), [f"t{i}" for i in range(13)])
