@@ -192,3 +192,161 @@ def one_layer_path_expansion(model: AttnOnlyTransformer, tokens: Tensor) -> tupl
         ov_rows = full_ov_circuit(model, 0, head)[tokens]  # [batch, key_pos, d_vocab]
         terms.append(pattern[:, head] @ ov_rows)
     return direct, torch.stack(terms)
+
+
+# ---- two-layer circuits (framework paper, "Two-Layer Attention-Only Transformers") -------------
+
+COMPOSITION_KINDS = ("Q", "K", "V")
+
+
+def _frobenius_composition(W_A: Tensor, W_B: Tensor) -> Tensor:
+    """‖W_A W_B‖_F / (‖W_A‖_F ‖W_B‖_F), batched over leading axes."""
+    num = (W_A @ W_B).flatten(-2).norm(dim=-1)
+    return num / (W_A.flatten(-2).norm(dim=-1) * W_B.flatten(-2).norm(dim=-1))
+
+
+def _composition_from_weights(
+    W_Q2: Tensor,
+    W_K2: Tensor,
+    W_V2: Tensor,
+    W_O2: Tensor,
+    W_V1: Tensor,
+    W_O1: Tensor,
+    kind: str,
+    all_pairs: bool = True,
+) -> Tensor:
+    """Scores from stacked per-head weights: `[earlier head, later head]` for all pairs, or
+    `[i]` for the pairs (earlier i, later i) when `all_pairs=False`."""
+    OV1 = W_V1 @ W_O1  # [h1, d_model, d_model]: what earlier heads write
+    if kind == "Q":  # the later head's queries read it: ‖OV1 · QK2‖
+        other = W_Q2 @ W_K2.transpose(-1, -2)
+    elif kind == "K":  # its keys read it: ‖OV1 · QK2ᵀ‖
+        other = W_K2 @ W_Q2.transpose(-1, -2)
+    else:  # its values read it: ‖OV1 · OV2‖
+        other = W_V2 @ W_O2
+    if all_pairs:
+        OV1, other = OV1[:, None], other[None]
+    return _frobenius_composition(OV1, other)
+
+
+@torch.no_grad()
+def composition_scores(
+    model: AttnOnlyTransformer, kind: str, earlier_layer: int = 0, later_layer: int = 1
+) -> Tensor:
+    """Q-, K- or V-composition scores `[earlier head, later head]` (framework paper,
+    "Two-Layer Attention-Only Transformers": the Frobenius norm of the product of the two heads'
+    matrices divided by the product of their norms).
+
+    In our row convention, with OV = W_V W_O (what the earlier head writes) and QK = W_Q W_Kᵀ:
+    Q: ‖OV1 · QK2‖, K: ‖OV1 · QK2ᵀ‖, V: ‖OV1 · OV2‖, each over ‖·‖‖·‖. These equal the paper's
+    ‖W_QK2ᵀ W_OV1‖, ‖W_QK2 W_OV1‖ and ‖W_OV2 W_OV1‖ normalised likewise (a matrix and its
+    transpose have the same norm). Compare with `composition_baseline`.
+    """
+    if kind not in COMPOSITION_KINDS:
+        raise ValueError(f"kind must be one of {COMPOSITION_KINDS}, got {kind!r}")
+    n = model.cfg.n_layers
+    if not (isinstance(earlier_layer, int) and isinstance(later_layer, int)):
+        raise ValueError("layers must be ints")
+    if not 0 <= earlier_layer < later_layer < n:
+        raise ValueError(
+            f"need 0 <= earlier_layer < later_layer <= {n - 1}, got {earlier_layer}, {later_layer}"
+        )
+    a1, a2 = model.blocks[earlier_layer].attn, model.blocks[later_layer].attn
+    return _composition_from_weights(a2.W_Q, a2.W_K, a2.W_V, a2.W_O, a1.W_V, a1.W_O, kind)
+
+
+@torch.no_grad()
+def composition_baseline(
+    model: AttnOnlyTransformer, kind: str, n_samples: int = 200, seed: int = 0
+) -> tuple[float, float]:
+    """(mean, std) of the composition score between random heads of this model's shapes.
+
+    The framework paper subtracts "the empirical expected amount for random matrices of the same
+    shapes". Random weights: i.i.d. Gaussian, the model's initialisation (the score does not
+    depend on their scale). About 1/sqrt(d_model) for d_head << d_model.
+    """
+    if kind not in COMPOSITION_KINDS:
+        raise ValueError(f"kind must be one of {COMPOSITION_KINDS}, got {kind!r}")
+    if not isinstance(n_samples, int) or n_samples < 2:
+        raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
+    D, d = model.cfg.d_model, model.cfg.d_head
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(*shape: int) -> Tensor:
+        return torch.randn(n_samples, *shape, generator=gen, dtype=torch.float64)
+
+    scores = _composition_from_weights(
+        draw(D, d),
+        draw(D, d),
+        draw(D, d),
+        draw(d, D),
+        draw(D, d),
+        draw(d, D),
+        kind,
+        all_pairs=False,
+    )  # sample i's earlier head with sample i's later head
+    return float(scores.mean()), float(scores.std())
+
+
+@torch.no_grad()
+def virtual_head_ov_circuit(
+    model: AttnOnlyTransformer, earlier: tuple[int, int], later: tuple[int, int]
+) -> Tensor:
+    """Full OV circuit of the virtual head "earlier then later" (V-composition):
+    `W_E OV_earlier OV_later W_U`, `[source token, output logit]` (framework paper, virtual
+    attention heads: their OV matrix is the product of the two heads' OV matrices)."""
+    (l1, h1), (l2, h2) = earlier, later
+    model.check_head(l1, h1)
+    model.check_head(l2, h2)
+    if not l1 < l2:
+        raise ValueError(f"the earlier head must be in an earlier layer, got layers {l1} and {l2}")
+    a1, a2 = model.blocks[l1].attn, model.blocks[l2].attn
+    return model.W_E @ a1.W_V[h1] @ a1.W_O[h1] @ a2.W_V[h2] @ a2.W_O[h2] @ model.W_U
+
+
+@torch.no_grad()
+def k_composition_circuit(
+    model: AttnOnlyTransformer, prev_head: tuple[int, int], induction_head: tuple[int, int]
+) -> Tensor:
+    """The K-composition term of an induction head's QK circuit, `[query token, key token]`:
+    `(W_E W_Q^ind) (W_E W_V^prev W_O^prev W_K^ind)ᵀ / sqrt(d_head)`.
+
+    Entry (a, b): the score of a query with token a on a key position whose *previous* token is b
+    (the previous-token head moved b there). An induction head needs it to be largest when a = b,
+    "same-token matching" (framework paper, "How Induction Heads Work")."""
+    (l1, h1), (l2, h2) = prev_head, induction_head
+    model.check_head(l1, h1)
+    model.check_head(l2, h2)
+    if not l1 < l2:
+        raise ValueError(f"the previous-token head must be in an earlier layer, got {l1} and {l2}")
+    a1, a2 = model.blocks[l1].attn, model.blocks[l2].attn
+    queries = model.W_E @ a2.W_Q[h2]
+    keys = model.W_E @ a1.W_V[h1] @ a1.W_O[h1] @ a2.W_K[h2]
+    return queries @ keys.T / model.cfg.d_head**0.5
+
+
+def diagonal_top1_accuracy(M: Tensor, ignore: Sequence[int] = ()) -> float:
+    """Fraction of rows whose largest entry is on the diagonal (rows and columns in `ignore`
+    left out), e.g. of query tokens whose best key is the same token."""
+    if M.ndim != 2 or M.shape[0] != M.shape[1]:
+        raise ValueError(f"need a square matrix, got shape {tuple(M.shape)}")
+    keep = torch.tensor([i not in set(ignore) for i in range(M.shape[0])])
+    sub = M[keep][:, keep]
+    return float((sub.argmax(-1) == torch.arange(sub.shape[0])).float().mean())
+
+
+@torch.no_grad()
+def q_composition_circuit(
+    model: AttnOnlyTransformer, earlier_head: tuple[int, int], later_head: tuple[int, int]
+) -> Tensor:
+    """The Q-composition term of a later head's QK circuit, `[token the earlier head attended to
+    from the query position, key token]`: `(W_E W_V^1 W_O^1 W_Q^2) (W_E W_K^2)ᵀ / sqrt(d_head)`."""
+    (l1, h1), (l2, h2) = earlier_head, later_head
+    model.check_head(l1, h1)
+    model.check_head(l2, h2)
+    if not l1 < l2:
+        raise ValueError(f"the earlier head must be in an earlier layer, got {l1} and {l2}")
+    a1, a2 = model.blocks[l1].attn, model.blocks[l2].attn
+    queries = model.W_E @ a1.W_V[h1] @ a1.W_O[h1] @ a2.W_Q[h2]
+    keys = model.W_E @ a2.W_K[h2]
+    return queries @ keys.T / model.cfg.d_head**0.5

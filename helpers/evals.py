@@ -8,9 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from helpers.data import BOS, SkipTrigramLanguage
 from helpers.models import AttnOnlyTransformer
+from helpers.train import next_token_loss
 
 
 @dataclass(frozen=True)
@@ -69,4 +71,273 @@ def continuation_effect(
         mean_p_with=float(lp["with"].exp().mean()),
         mean_p_without=float(lp["without"].exp().mean()),
         n_contexts=n_contexts,
+    )
+
+
+# ---- repeated random tokens (chapter 04) --------------------------------------------------------
+
+
+def _pattern_stack(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
+    """Every head's attention pattern: `[layer, head, batch, query_pos, key_pos]`."""
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    return torch.stack(
+        [cache[f"blocks.{i}.attn.hook_pattern"].transpose(0, 1) for i in range(model.cfg.n_layers)]
+    )
+
+
+def _check_repeats(tokens: Tensor, length: int) -> int:
+    if not isinstance(length, int) or length < 1:
+        raise ValueError(f"length must be a positive int, got {length!r}")
+    body = tokens.shape[-1] - 1
+    if body % length or body // length < 2:
+        raise ValueError(
+            f"tokens must be BOS + at least 2 blocks of length {length} "
+            f"(1 + k * {length} positions), got {tokens.shape[-1]} positions"
+        )
+    return body // length
+
+
+@dataclass(frozen=True)
+class RepeatLoss:
+    """Mean loss on the first (fresh) block and on later (repeated) blocks of repeated tokens."""
+
+    fresh: float
+    repeated: float
+
+    @property
+    def ratio(self) -> float:
+        return self.repeated / self.fresh
+
+
+def repeat_loss(logits: Tensor, tokens: Tensor, length: int) -> RepeatLoss:
+    """Loss on fresh vs repeated tokens, from logits on a `repeated_random_tokens` batch.
+
+    Fresh: predicting tokens 2..length of the first block (the first token follows BOS and is
+    excluded, as is the first token of each later block, which no model can predict). Repeated:
+    predicting tokens 2..length of every later block.
+    """
+    _check_repeats(tokens, length)
+    losses = next_token_loss(logits, tokens, per_token=True)  # entry i predicts position i + 1
+    target = torch.arange(1, tokens.shape[-1])
+    block, offset = (target - 1) // length, (target - 1) % length
+    fresh = losses[:, (block == 0) & (offset >= 1)].mean()
+    repeated = losses[:, (block >= 1) & (offset >= 1)].mean()
+    return RepeatLoss(float(fresh), float(repeated))
+
+
+@torch.no_grad()
+def repeated_tokens_loss(model: AttnOnlyTransformer, tokens: Tensor, length: int) -> RepeatLoss:
+    """`repeat_loss` of the model's own logits."""
+    return repeat_loss(model(tokens), tokens, length)
+
+
+@torch.no_grad()
+def previous_token_scores(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
+    """`[layer, head]`: mean attention from each position i >= 1 to position i - 1."""
+    patterns = _pattern_stack(model, tokens)
+    return patterns.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(-1, -2))
+
+
+@torch.no_grad()
+def induction_scores(model: AttnOnlyTransformer, tokens: Tensor, length: int) -> Tensor:
+    """`[layer, head]` prefix-matching score on repeated random tokens (Olsson et al. 2022):
+    for every position in a repeated block, the attention it pays to the positions right after
+    the earlier occurrences of its token (where induction says the next token is), summed over
+    earlier occurrences and averaged over positions. 1 for a perfect induction head."""
+    _check_repeats(tokens, length)
+    patterns = _pattern_stack(model, tokens)
+    n = tokens.shape[-1]
+    target = earlier_occurrence_mask(n, length, shift=1)
+    queries = target.any(-1)
+    return (patterns * target).sum(-1)[..., queries].mean(dim=(-1, -2))
+
+
+@torch.no_grad()
+def duplicate_token_scores(model: AttnOnlyTransformer, tokens: Tensor, length: int) -> Tensor:
+    """`[layer, head]`: attention from positions in repeated blocks to the earlier occurrences
+    of their own token, summed over occurrences, averaged over positions."""
+    _check_repeats(tokens, length)
+    patterns = _pattern_stack(model, tokens)
+    target = earlier_occurrence_mask(tokens.shape[-1], length, shift=0)
+    queries = target.any(-1)
+    return (patterns * target).sum(-1)[..., queries].mean(dim=(-1, -2))
+
+
+def earlier_occurrence_mask(n: int, length: int, shift: int, latest_only: bool = False) -> Tensor:
+    """`[query, key]` mask for BOS + blocks of `length` repeated tokens (n positions): True where
+    key = q - r * length + shift for an earlier block r >= 1, i.e. an earlier occurrence of the
+    query's token (shift 0) or the token that followed it (shift 1: where induction looks).
+    With `latest_only`, only r = 1."""
+    pos = torch.arange(n)
+    delta = pos[:, None] - pos[None, :] + shift  # q - k + shift = r * length
+    r = delta // length
+    mask = (delta % length == 0) & (r >= 1) & (pos[None, :] >= 1) & (pos[None, :] < pos[:, None])
+    mask &= pos[:, None] - r * length >= 1  # the earlier occurrence itself is a real token
+    if latest_only:
+        mask &= r == 1
+    return mask
+
+
+@torch.no_grad()
+def copying_scores(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
+    """`[layer, head]` copying score in [-1, 1], our reading of Olsson et al.'s evaluator.
+
+    On sequences of distinct random tokens: map each head's output at every position through the
+    unembedding (its direct effect on the logits), subtract the mean over logits and apply a
+    ReLU; r = (raise of the token the head attends to most) / (raise of all tokens in the
+    sequence). r is 1 when the head raises only the attended token and 0 when it raises only
+    others; the score is 2r - 1. Positions attending mostly to BOS are skipped (BOS never
+    predicted).
+    """
+    _, cache = model.run_with_cache(
+        tokens, names_filter=lambda n: n.endswith("hook_pattern") or n.endswith("hook_result")
+    )
+    scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    in_sequence = torch.zeros(tokens.shape[0], model.cfg.d_vocab, dtype=torch.bool)
+    in_sequence.scatter_(1, tokens, True)
+    in_sequence[:, BOS] = False
+    for layer in range(model.cfg.n_layers):
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # [batch, head, q, k]
+        result = cache[f"blocks.{layer}.attn.hook_result"]  # [batch, pos, head, d_model]
+        logits = torch.einsum("bphm,mv->bhpv", result, model.W_U)
+        probs = logits.softmax(-1)  # as in Bansal et al.'s implementation
+        raised = (probs - probs.mean(-1, keepdim=True)).relu()  # [batch, head, pos, vocab]
+        attended = tokens.gather(1, pattern.argmax(-1).flatten(1)).view(pattern.shape[:-1])
+        own = raised.gather(-1, attended[..., None])[..., 0]
+        total = (raised * in_sequence[:, None, None, :]).sum(-1)
+        valid = (attended != BOS) & (total > 0)
+        ratio = torch.where(valid, own / total.clamp_min(1e-12), torch.nan)  # [batch, head, pos]
+        scores[layer] = 2 * ratio.nanmean(dim=(0, 2)) - 1
+    return scores
+
+
+# ---- ablations and term importance (chapters 03 and 04) ----------------------------------------
+
+
+def _check_heads(model: AttnOnlyTransformer, heads) -> list[tuple[int, int]]:
+    heads = [tuple(h) for h in heads]
+    for layer, head in heads:
+        model.check_head(layer, head)
+    return heads
+
+
+@torch.no_grad()
+def run_with_ablation(
+    model: AttnOnlyTransformer,
+    tokens: Tensor,
+    heads,
+    kind: str = "zero",
+    reference: Tensor | None = None,
+) -> Tensor:
+    """Logits with the outputs of `heads` (a list of (layer, head)) removed.
+
+    "zero": the head writes nothing. "mean": it writes its mean output (over batch and positions)
+    on `reference` tokens (default: `tokens`), i.e. its average behaviour without any
+    information about this input.
+    """
+    if kind not in ("zero", "mean"):
+        raise ValueError(f"kind must be 'zero' or 'mean', got {kind!r}")
+    heads = _check_heads(model, heads)
+    means: dict[int, Tensor] = {}
+    if kind == "mean":
+        _, cache = model.run_with_cache(
+            tokens if reference is None else reference,
+            names_filter=lambda n: n.endswith("hook_result"),
+        )
+        means = {
+            layer: cache[f"blocks.{layer}.attn.hook_result"].mean(dim=(0, 1)) for layer, _ in heads
+        }
+
+    hooks = []
+    for layer in sorted({layer for layer, _ in heads}):
+        chosen = [h for layer_, h in heads if layer_ == layer]
+
+        def ablate(result: Tensor, hook, chosen=chosen, layer=layer) -> Tensor:
+            result = result.clone()  # [batch, pos, head, d_model]
+            result[:, :, chosen] = 0.0 if kind == "zero" else means[layer][chosen]
+            return result
+
+        hooks.append((f"blocks.{layer}.attn.hook_result", ablate))
+    return model.run_with_hooks(tokens, hooks)
+
+
+@torch.no_grad()
+def run_with_path_ablation(
+    model: AttnOnlyTransformer, tokens: Tensor, sender: tuple[int, int], receiver: str, layer: int
+) -> Tensor:
+    """Logits with `sender`'s output removed from one input only: the queries ("q"), keys ("k")
+    or values ("v") of every head in `layer`. Everything else still sees it. Separates Q-, K- and
+    V-composition by their effect."""
+    ((s_layer, s_head),) = _check_heads(model, [sender])
+    if receiver not in ("q", "k", "v"):
+        raise ValueError(f"receiver must be 'q', 'k' or 'v', got {receiver!r}")
+    if not isinstance(layer, int) or not s_layer < layer < model.cfg.n_layers:
+        raise ValueError(
+            f"layer must be an int in {s_layer + 1}..{model.cfg.n_layers - 1}, got {layer!r}"
+        )
+    _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{s_layer}.attn.hook_result")
+    sent = cache[f"blocks.{s_layer}.attn.hook_result"][:, :, s_head]  # [batch, pos, d_model]
+    W = getattr(model.blocks[layer].attn, f"W_{receiver.upper()}")  # [head, d_model, d_head]
+    removed = torch.einsum("bpm,hmd->bphd", sent, W)
+
+    def subtract(x: Tensor, hook) -> Tensor:
+        return x - removed
+
+    return model.run_with_hooks(tokens, [(f"blocks.{layer}.attn.hook_{receiver}", subtract)])
+
+
+@dataclass(frozen=True)
+class TermImportance:
+    """Losses (nats/token) of the path expansion truncated at each order, frozen patterns."""
+
+    uniform: float  # ln d_vocab: no information at all
+    order_0: float  # direct path only
+    order_1: float  # + every single head reading the embeddings
+    order_2: float  # + virtual heads (layer 1 reading layer 0's output): the whole model
+    layer_0_only: float  # direct path + first-order terms of layer-0 heads
+    layer_1_only: float  # direct path + first-order terms of layer-1 heads
+
+    @property
+    def marginal(self) -> dict[str, float]:
+        return {
+            "direct path (order 0)": self.uniform - self.order_0,
+            "single heads (order 1)": self.order_0 - self.order_1,
+            "virtual heads (order 2)": self.order_1 - self.order_2,
+        }
+
+
+@torch.no_grad()
+def term_importance(model: AttnOnlyTransformer, tokens: Tensor) -> TermImportance:
+    """Marginal loss of each order of the two-layer path expansion (framework paper, "Term
+    Importance Analysis"): record every head's attention pattern on `tokens`, then recompute the
+    logits with the patterns frozen and the residual stream truncated: order 0 is W_E W_U;
+    order 1 adds each head applied to the embeddings alone; order 2 lets layer-1 heads also read
+    layer 0's outputs (V-composition: the virtual heads). Freezing the patterns keeps Q- and
+    K-composition intact, so only V-composition is ablated.
+    """
+    if model.cfg.n_layers != 2:
+        raise ValueError(f"term_importance needs a two-layer model, got {model.cfg.n_layers}")
+    if model.cfg.positional_embedding_type != "shortformer" or model.cfg.use_bias:
+        raise ValueError("term_importance needs shortformer positions and no biases")
+    tokens = model.validate_tokens(tokens)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    x0 = model.W_E[tokens]  # [batch, pos, d_model]
+
+    def heads_out(layer: int, x: Tensor) -> Tensor:  # every head of `layer` reading x
+        attn = model.blocks[layer].attn
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # [batch, head, q, k]
+        v = torch.einsum("bkm,hmd->bhkd", x, attn.W_V)
+        return torch.einsum("bhqk,bhkd,hdm->bqm", pattern, v, attn.W_O)
+
+    def loss(resid: Tensor) -> float:
+        return float(next_token_loss(resid @ model.W_U, tokens))
+
+    l0, l1_first = heads_out(0, x0), heads_out(1, x0)
+    return TermImportance(
+        uniform=float(torch.log(torch.tensor(float(model.cfg.d_vocab)))),
+        order_0=loss(x0),
+        order_1=loss(x0 + l0 + l1_first),
+        order_2=loss(x0 + l0 + heads_out(1, x0 + l0)),
+        layer_0_only=loss(x0 + l0),
+        layer_1_only=loss(x0 + l1_first),
     )

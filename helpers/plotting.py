@@ -282,3 +282,59 @@ def _outline(x: float, y: float, w: float, h: float):
     from matplotlib.patches import Rectangle
 
     return Rectangle((x, y), w, h, fill=False, edgecolor="black", lw=1.5)
+
+
+def composition_panel(
+    scores: Mapping[str, float],
+    baselines: Mapping[str, tuple[float, float]],
+    matrix: Tensor | np.ndarray,
+    labels: Sequence[str],
+    *,
+    matrix_title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+) -> Figure:
+    """Composition scores of one pair of heads as bars against the random baseline (mean, with a
+    band of ±2 standard deviations), beside a token × token product matrix."""
+    if set(scores) != set(baselines):
+        raise ValueError(
+            f"scores and baselines need the same kinds, got {sorted(scores)} and {sorted(baselines)}"
+        )
+    M = _numpy(matrix)
+    if M.shape != (len(labels), len(labels)):
+        raise ValueError(f"matrix must be [{len(labels)}, {len(labels)}], got {M.shape}")
+    fig = CourseFigure(figsize=(11, 4.6))
+    fig.subplots_adjust(left=0.07, right=0.97, bottom=0.14, top=0.86, wspace=0.3)
+    grid = fig.add_gridspec(1, 3)
+    ax_bar, ax_mat = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1:])
+    kinds = list(scores)
+    x = np.arange(len(kinds))
+    ax_bar.bar(
+        x, [scores[k] for k in kinds], color=["tab:orange", "tab:red", "tab:purple"][: len(kinds)]
+    )
+    for i, k in enumerate(kinds):
+        mean, std = baselines[k]
+        ax_bar.fill_between([i - 0.45, i + 0.45], mean - 2 * std, mean + 2 * std, color="0.7", alpha=0.6,
+                            label="random baseline ±2σ" if i == 0 else None)  # fmt: skip
+        ax_bar.hlines(mean, i - 0.45, i + 0.45, color="black", lw=1)
+        ax_bar.annotate(f"{scores[k]:.2f}\n({scores[k] / mean:.1f}×)", (i, scores[k]),
+                        ha="center", va="bottom", fontsize=8)  # fmt: skip
+    ax_bar.set_xticks(x, [f"{k}-comp." for k in kinds])
+    ax_bar.set_ylabel("composition score")
+    ax_bar.set_ylim(
+        0, max(max(scores.values()), max(m + 2 * s for m, s in baselines.values())) * 1.3
+    )
+    ax_bar.legend(loc="upper left", fontsize=8)
+    bound = float(np.abs(M).max()) or 1.0
+    im = ax_mat.imshow(M, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -bound, bound), aspect="auto",
+                       interpolation="nearest")  # fmt: skip
+    if len(labels) <= 64:
+        ax_mat.set_xticks(range(len(labels)), labels, fontsize=6)
+        ax_mat.set_yticks(range(len(labels)), labels, fontsize=6)
+    ax_mat.set_title(matrix_title, fontsize=10)
+    ax_mat.set_xlabel(xlabel)
+    ax_mat.set_ylabel(ylabel)
+    fig.colorbar(im, ax=ax_mat, shrink=0.8, pad=0.02)
+    fig.suptitle(title)
+    return fig

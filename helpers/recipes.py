@@ -16,7 +16,12 @@ from pathlib import Path
 import torch
 
 from helpers.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
-from helpers.data import BigramLanguage, CopyingLanguage, SkipTrigramLanguage
+from helpers.data import (
+    BigramLanguage,
+    CopyingLanguage,
+    RepeatedSegmentLanguage,
+    SkipTrigramLanguage,
+)
 from helpers.models import AttnOnlyTransformer, HookedTransformerConfig
 from helpers.train import Task, TrainConfig, next_token_loss, train
 
@@ -29,6 +34,8 @@ class Recipe:
     model: HookedTransformerConfig
     make_task: Callable[[], Task]
     training: TrainConfig
+    # extra scores to record during training, besides the held-out loss
+    evaluations: Callable[[], dict[str, Callable[[AttnOnlyTransformer], float]]] | None = None
 
 
 def _bigram_language() -> BigramLanguage:
@@ -39,6 +46,37 @@ def _bigram_model(d_model: int) -> HookedTransformerConfig:
     return HookedTransformerConfig(
         n_layers=0, d_model=d_model, n_heads=0, d_head=1, n_ctx=64, d_vocab=27, seed=0
     )
+
+
+def _induction_language() -> RepeatedSegmentLanguage:
+    return RepeatedSegmentLanguage(n_states=52, segment_len=(4, 12), seed=0)
+
+
+def _induction_model(n_layers: int) -> HookedTransformerConfig:
+    return HookedTransformerConfig(
+        n_layers=n_layers, d_model=64, n_heads=4, d_head=16, n_ctx=32, d_vocab=53, seed=0
+    )
+
+
+# Measured on the 2-core machine: loss on repeats falls to 0.25 x the loss on fresh tokens by
+# step ~500 (about 5 s); lr 3e-3 took ~700 steps, init std 0.02 sat on the plateau past 1500.
+# The extra steps sharpen the heads (previous-token score 0.83 at step 1000, 0.98 at 1500).
+_INDUCTION_TRAINING = TrainConfig(n_steps=1500, batch_size=64, lr=5e-3, seed=0, eval_every=50)
+
+
+def _induction_evaluations() -> dict[str, Callable[[AttnOnlyTransformer], float]]:
+    """Scores on repeated random tokens (10 tokens x 3, fixed seed), recorded while training."""
+    from helpers import evals
+    from helpers.data import repeated_random_tokens
+
+    tokens = repeated_random_tokens(52, 10, 3, 50, torch.Generator().manual_seed(0))
+    return {
+        "repeat_loss_ratio": lambda m: evals.repeated_tokens_loss(m, tokens, 10).ratio,
+        "max_previous_token_score": lambda m: float(
+            evals.previous_token_scores(m, tokens)[0].max()
+        ),
+        "max_induction_score": lambda m: float(evals.induction_scores(m, tokens, 10)[-1].max()),
+    }
 
 
 _BIGRAM_TRAINING = TrainConfig(n_steps=1000, batch_size=128, lr=3e-2, seq_len=64, seed=0)
@@ -72,6 +110,21 @@ RECIPES: dict[str, Recipe] = {
         lambda: SkipTrigramLanguage(seed=0),
         TrainConfig(n_steps=2000, batch_size=64, lr=3e-3, seed=0),
     ),
+    "induction_2l": Recipe(
+        "two layers of four heads on repeated segments over a bigram background: induction "
+        "heads form (chapters 03-05)",
+        _induction_model(n_layers=2),
+        _induction_language,
+        _INDUCTION_TRAINING,
+        _induction_evaluations,
+    ),
+    "induction_1l": Recipe(
+        "the one-layer control, same data and training as induction_2l (chapters 04-05)",
+        _induction_model(n_layers=1),
+        _induction_language,
+        _INDUCTION_TRAINING,
+        _induction_evaluations,
+    ),
 }
 
 
@@ -97,9 +150,10 @@ def train_recipe(name: str, progress: bool = True) -> Checkpoint:
     task = recipe.make_task()
     model = AttnOnlyTransformer(recipe.model)
     n_ctx = recipe.training.seq_len or recipe.model.n_ctx
-    history = train(
-        model, task, recipe.training, {"eval_loss": _eval_loss(task, n_ctx)}, progress=progress
-    )
+    callbacks = {"eval_loss": _eval_loss(task, n_ctx)}
+    if recipe.evaluations is not None:
+        callbacks |= recipe.evaluations()
+    history = train(model, task, recipe.training, callbacks, progress=progress)
     history["training"] = recipe.training.to_dict()
     return Checkpoint(model=model, task=task.to_dict(), history=history)
 

@@ -21,9 +21,11 @@ from helpers.data import BOS
 from helpers.models import AttnOnlyTransformer
 from helpers.plotting import (
     circuit_panel,
+    composition_panel,
     contribution_bars,
     distribution_comparison,
     figure_png,
+    token_heatmap,
 )
 
 
@@ -150,3 +152,76 @@ def circuit_explorer(
         )  # fmt: skip
 
     return Explorer([head, token], draw)
+
+
+def composition_explorer(model: AttnOnlyTransformer, token_labels: list[str]) -> Explorer:
+    """Chapter 03: pick a layer-0 head, a layer-1 head and a kind of composition; see the pair's
+    Q-, K- and V-composition scores against the random baseline, and the token × token matrix of
+    the chosen composition (K: the K-composition term of the later head's QK circuit; Q: the
+    Q-composition term; V: the virtual head's full OV circuit)."""
+    if model.cfg.n_layers != 2:
+        raise ValueError(f"composition_explorer needs a two-layer model, got {model.cfg.n_layers}")
+    if len(token_labels) != model.cfg.d_vocab:
+        raise ValueError(f"need {model.cfg.d_vocab} token labels, got {len(token_labels)}")
+    n_heads = model.cfg.n_heads
+    earlier = widgets.Dropdown(
+        options=[(f"L0H{h}", h) for h in range(n_heads)], description="layer 0"
+    )
+    later = widgets.Dropdown(
+        options=[(f"L1H{h}", h) for h in range(n_heads)], description="layer 1"
+    )
+    kind = widgets.ToggleButtons(options=["K", "Q", "V"], value="K", description="matrix")
+    scores = {k: circuits.composition_scores(model, k) for k in circuits.COMPOSITION_KINDS}
+    baselines = {k: circuits.composition_baseline(model, k) for k in circuits.COMPOSITION_KINDS}
+
+    def draw() -> Figure:
+        e, l_ = earlier.value, later.value
+        pair = {k: float(scores[k][e, l_]) for k in circuits.COMPOSITION_KINDS}
+        if kind.value == "K":
+            M = circuits.k_composition_circuit(model, (0, e), (1, l_))
+            names = (
+                "K-composition term of the QK circuit",
+                "key's previous token (moved by L0)",
+                "query token",
+            )
+        elif kind.value == "Q":
+            M = circuits.q_composition_circuit(model, (0, e), (1, l_))
+            names = (
+                "Q-composition term of the QK circuit",
+                "key token",
+                "token L0 moved to the query",
+            )
+        else:
+            M = circuits.virtual_head_ov_circuit(model, (0, e), (1, l_))
+            names = ("virtual head's full OV circuit", "output token", "source token")
+        return composition_panel(
+            pair, baselines, M, token_labels, matrix_title=names[0], xlabel=names[1],
+            ylabel=names[2], title=f"L0H{e} → L1H{l_}",
+        )  # fmt: skip
+
+    return Explorer([earlier, later, kind], draw)
+
+
+def attention_explorer(
+    model: AttnOnlyTransformer, tokens: Tensor, token_labels: list[str]
+) -> Explorer:
+    """Chapter 04: pick a head; see its attention pattern on one sequence (e.g. repeated random
+    tokens), rows = query positions, columns = key positions, labelled with the tokens."""
+    if model.cfg.n_layers == 0:
+        raise ValueError("a zero-layer model has no attention heads")
+    tokens = model.validate_tokens(tokens)[:1]
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    text = [token_labels[int(t)] for t in tokens[0]]
+    heads = [(f"L{layer}H{head}", (layer, head))
+             for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]  # fmt: skip
+    head = widgets.Dropdown(options=heads, value=heads[0][1], description="head")
+
+    def draw() -> Figure:
+        layer, h = head.value
+        return token_heatmap(
+            cache[f"blocks.{layer}.attn.hook_pattern"][0, h], text, text, centre=False,
+            title=f"L{layer}H{h} attention pattern", xlabel="key position (attended to)",
+            ylabel="query position", ax_size=6,
+        )  # fmt: skip
+
+    return Explorer([head], draw)

@@ -364,3 +364,163 @@ def test_crossed_effect_rejects(wrong, diagnosis):
     with pytest.raises(checks.CheckFailed) as info:
         checks.check_crossed_effect(wrong)
     assert diagnosis in str(info.value)
+
+
+# ---- chapter 03 ---------------------------------------------------------------------------------
+def _kcomp(m, qk_transposed=True, normalise=True, swap=False):
+    a0, a1 = m.blocks[0].attn, m.blocks[1].attn
+    OV = a0.W_V @ a0.W_O
+    QK = a1.W_Q @ a1.W_K.transpose(-1, -2)
+    other = QK.transpose(-1, -2) if qk_transposed else QK
+    prod = (OV[:, None] @ other[None]).flatten(-2).norm(dim=-1)
+    if normalise:
+        prod = prod / (OV.flatten(-2).norm(dim=-1)[:, None] * QK.flatten(-2).norm(dim=-1)[None])
+    return prod.T if swap else prod
+
+
+def test_k_composition_accepts_reference():
+    checks.check_k_composition_scores(_kcomp)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m: _kcomp(m, qk_transposed=False), "these are Q-composition scores"),
+        (lambda m: _kcomp(m, swap=True), "axes are swapped"),
+        (lambda m: _kcomp(m, normalise=False), "not normalised"),
+        (lambda m: circuits.composition_scores(m, "V"), "these are V-composition scores"),
+        (lambda m: _kcomp(m)[0], "returned shape (3,); expected (3, 3)"),
+    ],
+)
+def test_k_composition_rejects(wrong, diagnosis):
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_k_composition_scores(wrong)
+    assert diagnosis in str(info.value)
+
+
+def _virtual(m, h0, h1):
+    return m.W_E @ m.W_V[0, h0] @ m.W_O[0, h0] @ m.W_V[1, h1] @ m.W_O[1, h1] @ m.W_U
+
+
+def test_virtual_head_accepts_reference():
+    checks.check_virtual_head_ov(_virtual)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (
+            lambda m, h0, h1: (
+                m.W_E @ m.W_V[1, h1] @ m.W_O[1, h1] @ m.W_V[0, h0] @ m.W_O[0, h0] @ m.W_U
+            ),
+            "wrong order",
+        ),
+        (lambda m, h0, h1: _virtual(m, h0, h1).T, "circuit is transposed"),
+        (lambda m, h0, h1: m.W_E @ m.W_V[0, h0] @ m.W_O[0, h0] @ m.W_U, "layer-1 head is missing"),
+    ],
+)
+def test_virtual_head_rejects(wrong, diagnosis):
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_virtual_head_ov(wrong)
+    assert diagnosis in str(info.value)
+
+
+# ---- chapter 04 ---------------------------------------------------------------------------------
+def test_previous_token_score_accepts_reference():
+    checks.check_previous_token_score(lambda p: p.diagonal(-1, -2, -1).mean())
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda p: p.diagonal(0, -2, -1).mean(), "main diagonal"),
+        (lambda p: p.diagonal(1, -2, -1).mean(), "next position"),
+        (lambda p: p.diagonal(-1, -2, -1).sum(), "sum was taken"),
+        (lambda p: p.diagonal(-1, -2, -1).mean(-1), "must return a float"),
+    ],
+)
+def test_previous_token_score_rejects(wrong, diagnosis):
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_previous_token_score(wrong)
+    assert diagnosis in str(info.value)
+
+
+def _induction(shift=1, latest_only=False):
+    def fn(pattern, length):
+        n, per_query = pattern.shape[-1], []
+        for q in range(1 + length, n):
+            rs = [1] if latest_only else range(1, (q - 1) // length + 1)
+            per_query.append(pattern[:, q, [q - r * length + shift for r in rs]].sum(-1))
+        return float(torch.stack(per_query).mean())
+
+    return fn
+
+
+def test_induction_score_accepts_reference():
+    checks.check_induction_score(_induction())
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_induction(shift=0), "duplicate-token score"),
+        (_induction(shift=2), "one position too far"),
+        (_induction(latest_only=True), "only the most recent earlier copy"),
+        (lambda p, length: "0.5", "must return a float"),
+    ],
+)
+def test_induction_score_rejects(wrong, diagnosis):
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_induction_score(wrong)
+    assert diagnosis in str(info.value)
+
+
+def _handmade_parts():
+    def prev(model, layout):
+        n, V = layout.n_ctx, layout.d_vocab
+        position = torch.arange(layout.position.start, layout.position.stop)
+        a = model.blocks[0].attn
+        a.W_Q[0, position, torch.arange(n)] = 50.0
+        a.W_K[0, position[:-1], torch.arange(1, n)] = 50.0
+        a.W_V[0, layout.token, :V] = torch.eye(V)
+        a.W_O[0, :V, layout.previous] = torch.eye(V)
+
+    def induction(model, layout, key=None, out=None, strength=50.0):
+        V = layout.d_vocab
+        a = model.blocks[1].attn
+        a.W_Q[0, layout.token, :V] = strength * torch.eye(V)
+        a.W_K[0, key or layout.previous, :V] = strength * torch.eye(V)
+        a.W_V[0, layout.token, :V] = torch.eye(V)
+        a.W_O[0, :V, out or layout.output] = torch.eye(V)
+
+    return prev, induction
+
+
+def test_handmade_accepts_reference():
+    prev, induction = _handmade_parts()
+    checks.check_handmade_induction(prev, induction)
+    checks.check_handmade_induction(lambda m, lay: None, checks.reference_handmade_weights)
+
+
+@pytest.mark.parametrize(
+    "variant, diagnosis",
+    [
+        ("no previous head", "Layer 0 puts only"),
+        ("keys read the token", "Layer 1 puts only"),
+        ("writes to the token subspace", "check its OV"),
+        ("weak scores", "needs <= 0.25"),
+    ],
+)
+def test_handmade_rejects(variant, diagnosis):
+    prev, induction = _handmade_parts()
+    if variant == "no previous head":
+        args = (lambda m, lay: None, induction)
+    elif variant == "keys read the token":
+        args = (prev, lambda m, lay: induction(m, lay, key=lay.token))
+    elif variant == "writes to the token subspace":
+        args = (prev, lambda m, lay: induction(m, lay, out=lay.token))
+    else:
+        args = (prev, lambda m, lay: induction(m, lay, strength=0.5))
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_handmade_induction(*args)
+    assert diagnosis in str(info.value)

@@ -190,3 +190,92 @@ def test_one_layer_path_expansion_is_exact_and_checks_its_model():
         circuits.one_layer_path_expansion(make_model(), tokens)
     with pytest.raises(ValueError, match="shortformer positions and no biases"):
         circuits.one_layer_path_expansion(_one_layer(positional_embedding_type="standard"), tokens)
+
+
+# ---- two-layer circuits ------------------------------------------------------------------------
+def _fro(M):
+    return float(M.detach().norm())
+
+
+def test_composition_scores_brute_force_in_the_papers_convention():
+    model = make_model()  # 2 layers, 3 heads
+    a0, a1 = model.blocks[0].attn, model.blocks[1].attn
+    scores = {k: circuits.composition_scores(model, k) for k in "QKV"}
+    for h0, h1 in itertools.product(range(3), range(3)):
+        # the paper's column-convention matrices: W_OV = (W_V W_O)ᵀ, W_QK = W_Q W_Kᵀ (same)
+        W_OV1 = (a0.W_V[h0] @ a0.W_O[h0]).T
+        W_QK2 = a1.W_Q[h1] @ a1.W_K[h1].T
+        W_OV2 = (a1.W_V[h1] @ a1.W_O[h1]).T
+        q = _fro(W_QK2.T @ W_OV1) / (_fro(W_QK2) * _fro(W_OV1))
+        k = _fro(W_QK2 @ W_OV1) / (_fro(W_QK2) * _fro(W_OV1))
+        v = _fro(W_OV2 @ W_OV1) / (_fro(W_OV2) * _fro(W_OV1))
+        assert np.isclose(scores["Q"][h0, h1], q, rtol=1e-4)
+        assert np.isclose(scores["K"][h0, h1], k, rtol=1e-4)
+        assert np.isclose(scores["V"][h0, h1], v, rtol=1e-4)
+
+
+def test_composition_baseline_is_about_one_over_sqrt_d_model_and_seeded():
+    model = make_model(d_model=64, d_head=8)
+    mean, std = circuits.composition_baseline(model, "K", n_samples=300)
+    assert abs(mean - 64**-0.5) < 0.01 and 0 < std < 0.02
+    assert circuits.composition_baseline(model, "K", n_samples=300) == (mean, std)
+    assert circuits.composition_baseline(model, "K", n_samples=300, seed=1) != (mean, std)
+
+
+def test_virtual_head_and_composition_circuits_brute_force():
+    model = make_model()
+    a0, a1 = model.blocks[0].attn, model.blocks[1].attn
+    virtual = circuits.virtual_head_ov_circuit(model, (0, 1), (1, 2))
+    for s in range(13):
+        x = model.W_E[s] @ a0.W_V[1] @ a0.W_O[1] @ a1.W_V[2] @ a1.W_O[2]
+        assert torch.allclose(virtual[s], x @ model.W_U, atol=1e-5)
+    K = circuits.k_composition_circuit(model, (0, 0), (1, 1))
+    Q = circuits.q_composition_circuit(model, (0, 0), (1, 1))
+    for a, b in itertools.product(range(13), range(13)):
+        q = model.W_E[a] @ a1.W_Q[1]
+        k = model.W_E[b] @ a0.W_V[0] @ a0.W_O[0] @ a1.W_K[1]
+        assert torch.isclose(K[a, b], q @ k / 2.0, atol=1e-5)
+        q2 = model.W_E[a] @ a0.W_V[0] @ a0.W_O[0] @ a1.W_Q[1]
+        assert torch.isclose(Q[a, b], q2 @ (model.W_E[b] @ a1.W_K[1]) / 2.0, atol=1e-5)
+
+
+def test_diagonal_top1_accuracy():
+    M = torch.eye(4) + torch.tensor([[0, 0, 0, 0], [0, 0, 5.0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    assert circuits.diagonal_top1_accuracy(M) == 0.75
+    assert circuits.diagonal_top1_accuracy(M, ignore=[1]) == 1.0
+    with pytest.raises(ValueError, match="square matrix"):
+        circuits.diagonal_top1_accuracy(torch.ones(2, 3))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda m: circuits.composition_scores(m, "X"),
+            r"kind must be one of \('Q', 'K', 'V'\), got 'X'",
+        ),
+        (
+            lambda m: circuits.composition_scores(m, "K", 1, 0),
+            r"need 0 <= earlier_layer < later_layer <= 1",
+        ),
+        (
+            lambda m: circuits.composition_baseline(m, "K", n_samples=1),
+            r"n_samples must be an int >= 2",
+        ),
+        (
+            lambda m: circuits.virtual_head_ov_circuit(m, (1, 0), (0, 0)),
+            r"earlier head must be in an earlier layer",
+        ),
+        (
+            lambda m: circuits.k_composition_circuit(m, (0, 5), (1, 0)),
+            r"head must be in 0..2, got 5",
+        ),
+        (
+            lambda m: circuits.q_composition_circuit(m, (0, 0), (2, 0)),
+            r"layer must be in 0..1, got 2",
+        ),
+    ],
+)
+def test_bad_input_to_composition_functions(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(make_model())

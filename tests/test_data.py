@@ -122,3 +122,46 @@ def test_copying_language_uses_k_tokens_per_sequence():
     assert CopyingLanguage.from_dict(lang.to_dict()).k == 3
     with pytest.raises(ValueError, match="k must be at most n_states=10, got 11"):
         CopyingLanguage(n_states=10, k=11)
+
+
+def test_repeated_segments_truth_and_variety():
+    from helpers.data import RepeatedSegmentLanguage
+
+    lang = RepeatedSegmentLanguage(n_states=20, segment_len=(3, 8), seed=2)
+    tokens, predictable = lang.sample_with_truth(
+        300, 32, generator=torch.Generator().manual_seed(0)
+    )
+    assert tokens.shape == predictable.shape == (300, 32) and (tokens[:, 0] == BOS).all()
+    assert not predictable[:, :2].any()
+    lengths, offsets = set(), set()
+    for row, mask in zip(tokens.tolist(), predictable.tolist(), strict=True):
+        where = [i for i, m in enumerate(mask) if m]
+        assert where == list(range(where[0], where[-1] + 1))  # one contiguous run
+        length = len(where) + 1  # the segment's first token is not predictable
+        start2 = where[0] - 1
+        matches = [
+            s
+            for s in range(1, start2 - length + 1)
+            if row[s : s + length] == row[start2 : start2 + length]
+        ]
+        assert matches, "the segment occurs earlier"
+        lengths.add(length)
+        offsets.add(start2 - matches[-1])
+    assert len(lengths) == 6 and len(offsets) > 10  # lengths 3..8 and many offsets: no fixed period
+
+
+def test_repeated_random_tokens_layout_and_errors():
+    from helpers.data import repeated_random_tokens
+
+    t = repeated_random_tokens(10, 4, 3, 5, torch.Generator().manual_seed(0))
+    assert t.shape == (5, 13) and (t[:, 0] == BOS).all()
+    assert torch.equal(t[:, 1:5], t[:, 5:9]) and torch.equal(t[:, 1:5], t[:, 9:13])
+    assert all(len(set(row[1:5].tolist())) == 4 for row in t)
+    with pytest.raises(ValueError, match="length must be at most n_states=10"):
+        repeated_random_tokens(10, 11, 2, 1, torch.Generator())
+    from helpers.data import RepeatedSegmentLanguage
+
+    with pytest.raises(ValueError, match="segment_len must be"):
+        RepeatedSegmentLanguage(segment_len=(5, 3))
+    with pytest.raises(ValueError, match="n_ctx must be an int >= 9"):
+        RepeatedSegmentLanguage(segment_len=(4, 6)).sample(2, 8)

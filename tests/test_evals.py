@@ -1,5 +1,7 @@
+import itertools
 import math
 
+import numpy as np
 import pytest
 
 from helpers import evals
@@ -46,3 +48,129 @@ def test_bad_input(setup, kwargs, message):
     args = {"dest": "in", "output": "bay", **kwargs}
     with pytest.raises(ValueError, match=message):
         evals.continuation_effect(model, language, **args)
+
+
+# ---- repeated random tokens, ablations, term importance -----------------------------------------
+import torch  # noqa: E402
+
+from helpers import checks, handmade  # noqa: E402
+from helpers.data import repeated_random_tokens  # noqa: E402
+from helpers.train import next_token_loss  # noqa: E402
+from tests.conftest import make_model, random_tokens  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def handmade_model():
+    layout = handmade.Layout()
+    model = handmade.blank_model(layout)
+    with torch.no_grad():
+        checks.reference_handmade_weights(model, layout)
+    tokens = repeated_random_tokens(11, 8, 3, 10, torch.Generator().manual_seed(0))
+    return model, tokens
+
+
+def test_scores_of_a_perfect_hand_made_induction_circuit(handmade_model):
+    model, tokens = handmade_model
+    prev = evals.previous_token_scores(model, tokens)
+    induction = evals.induction_scores(model, tokens, 8)
+    duplicate = evals.duplicate_token_scores(model, tokens, 8)
+    assert prev[0, 0] > 0.99 and prev[1, 0] < 0.1
+    assert induction[1, 0] > 0.99 and induction[0, 0] < 0.1
+    assert duplicate.max() < 0.1
+    assert evals.copying_scores(model, tokens)[1, 0] > 0.9  # it copies what it attends to
+    loss = evals.repeated_tokens_loss(model, tokens, 8)
+    assert loss.repeated < 0.01 and loss.fresh > 1.0 and loss.ratio < 0.01
+
+
+def test_earlier_occurrence_mask_brute_force():
+    n, length = 1 + 4 * 3, 4
+    for shift in (0, 1):
+        mask = evals.earlier_occurrence_mask(n, length, shift)
+        latest = evals.earlier_occurrence_mask(n, length, shift, latest_only=True)
+        for q, k in itertools.product(range(n), range(n)):
+            rs = [r for r in range(1, 4) if q - r * length >= 1 and k == q - r * length + shift]
+            assert mask[q, k] == bool(rs and k < q)
+            assert latest[q, k] == (1 in rs and k < q)
+
+
+def test_repeat_loss_by_hand():
+    tokens = torch.tensor([[0, 1, 2, 3, 1, 2, 3]])  # BOS + 2 blocks of 3
+    logits = torch.zeros(1, 7, 5)
+    logits[0, 4, 2] = logits[0, 5, 3] = 100.0  # perfect on the predictable repeats
+    loss = evals.repeat_loss(logits, tokens, 3)
+    assert np.isclose(loss.fresh, np.log(5)) and loss.repeated < 1e-6
+    with pytest.raises(ValueError, match="BOS \\+ at least 2 blocks of length 4"):
+        evals.repeat_loss(logits, tokens, 4)
+
+
+def test_zero_ablation_removes_exactly_the_heads_logit_term():
+    model = make_model()
+    tokens = random_tokens(model)
+    _, cache = model.run_with_cache(tokens)
+    ablated = evals.run_with_ablation(model, tokens, [(1, 2)])
+    expected = model(tokens) - cache["blocks.1.attn.hook_result"][:, :, 2] @ model.W_U
+    assert torch.allclose(ablated, expected, atol=1e-5)
+    means = cache["blocks.1.attn.hook_result"][:, :, 2].mean(dim=(0, 1))
+    mean_ablated = evals.run_with_ablation(model, tokens, [(1, 2)], kind="mean")
+    assert torch.allclose(mean_ablated, expected + means @ model.W_U, atol=1e-5)
+    with pytest.raises(ValueError, match="kind must be 'zero' or 'mean'"):
+        evals.run_with_ablation(model, tokens, [(1, 2)], kind="resample")
+    with pytest.raises(ValueError, match="head must be in 0..2, got 3"):
+        evals.run_with_ablation(model, tokens, [(0, 3)])
+
+
+def test_path_ablation_brute_force_for_values():
+    """Removing head L0H1 from layer 1's values = recomputing layer 1 with values read from
+    resid - that head's output, patterns unchanged."""
+    model = make_model()
+    tokens = random_tokens(model)
+    _, cache = model.run_with_cache(tokens)
+    sent = cache["blocks.0.attn.hook_result"][:, :, 1]
+    resid1 = cache["blocks.1.hook_resid_pre"]
+    a1 = model.blocks[1].attn
+    v = torch.einsum("bpm,hmd->bphd", resid1 - sent, a1.W_V)
+    z = torch.einsum("bhqk,bkhd->bqhd", cache["blocks.1.attn.hook_pattern"], v)
+    out = torch.einsum("bqhd,hdm->bqm", z, a1.W_O)
+    expected = (resid1 + out) @ model.W_U
+    got = evals.run_with_path_ablation(model, tokens, (0, 1), "v", layer=1)
+    assert torch.allclose(got, expected, atol=1e-5)
+    for receiver in ("q", "k"):  # changes the patterns, so the logits change
+        assert not torch.allclose(
+            evals.run_with_path_ablation(model, tokens, (0, 1), receiver, 1), model(tokens)
+        )
+    with pytest.raises(ValueError, match="receiver must be 'q', 'k' or 'v'"):
+        evals.run_with_path_ablation(model, tokens, (0, 1), "o", 1)
+    with pytest.raises(ValueError, match="layer must be an int in 1..1, got 0"):
+        evals.run_with_path_ablation(model, tokens, (0, 1), "k", 0)
+
+
+def test_term_importance_against_hooks():
+    model = make_model()
+    tokens = random_tokens(model)
+    terms = evals.term_importance(model, tokens)
+    with torch.no_grad():
+        assert np.isclose(terms.order_2, next_token_loss(model(tokens), tokens).item(), atol=1e-5)
+        assert np.isclose(
+            terms.order_0, next_token_loss(model.W_E[tokens] @ model.W_U, tokens).item(), atol=1e-5
+        )
+    # order 1 = the model with frozen patterns whose layer 1 reads the embeddings only
+    _, cache = model.run_with_cache(tokens)
+    frozen = [
+        (
+            f"blocks.{i}.attn.hook_pattern",
+            lambda x, hook, i=i: cache[f"blocks.{i}.attn.hook_pattern"],
+        )
+        for i in range(2)
+    ]
+    layer0_out = cache["blocks.0.hook_attn_out"]
+    hooks = [*frozen, ("blocks.1.hook_resid_pre", lambda x, hook: cache["hook_embed"]),
+             ("blocks.1.hook_resid_post", lambda x, hook: x + layer0_out)]  # fmt: skip
+    order1 = next_token_loss(model.run_with_hooks(tokens, hooks), tokens).item()
+    assert np.isclose(terms.order_1, order1, atol=1e-5)
+    assert set(terms.marginal) == {
+        "direct path (order 0)",
+        "single heads (order 1)",
+        "virtual heads (order 2)",
+    }
+    with pytest.raises(ValueError, match="needs a two-layer model, got 1"):
+        evals.term_importance(make_model(n_layers=1), tokens)

@@ -71,3 +71,17 @@ def test_circuit_panel_shapes_and_outline():
     assert len(qk_ax.patches) == 1 and len(ov_ax.patches) == 1
     with pytest.raises(ValueError, match=r"ov must be \[4, 4\], got \(4, 3\)"):
         plotting.circuit_panel(torch.randn(4, 4), torch.randn(4, 3), list("abcd"))
+
+
+def test_composition_panel():
+    fig = plotting.composition_panel(
+        {"Q": 0.1, "K": 0.3, "V": 0.1},
+        {k: (0.12, 0.01) for k in "QKV"},
+        torch.randn(3, 3),
+        list("abc"),
+    )
+    assert len(fig.axes[0].patches) >= 3
+    with pytest.raises(ValueError, match="same kinds"):
+        plotting.composition_panel({"Q": 0.1}, {"K": (0.1, 0.01)}, torch.randn(3, 3), list("abc"))
+    with pytest.raises(ValueError, match=r"matrix must be \[3, 3\]"):
+        plotting.composition_panel({"K": 0.1}, {"K": (0.1, 0.01)}, torch.randn(2, 3), list("abc"))

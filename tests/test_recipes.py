@@ -7,7 +7,13 @@ import torch
 
 from helpers import circuits, recipes
 from helpers.checkpoints import load_checkpoint
-from helpers.data import BigramLanguage, CopyingLanguage, SkipTrigramLanguage
+from helpers.data import (
+    BigramLanguage,
+    CopyingLanguage,
+    RepeatedSegmentLanguage,
+    SkipTrigramLanguage,
+    repeated_random_tokens,
+)
 from helpers.train import next_token_loss
 
 
@@ -17,7 +23,8 @@ def test_every_stored_checkpoint_loads_and_matches_its_recipe(name):
     assert ckpt.cfg == recipes.RECIPES[name].model
     assert ckpt.history["training"] == recipes.RECIPES[name].training.to_dict()
     language = {"bigram": BigramLanguage, "copying": CopyingLanguage,
-                "skip_trigrams": SkipTrigramLanguage}[ckpt.task["name"]]  # fmt: skip
+                "skip_trigrams": SkipTrigramLanguage,
+                "repeated_segments": RepeatedSegmentLanguage}[ckpt.task["name"]]  # fmt: skip
     assert language.from_dict(ckpt.task).d_vocab == ckpt.cfg.d_vocab  # the planted truth is there
     assert len(ckpt.history["loss"]) == recipes.RECIPES[name].training.n_steps
 
@@ -84,3 +91,15 @@ def test_retraining_skip_trigram_model_reproduces_chapter_02_claims():
     assert recovered / len(language.rule_ids) >= 0.9
     assert max(circuits.copying_score(model, 0, h) for h in range(4)) >= 0.7
     assert continuation_effect(model, language, "in", "bay").mean_change > 0
+
+
+def test_retraining_induction_models_reproduces_chapter_04_claims():
+    from helpers import evals
+
+    two = recipes.train_recipe("induction_2l", progress=False).model
+    one = recipes.train_recipe("induction_1l", progress=False).model
+    tokens = repeated_random_tokens(52, 10, 3, 100, torch.Generator().manual_seed(0))
+    assert evals.repeated_tokens_loss(two, tokens, 10).ratio <= 0.25
+    assert evals.repeated_tokens_loss(one, tokens, 10).ratio >= 0.6
+    assert evals.previous_token_scores(two, tokens)[0].max() >= 0.8
+    assert evals.induction_scores(two, tokens, 10)[1].max() >= 0.6

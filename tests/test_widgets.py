@@ -62,3 +62,29 @@ def test_circuit_explorer_bad_input():
         widgets.circuit_explorer(make_model(), ["a", "b", "c"])
     with pytest.raises(ValueError, match="zero-layer model has no attention heads"):
         widgets.circuit_explorer(make_model(n_layers=0), [f"t{i}" for i in range(13)])
+
+
+def test_composition_explorer_redraws_for_every_control():
+    model = make_model()
+    explorer = widgets.composition_explorer(model, [f"t{i}" for i in range(13)])
+    earlier, later, kind = explorer.controls
+    seen = {_png(explorer)}
+    for control, value in ((earlier, 2), (later, 1), (kind, "V"), (kind, "Q")):
+        control.value = value
+        seen.add(_png(explorer))
+    assert len(seen) == 5
+    with pytest.raises(ValueError, match="needs a two-layer model, got 1"):
+        widgets.composition_explorer(make_model(n_layers=1), [f"t{i}" for i in range(13)])
+
+
+def test_attention_explorer_redraws():
+    model = make_model()
+    explorer = widgets.attention_explorer(
+        model, random_tokens(model, batch=1), [f"t{i}" for i in range(13)]
+    )
+    (head,) = explorer.controls
+    before = _png(explorer)
+    head.value = (1, 2)
+    assert _png(explorer) != before
+    with pytest.raises(ValueError, match="longer than n_ctx"):
+        widgets.attention_explorer(model, torch.zeros(1, 20, dtype=torch.long), ["x"] * 13)
