@@ -338,3 +338,48 @@ def composition_panel(
     fig.colorbar(im, ax=ax_mat, shrink=0.8, pad=0.02)
     fig.suptitle(title)
     return fig
+
+
+def loss_by_position(
+    curves: Mapping[str, Tensor | np.ndarray],
+    *,
+    boundaries: Sequence[float] = (),
+    first_position: int = 1,
+    title: str = "",
+    xlabel: str = "position of the predicted token",
+) -> Figure:
+    """Per-position loss curves `{name: [pos]}` on one axis, with dotted vertical lines at
+    `boundaries` (e.g. where a repeat starts). Entry i is plotted at position first_position + i."""
+    fig = CourseFigure(figsize=(8, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for name, values in curves.items():
+        y = _numpy(values).ravel()
+        ax.plot(np.arange(first_position, first_position + len(y)), y, marker=".", label=name)
+    for x in boundaries:
+        ax.axvline(x, color="0.6", ls=":")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("loss (nats)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def horizontal_bars(values: Mapping[str, float], *, xlabel: str = "", title: str = "") -> Figure:
+    """One labelled horizontal bar per entry, top to bottom in order, value written at its end."""
+    if not values:
+        raise ValueError("horizontal_bars needs at least one value")
+    names, numbers = list(values), [float(v) for v in values.values()]
+    fig = CourseFigure(figsize=(6.5, 0.45 * len(names) + 1.3), layout="constrained")
+    ax = fig.add_subplot()
+    ax.barh(range(len(names)), numbers, color=[f"C{i}" for i in range(len(names))])
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    for i, v in enumerate(numbers):
+        ax.annotate(
+            f"{v:.3f}", (v, i), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8
+        )
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.margins(x=0.15)
+    return fig

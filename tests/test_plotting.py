@@ -85,3 +85,15 @@ def test_composition_panel():
         plotting.composition_panel({"Q": 0.1}, {"K": (0.1, 0.01)}, torch.randn(3, 3), list("abc"))
     with pytest.raises(ValueError, match=r"matrix must be \[3, 3\]"):
         plotting.composition_panel({"K": 0.1}, {"K": (0.1, 0.01)}, torch.randn(2, 3), list("abc"))
+
+
+def test_loss_by_position_and_horizontal_bars():
+    fig = plotting.loss_by_position(
+        {"a": torch.ones(5), "b": torch.zeros(5)}, boundaries=[2.5], first_position=2
+    )
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3 and list(ax.lines[0].get_xdata()) == [2, 3, 4, 5, 6]
+    fig = plotting.horizontal_bars({"x": 1.0, "y": 0.5}, xlabel="nats")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["x", "y"]
+    with pytest.raises(ValueError, match="at least one value"):
+        plotting.horizontal_bars({})
