@@ -212,8 +212,10 @@ def test_an_unfinished_stub_raises_not_implemented_unchanged():
     def stub(*args):
         raise NotImplementedError("Exercise 0.1: your code here")
 
-    with pytest.raises(NotImplementedError, match="your code here"):
+    with pytest.raises(checks.ExerciseNotDone, match="your code here") as info:
         checks.check_attention_pattern(stub)
+    assert isinstance(info.value, NotImplementedError)
+    assert "runs anyway" in "\n".join(info.value._render_traceback_())
 
 
 def test_nan_output_is_named():

@@ -6,7 +6,7 @@ raises `CheckFailed` with a diagnosis: what is wrong, on which axis, and which c
 answer matches. A stub that still raises NotImplementedError is let through unchanged.
 """
 
-from helpers.checks._base import CheckFailed
+from helpers.checks._base import CheckFailed, ExerciseNotDone
 from helpers.checks.bigrams import (
     check_count_bigrams,
     check_empirical_log_probs,
@@ -34,6 +34,7 @@ from helpers.checks.residual_stream import (
 
 __all__ = [
     "CheckFailed",
+    "ExerciseNotDone",
     "check_attention_pattern",
     "check_head_output",
     "check_direct_path_logits",

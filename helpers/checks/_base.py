@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -18,6 +21,31 @@ class CheckFailed(AssertionError):
     def _render_traceback_(self) -> list[str]:
         # IPython shows this instead of a traceback: the learner needs the diagnosis, not our stack.
         return [f"✘ {self.exercise} is not right yet.", *self.diagnosis.splitlines()]
+
+
+class ExerciseNotDone(NotImplementedError):
+    """The learner's function is still the stub. Shown in a notebook as one line, not a traceback:
+    an unfinished exercise is expected, and the notebook carries on with the course's reference."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [
+            f"… {self} The rest of the notebook uses the course's reference, so it runs anyway."
+        ]
+
+
+def checker(check: Callable) -> Callable:
+    """Decorate a checker: a stub's NotImplementedError becomes a short ExerciseNotDone."""
+
+    @functools.wraps(check)
+    def wrapped(*args, **kwargs):
+        try:
+            return check(*args, **kwargs)
+        except ExerciseNotDone:
+            raise
+        except NotImplementedError as err:
+            raise ExerciseNotDone(str(err)) from None
+
+    return wrapped
 
 
 def _passed(exercise: str, detail: str) -> None:

@@ -6,11 +6,19 @@ from collections.abc import Callable
 
 import torch
 
-from helpers.checks._base import CheckFailed, _diagnose, _expect_tensor, _passed, _tiny_model
+from helpers.checks._base import (
+    CheckFailed,
+    _diagnose,
+    _expect_tensor,
+    _passed,
+    _tiny_model,
+    checker,
+)
 from helpers.circuits import direct_path
 from helpers.data import BigramLanguage, next_token_counts
 
 
+@checker
 def check_count_bigrams(count_bigrams: Callable) -> None:
     """Exercise 1.1: `count_bigrams(tokens, d_vocab) -> [d_vocab, d_vocab]` integer counts."""
     ex = "Exercise 1.1 (count_bigrams)"
@@ -35,6 +43,7 @@ def check_count_bigrams(count_bigrams: Callable) -> None:
     _passed(ex, f"{int(expected.sum())} pairs counted correctly.")
 
 
+@checker
 def check_empirical_log_probs(empirical_log_probs: Callable) -> None:
     """Exercise 1.2: `empirical_log_probs(counts) -> [d_vocab, d_vocab]` log P(next | current)."""
     ex = "Exercise 1.2 (empirical_log_probs)"
@@ -54,6 +63,7 @@ def check_empirical_log_probs(empirical_log_probs: Callable) -> None:
     _passed(ex, "each row is log P(next | current).")
 
 
+@checker
 def check_zero_layer_circuit(zero_layer_circuit: Callable) -> None:
     """Exercise 1.3: `zero_layer_circuit(model) -> [d_vocab (current), d_vocab (next)]`."""
     ex = "Exercise 1.3 (zero_layer_circuit)"

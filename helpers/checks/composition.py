@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from helpers import circuits
-from helpers.checks._base import _diagnose, _expect_tensor, _passed, _tiny_model
+from helpers.checks._base import _diagnose, _expect_tensor, _passed, _tiny_model, checker
 from helpers.models import AttnOnlyTransformer
 
 
@@ -15,6 +15,7 @@ def _two_layer_model(seed: int = 21) -> AttnOnlyTransformer:
     return _tiny_model(seed=seed, n_layers=2, d_model=16, n_heads=3, d_head=4, d_vocab=9, n_ctx=6)
 
 
+@checker
 def check_k_composition_scores(k_composition_scores: Callable) -> None:
     """Exercise 3.1: `k_composition_scores(model) -> [layer-0 head, layer-1 head]`."""
     ex = "Exercise 3.1 (k_composition_scores)"
@@ -40,6 +41,7 @@ def check_k_composition_scores(k_composition_scores: Callable) -> None:
     _passed(ex, "‖OV₀ QK₁ᵀ‖ / (‖OV₀‖ ‖QK₁‖) for every pair of heads.")
 
 
+@checker
 def check_virtual_head_ov(virtual_head_ov: Callable) -> None:
     """Exercise 3.2: `virtual_head_ov(model, head0, head1) -> [d_vocab (source), d_vocab (output)]`."""
     ex = "Exercise 3.2 (virtual_head_ov)"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from helpers.checks._base import CheckFailed, _passed
+from helpers.checks._base import CheckFailed, _passed, checker
 from helpers.models import AttnOnlyTransformer
 
 
@@ -22,6 +22,7 @@ def _patterns_on_repeats(length: int = 5, repeats: int = 3):
     return tokens, logits.masked_fill(~causal, float("-inf")).softmax(-1)
 
 
+@checker
 def check_previous_token_score(previous_token_score: Callable) -> None:
     """Exercise 4.1: `previous_token_score(pattern) -> float` for `[batch, query, key]` patterns."""
     ex = "Exercise 4.1 (previous_token_score)"
@@ -49,6 +50,7 @@ def check_previous_token_score(previous_token_score: Callable) -> None:
     _passed(ex, f"{out:.3f} on random patterns.")
 
 
+@checker
 def check_induction_score(induction_score: Callable) -> None:
     """Exercise 4.2: `induction_score(pattern, length) -> float`, for patterns on BOS + blocks of
     `length` repeated tokens."""
@@ -91,6 +93,7 @@ def _induction_reference(
     return float((pattern * target).sum(-1)[:, queries].mean())
 
 
+@checker
 def check_handmade_induction(
     set_previous_token_head: Callable, set_induction_head: Callable
 ) -> None:

@@ -8,7 +8,14 @@ import torch
 from torch import Tensor
 
 from helpers import circuits
-from helpers.checks._base import CheckFailed, _diagnose, _expect_tensor, _passed, _tiny_model
+from helpers.checks._base import (
+    CheckFailed,
+    _diagnose,
+    _expect_tensor,
+    _passed,
+    _tiny_model,
+    checker,
+)
 from helpers.models import AttnOnlyTransformer
 
 
@@ -16,6 +23,7 @@ def _one_layer_model(seed: int = 11) -> AttnOnlyTransformer:
     return _tiny_model(seed=seed, d_model=16, n_heads=2, d_head=4, d_vocab=10, n_ctx=6)
 
 
+@checker
 def check_full_ov_circuit(full_ov_circuit: Callable) -> None:
     """Exercise 2.1: `full_ov_circuit(model, head) -> [d_vocab (source), d_vocab (output)]`."""
     ex = "Exercise 2.1 (full_ov_circuit)"
@@ -46,6 +54,7 @@ def check_full_ov_circuit(full_ov_circuit: Callable) -> None:
     _passed(ex, "W_E @ W_V @ W_O @ W_U for both heads.")
 
 
+@checker
 def check_full_qk_circuit(full_qk_circuit: Callable) -> None:
     """Exercise 2.2: `full_qk_circuit(model, head) -> [d_vocab (query), d_vocab (key)]`, scaled by
     1/sqrt(d_head), each query's row centred."""
@@ -69,6 +78,7 @@ def check_full_qk_circuit(full_qk_circuit: Callable) -> None:
     _passed(ex, "scaled, row-centred W_E W_Q W_Kᵀ W_Eᵀ for both heads.")
 
 
+@checker
 def check_copying_score(copying_score: Callable) -> None:
     """Exercise 2.3: `copying_score(model, head) -> float`, Σλ/Σ|λ| of the full OV circuit."""
     ex = "Exercise 2.3 (copying_score)"
@@ -115,6 +125,7 @@ def check_copying_score(copying_score: Callable) -> None:
     _passed(ex, "Σλ/Σ|λ| right for a random head and a copying head.")
 
 
+@checker
 def check_skip_trigrams(skip_trigrams: Callable) -> None:
     """Exercise 2.4: `skip_trigrams(model, head, source, k) -> (destinations, outputs)`."""
     ex = "Exercise 2.4 (skip_trigrams)"
@@ -158,6 +169,7 @@ def check_skip_trigrams(skip_trigrams: Callable) -> None:
     _passed(ex, "top destinations (QK column) and top outputs (OV row) for every source tried.")
 
 
+@checker
 def check_crossed_effect(crossed_effect: Callable) -> None:
     """Exercise 2.5: `crossed_effect(model, language, n_contexts, seed) -> float` (nats)."""
     from helpers import recipes  # here, not at import: loading a checkpoint is only needed here

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from helpers.attribution import direct_path_logits
-from helpers.checks._base import _diagnose, _expect_tensor, _passed, _tiny_model
+from helpers.checks._base import _diagnose, _expect_tensor, _passed, _tiny_model, checker
 
 
 def _pattern_variants(scores: Tensor, scale: float) -> dict[str, Tensor]:
@@ -46,6 +46,7 @@ def _tiny_model_and_cache(seed: int, token_seed: int):
     return model, cache
 
 
+@checker
 def check_attention_pattern(attention_pattern: Callable) -> None:
     """Exercise 0.1: `attention_pattern(x, W_Q, W_K) -> [batch, query_pos, key_pos]`."""
     ex = "Exercise 0.1 (attention_pattern)"
@@ -65,6 +66,7 @@ def check_attention_pattern(attention_pattern: Callable) -> None:
     _passed(ex, f"matches the model's pattern for all {model.cfg.n_heads} heads.")
 
 
+@checker
 def check_head_output(head_output: Callable) -> None:
     """Exercise 0.2: `head_output(pattern, x, W_V, W_O) -> [batch, pos, d_model]`."""
     ex = "Exercise 0.2 (head_output)"
@@ -90,6 +92,7 @@ def check_head_output(head_output: Callable) -> None:
     )
 
 
+@checker
 def check_direct_path_logits(fn: Callable) -> None:
     """Exercise 0.3: `direct_path_logits(model, tokens) -> [batch, pos, d_vocab]`."""
     ex = "Exercise 0.3 (direct_path_logits)"
