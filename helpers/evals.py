@@ -112,9 +112,11 @@ class RepeatLoss:
 def repeat_loss(logits: Tensor, tokens: Tensor, length: int) -> RepeatLoss:
     """Loss on fresh vs repeated tokens, from logits on a `repeated_random_tokens` batch.
 
-    Fresh: predicting tokens 2..length of the first block (the first token follows BOS and is
-    excluded, as is the first token of each later block, which no model can predict). Repeated:
-    predicting tokens 2..length of every later block.
+    Fresh: predicting tokens 2..length of the first block (its first token follows BOS and is
+    left out). Repeated: predicting tokens 2..length of every later block. The first token of
+    each later block is left out too: unpredictable in the second block (nothing followed the
+    last token of the first block before), predictable by induction from the third on, but left
+    out everywhere for uniformity.
     """
     _check_repeats(tokens, length)
     losses = next_token_loss(logits, tokens, per_token=True)  # entry i predicts position i + 1
@@ -182,12 +184,12 @@ def earlier_occurrence_mask(n: int, length: int, shift: int, latest_only: bool =
 def copying_scores(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
     """`[layer, head]` copying score in [-1, 1], our reading of Olsson et al.'s evaluator.
 
-    On sequences of distinct random tokens: map each head's output at every position through the
-    unembedding (its direct effect on the logits), subtract the mean over logits and apply a
-    ReLU; r = (raise of the token the head attends to most) / (raise of all tokens in the
-    sequence). r is 1 when the head raises only the attended token and 0 when it raises only
-    others; the score is 2r - 1. Positions attending mostly to BOS are skipped (BOS never
-    predicted).
+    On repeated random tokens (or any sequences): map each head's output at every position
+    through the unembedding (its direct effect on the logits), softmax, subtract the mean over
+    the vocabulary and apply a ReLU (as in Bansal et al.'s implementation); r = (raise of the
+    token the head attends to most) / (raise of all tokens that occur anywhere in the sequence).
+    r is 1 when the head raises only the attended token and 0 when it raises only others; the
+    score is 2r - 1. Positions attending mostly to BOS are skipped (BOS is never predicted).
     """
     _, cache = model.run_with_cache(
         tokens, names_filter=lambda n: n.endswith("hook_pattern") or n.endswith("hook_result")
