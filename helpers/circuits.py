@@ -288,6 +288,16 @@ def composition_baseline(
     return float(scores.mean()), float(scores.std())
 
 
+def _head_pair(model: AttnOnlyTransformer, earlier: tuple[int, int], later: tuple[int, int]):
+    """(attention module, head) of two heads in strictly increasing layers, validated."""
+    (l1, h1), (l2, h2) = earlier, later
+    model.check_head(l1, h1)
+    model.check_head(l2, h2)
+    if not l1 < l2:
+        raise ValueError(f"the earlier head must be in an earlier layer, got layers {l1} and {l2}")
+    return model.blocks[l1].attn, h1, model.blocks[l2].attn, h2
+
+
 @torch.no_grad()
 def virtual_head_ov_circuit(
     model: AttnOnlyTransformer, earlier: tuple[int, int], later: tuple[int, int]
@@ -295,12 +305,7 @@ def virtual_head_ov_circuit(
     """Full OV circuit of the virtual head "earlier then later" (V-composition):
     `W_E OV_earlier OV_later W_U`, `[source token, output logit]` (framework paper, virtual
     attention heads: their OV matrix is the product of the two heads' OV matrices)."""
-    (l1, h1), (l2, h2) = earlier, later
-    model.check_head(l1, h1)
-    model.check_head(l2, h2)
-    if not l1 < l2:
-        raise ValueError(f"the earlier head must be in an earlier layer, got layers {l1} and {l2}")
-    a1, a2 = model.blocks[l1].attn, model.blocks[l2].attn
+    a1, h1, a2, h2 = _head_pair(model, earlier, later)
     return model.W_E @ a1.W_V[h1] @ a1.W_O[h1] @ a2.W_V[h2] @ a2.W_O[h2] @ model.W_U
 
 
@@ -314,12 +319,7 @@ def k_composition_circuit(
     Entry (a, b): the score of a query with token a on a key position whose *previous* token is b
     (the previous-token head moved b there). An induction head needs it to be largest when a = b,
     "same-token matching" (framework paper, "How Induction Heads Work")."""
-    (l1, h1), (l2, h2) = prev_head, induction_head
-    model.check_head(l1, h1)
-    model.check_head(l2, h2)
-    if not l1 < l2:
-        raise ValueError(f"the previous-token head must be in an earlier layer, got {l1} and {l2}")
-    a1, a2 = model.blocks[l1].attn, model.blocks[l2].attn
+    a1, h1, a2, h2 = _head_pair(model, prev_head, induction_head)
     queries = model.W_E @ a2.W_Q[h2]
     keys = model.W_E @ a1.W_V[h1] @ a1.W_O[h1] @ a2.W_K[h2]
     return queries @ keys.T / model.cfg.d_head**0.5
@@ -341,12 +341,7 @@ def q_composition_circuit(
 ) -> Tensor:
     """The Q-composition term of a later head's QK circuit, `[token the earlier head attended to
     from the query position, key token]`: `(W_E W_V^1 W_O^1 W_Q^2) (W_E W_K^2)ᵀ / sqrt(d_head)`."""
-    (l1, h1), (l2, h2) = earlier_head, later_head
-    model.check_head(l1, h1)
-    model.check_head(l2, h2)
-    if not l1 < l2:
-        raise ValueError(f"the earlier head must be in an earlier layer, got {l1} and {l2}")
-    a1, a2 = model.blocks[l1].attn, model.blocks[l2].attn
+    a1, h1, a2, h2 = _head_pair(model, earlier_head, later_head)
     queries = model.W_E @ a1.W_V[h1] @ a1.W_O[h1] @ a2.W_Q[h2]
     keys = model.W_E @ a2.W_K[h2]
     return queries @ keys.T / model.cfg.d_head**0.5
