@@ -526,3 +526,36 @@ def test_handmade_rejects(variant, diagnosis):
     with pytest.raises(checks.CheckFailed) as info:
         checks.check_handmade_induction(*args)
     assert diagnosis in str(info.value)
+
+
+def _expansion(transpose=False, weighted=True, direct=True, heads=True):
+    def fn(model, tokens, pattern):
+        out = model.W_E[tokens] @ model.W_U if direct else 0
+        for h in range(model.cfg.n_heads):
+            rows = circuits.full_ov_circuit(model, 0, h)[tokens]
+            A = pattern[:, h].transpose(-1, -2) if transpose else pattern[:, h]
+            if heads:
+                out = out + (A @ rows if weighted else rows)
+        return out
+
+    return fn
+
+
+def test_path_expansion_accepts_reference():
+    checks.check_path_expansion(_expansion())
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_expansion(heads=False), "direct path's logits alone"),
+        (_expansion(direct=False), "missing the direct path"),
+        (_expansion(transpose=True), "pattern is transposed"),
+        (_expansion(weighted=False), "weighted by its attention"),
+        (lambda m, t, p: m(t)[:, :-1], "returned shape (3, 5, 10); expected (3, 6, 10)"),
+    ],
+)
+def test_path_expansion_rejects(wrong, diagnosis):
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_path_expansion(wrong)
+    assert diagnosis in str(info.value)

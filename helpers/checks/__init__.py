@@ -24,6 +24,7 @@ from helpers.checks.one_layer import (
     check_crossed_effect,
     check_full_ov_circuit,
     check_full_qk_circuit,
+    check_path_expansion,
     check_skip_trigrams,
 )
 from helpers.checks.residual_stream import (
@@ -41,6 +42,7 @@ __all__ = [
     "check_count_bigrams",
     "check_empirical_log_probs",
     "check_zero_layer_circuit",
+    "check_path_expansion",
     "check_full_ov_circuit",
     "check_full_qk_circuit",
     "check_copying_score",

@@ -56,9 +56,9 @@ def check_full_ov_circuit(full_ov_circuit: Callable) -> None:
 
 @checker
 def check_full_qk_circuit(full_qk_circuit: Callable) -> None:
-    """Exercise 2.2: `full_qk_circuit(model, head) -> [d_vocab (query), d_vocab (key)]`, scaled by
+    """Exercise 2.4: `full_qk_circuit(model, head) -> [d_vocab (query), d_vocab (key)]`, scaled by
     1/sqrt(d_head), each query's row centred."""
-    ex = "Exercise 2.2 (full_qk_circuit)"
+    ex = "Exercise 2.4 (full_qk_circuit)"
     model = _one_layer_model(seed=12)
     for head in range(model.cfg.n_heads):
         out = _expect_tensor(ex, "full_qk_circuit", full_qk_circuit(model, head), (10, 10), True)
@@ -127,8 +127,8 @@ def check_copying_score(copying_score: Callable) -> None:
 
 @checker
 def check_skip_trigrams(skip_trigrams: Callable) -> None:
-    """Exercise 2.4: `skip_trigrams(model, head, source, k) -> (destinations, outputs)`."""
-    ex = "Exercise 2.4 (skip_trigrams)"
+    """Exercise 2.5: `skip_trigrams(model, head, source, k) -> (destinations, outputs)`."""
+    ex = "Exercise 2.5 (skip_trigrams)"
     model = _one_layer_model(seed=14)
     for head in range(model.cfg.n_heads):
         for source in (2, 7):
@@ -171,12 +171,12 @@ def check_skip_trigrams(skip_trigrams: Callable) -> None:
 
 @checker
 def check_crossed_effect(crossed_effect: Callable) -> None:
-    """Exercise 2.5: `crossed_effect(model, language, n_contexts, seed) -> float` (nats)."""
+    """Exercise 2.6: `crossed_effect(model, language, n_contexts, seed) -> float` (nats)."""
     from helpers import recipes  # here, not at import: loading a checkpoint is only needed here
     from helpers.data import SkipTrigramLanguage
     from helpers.evals import continuation_effect
 
-    ex = "Exercise 2.5 (crossed_effect)"
+    ex = "Exercise 2.6 (crossed_effect)"
     ckpt = recipes.load("skip_trigrams_1l")
     language = SkipTrigramLanguage.from_dict(ckpt.task)
     out = crossed_effect(ckpt.model, language, 200, 0)
@@ -214,3 +214,31 @@ def check_crossed_effect(crossed_effect: Callable) -> None:
         "that both versions end in 'in' and that you read the last position's log-probability "
         "of 'bay'.",
     )
+
+
+@checker
+def check_path_expansion(path_expansion_logits: Callable) -> None:
+    """Exercise 2.2: `path_expansion_logits(model, tokens, pattern) -> [batch, pos, d_vocab]`,
+    the logits rebuilt from the direct path and each head's full OV circuit, with the heads'
+    attention patterns `[batch, head, query_pos, key_pos]` given."""
+    ex = "Exercise 2.2 (path_expansion_logits)"
+    model = _one_layer_model(seed=15)
+    tokens = torch.randint(0, 10, (3, 6), generator=torch.Generator().manual_seed(5))
+    logits, cache = model.run_with_cache(tokens)
+    pattern = cache["blocks.0.attn.hook_pattern"]
+    out = path_expansion_logits(model, tokens, pattern)
+    out = _expect_tensor(ex, "path_expansion_logits", out, (3, 6, 10), True)
+    direct, heads = circuits.one_layer_path_expansion(model, tokens)
+    with torch.no_grad():
+        ov = torch.stack([circuits.full_ov_circuit(model, 0, h)[tokens] for h in range(2)])
+        mistakes = {
+            "these are the direct path's logits alone; add one term per head.": direct,
+            "the heads' terms are missing the direct path W_E W_U.": heads.sum(0),
+            "the pattern is transposed: a query mixes the OV rows of the keys it attends to, "
+            "pattern[b, h] @ OV_rows (rows = query positions).": direct
+            + torch.einsum("hbkq,hbkv->bqv", pattern.transpose(0, 1), ov),
+            "every head's OV rows were used at full weight: each must be weighted by its attention "
+            "pattern.": direct + ov.sum(0),
+        }
+    _diagnose(ex, out.detach(), logits.detach(), mistakes, atol=1e-4)
+    _passed(ex, "direct path + Σ_h A^h · OV^h rows = the model's logits.")
