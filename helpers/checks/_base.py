@@ -69,6 +69,39 @@ def _expect_tensor(exercise: str, name: str, out: object, shape: tuple, floating
     return out
 
 
+def _expect_float(exercise: str, name: str, out: object, what: str = "a float") -> float:
+    """The learner's scalar answer as a float, or a CheckFailed saying what came back instead."""
+    if isinstance(out, Tensor):
+        if out.numel() != 1:
+            raise CheckFailed(
+                exercise,
+                f"{name} must return {what}, got a tensor of shape {tuple(out.shape)}: it must "
+                "return one number.",
+            )
+        out = out.item()
+    if not isinstance(out, (int, float)) or isinstance(out, bool):
+        raise CheckFailed(exercise, f"{name} must return {what}, got {type(out).__name__}.")
+    return float(out)
+
+
+def _diagnose_float(
+    exercise: str,
+    out: float,
+    expected: float,
+    mistakes: list[tuple[str, float]],
+    tolerance: float,
+    otherwise: str,
+) -> None:
+    """Pass if `out` is within `tolerance` of `expected`; otherwise name the first mistake
+    (description, value) it matches, or fail with `otherwise`."""
+    if abs(out - expected) <= tolerance:
+        return
+    for description, value in mistakes:
+        if abs(out - value) <= tolerance:
+            raise CheckFailed(exercise, f"Your answer matches a common mistake: {description}")
+    raise CheckFailed(exercise, otherwise)
+
+
 def _matches(a: Tensor, b: Tensor, atol: float = 1e-5) -> bool:
     return a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=atol, rtol=1e-4)
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from helpers.checks._base import CheckFailed, _passed, checker
+from helpers.checks._base import CheckFailed, _diagnose_float, _expect_float, _passed, checker
 from helpers.models import AttnOnlyTransformer
 
 
@@ -27,13 +27,7 @@ def check_previous_token_score(previous_token_score: Callable) -> None:
     """Exercise 4.1: `previous_token_score(pattern) -> float` for `[batch, query, key]` patterns."""
     ex = "Exercise 4.1 (previous_token_score)"
     _, pattern = _patterns_on_repeats()
-    out = previous_token_score(pattern)
-    if isinstance(out, Tensor) and out.numel() == 1:
-        out = out.item()
-    if not isinstance(out, (int, float)) or isinstance(out, bool):
-        raise CheckFailed(
-            ex, f"previous_token_score must return a float, got {type(out).__name__}."
-        )
+    out = _expect_float(ex, "previous_token_score", previous_token_score(pattern))
     expected = float(pattern.diagonal(-1, -2, -1).mean())
     mistakes = [
         ("that is the attention on the current position (the main diagonal); the previous "
@@ -42,11 +36,7 @@ def check_previous_token_score(previous_token_score: Callable) -> None:
          "where a causal pattern is 0.", float(pattern.diagonal(1, -2, -1).mean())),
         ("the sum was taken instead of the mean.", float(pattern.diagonal(-1, -2, -1).sum())),
     ]  # fmt: skip
-    if abs(out - expected) > 1e-5:
-        for description, value in mistakes:
-            if abs(out - value) <= 1e-5:
-                raise CheckFailed(ex, f"Your answer matches a common mistake: {description}")
-        raise CheckFailed(ex, f"got {out:.4f}, expected {expected:.4f}.")
+    _diagnose_float(ex, out, expected, mistakes, 1e-5, f"got {out:.4f}, expected {expected:.4f}.")
     _passed(ex, f"{out:.3f} on random patterns.")
 
 
@@ -57,11 +47,7 @@ def check_induction_score(induction_score: Callable) -> None:
     ex = "Exercise 4.2 (induction_score)"
     for repeats in (2, 3):
         tokens, pattern = _patterns_on_repeats(length=5, repeats=repeats)
-        out = induction_score(pattern, 5)
-        if isinstance(out, Tensor) and out.numel() == 1:
-            out = out.item()
-        if not isinstance(out, (int, float)) or isinstance(out, bool):
-            raise CheckFailed(ex, f"induction_score must return a float, got {type(out).__name__}.")
+        out = _expect_float(ex, "induction_score", induction_score(pattern, 5))
         expected = _induction_reference(pattern, 5, shift=1)
         mistakes = [
             ("this is the duplicate-token score: attention to earlier copies of the *current* "
@@ -75,11 +61,8 @@ def check_induction_score(induction_score: Callable) -> None:
                 "attention over every earlier copy.",
                 _induction_reference(pattern, 5, shift=1, latest_only=True),
             ))  # fmt: skip
-        if abs(out - expected) > 1e-5:
-            for description, value in mistakes:
-                if abs(out - value) <= 1e-5:
-                    raise CheckFailed(ex, f"Your answer matches a common mistake: {description}")
-            raise CheckFailed(ex, f"{repeats} repeats: got {out:.4f}, expected {expected:.4f}.")
+        otherwise = f"{repeats} repeats: got {out:.4f}, expected {expected:.4f}."
+        _diagnose_float(ex, out, expected, mistakes, 1e-5, otherwise)
     _passed(ex, "prefix-matching score right for 2 and 3 repeats.")
 
 

@@ -11,6 +11,8 @@ from helpers import circuits
 from helpers.checks._base import (
     CheckFailed,
     _diagnose,
+    _diagnose_float,
+    _expect_float,
     _expect_tensor,
     _passed,
     _tiny_model,
@@ -90,15 +92,7 @@ def check_copying_score(copying_score: Callable) -> None:
         attn.W_V[1] = torch.eye(16)[:, :4]
         attn.W_O[1] = torch.eye(16)[:4]
     for head in range(model.cfg.n_heads):
-        out = copying_score(model, head)
-        if isinstance(out, Tensor):
-            if out.numel() != 1:
-                raise CheckFailed(
-                    ex, f"copying_score must return one number, got shape {tuple(out.shape)}."
-                )
-            out = out.item()
-        if not isinstance(out, (int, float)) or isinstance(out, bool):
-            raise CheckFailed(ex, f"copying_score must return a float, got {type(out).__name__}.")
+        out = _expect_float(ex, "copying_score", copying_score(model, head))
         eig = circuits.ov_eigenvalues(model, 0, head)
         expected = circuits.copying_score(model, 0, head)
         ratio_of_same_sums = (
@@ -112,16 +106,12 @@ def check_copying_score(copying_score: Callable) -> None:
             ("only the real parts were summed in the denominator: use the absolute value "
              "(modulus) of each complex eigenvalue.", float(eig.sum().real / eig.real.abs().sum())),
         ]  # fmt: skip
-        if abs(out - expected) > 1e-4:
-            for description, wrong in mistakes:
-                if abs(out - wrong) <= 1e-4:
-                    raise CheckFailed(ex, f"Your answer matches a common mistake: {description}")
-            raise CheckFailed(
-                ex,
-                f"head {head}: got {out:.4f}, expected {expected:.4f}. Use the eigenvalues of "
-                "W_O @ W_U @ W_E @ W_V (d_head × d_head), which are the non-zero eigenvalues of "
-                "the full OV circuit.",
-            )
+        otherwise = (
+            f"head {head}: got {out:.4f}, expected {expected:.4f}. Use the eigenvalues of "
+            "W_O @ W_U @ W_E @ W_V (d_head × d_head), which are the non-zero eigenvalues of "
+            "the full OV circuit."
+        )
+        _diagnose_float(ex, out, expected, mistakes, 1e-4, otherwise)
     _passed(ex, "Σλ/Σ|λ| right for a random head and a copying head.")
 
 
@@ -179,41 +169,26 @@ def check_crossed_effect(crossed_effect: Callable) -> None:
     ex = "Exercise 2.6 (crossed_effect)"
     ckpt = recipes.load("skip_trigrams_1l")
     language = SkipTrigramLanguage.from_dict(ckpt.task)
-    out = crossed_effect(ckpt.model, language, 200, 0)
-    if isinstance(out, Tensor) and out.numel() == 1:
-        out = out.item()
-    if not isinstance(out, (int, float)) or isinstance(out, bool):
-        raise CheckFailed(
-            ex, f"crossed_effect must return a float (nats), got {type(out).__name__}."
-        )
+    out = _expect_float(ex, "crossed_effect", crossed_effect(ckpt.model, language, 200, 0),
+                        "a float (nats)")  # fmt: skip
     ref = continuation_effect(ckpt.model, language, "in", "bay", n_contexts=200, seed=0)
     # Learners draw their own random contexts, so only the statistic must agree, not the draws.
     tolerance = 0.35
-    if abs(out - ref.mean_change) <= tolerance:
-        _passed(ex, f"{out:+.2f} nats (reference {ref.mean_change:+.2f}).")
-        return
     right = continuation_effect(ckpt.model, language, "in", "mind", n_contexts=200, seed=0)
     mistakes = [
-        (-ref.mean_change, "the sign is flipped: with keep minus without keep."),
-        (
-            ref.mean_p_with - ref.mean_p_without,
-            "that is a change in probability; take the change in log-probability (nats).",
-        ),  # fmt: skip
-        (
-            right.mean_change,
-            "that is the effect on 'mind', the right continuation; the crossed "
-            "one is 'bay' after 'in'.",
-        ),  # fmt: skip
-    ]
-    for value, description in mistakes:
-        if abs(out - value) <= tolerance:
-            raise CheckFailed(ex, f"Your answer matches a common mistake: {description}")
-    raise CheckFailed(
-        ex,
+        ("the sign is flipped: with keep minus without keep.", -ref.mean_change),
+        ("that is a change in probability; take the change in log-probability (nats).",
+         ref.mean_p_with - ref.mean_p_without),
+        ("that is the effect on 'mind', the right continuation; the crossed one is 'bay' after "
+         "'in'.", right.mean_change),
+    ]  # fmt: skip
+    otherwise = (
         f"got {out:+.3f} nats, the reference measures {ref.mean_change:+.3f} ± {tolerance}. Check "
         "that both versions end in 'in' and that you read the last position's log-probability "
-        "of 'bay'.",
+        "of 'bay'."
     )
+    _diagnose_float(ex, out, ref.mean_change, mistakes, tolerance, otherwise)
+    _passed(ex, f"{out:+.2f} nats (reference {ref.mean_change:+.2f}).")
 
 
 @checker
