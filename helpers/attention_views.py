@@ -44,8 +44,15 @@ class AttentionView:
 
     def __init__(self, component: str, props: dict):
         self.component = component
-        # "</" must not appear inside an inline script (a token could be "</script>")
-        self.props_json = convert_props(props).replace("</", "<\\/")
+        # The props go inside an inline <script>, where "</script>" or "<!--" in a token label
+        # would end or derail the script. "<", ">" and "&" only occur inside JSON strings, where
+        # their \\u escapes mean the same characters.
+        self.props_json = (
+            convert_props(props)
+            .replace("<", "\\u003c")
+            .replace(">", "\\u003e")
+            .replace("&", "\\u0026")
+        )
         digest = hashlib.sha256((component + self.props_json).encode()).hexdigest()[:12]
         # content hash + a per-session counter: unique on the page, and the same on every run
         _state["views"] += 1

@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from helpers.circuits import direct_path, full_ov_circuit
 from helpers.models import AttnOnlyTransformer
+from helpers.references import reference
 
 
 def component_labels(model: AttnOnlyTransformer) -> list[str]:
@@ -30,6 +32,7 @@ def component_labels(model: AttnOnlyTransformer) -> list[str]:
     return labels
 
 
+@reference
 @torch.no_grad()
 def decompose_resid(model: AttnOnlyTransformer, tokens: Tensor) -> tuple[Tensor, list[str]]:
     """Every write to the final residual stream, separately.
@@ -50,6 +53,7 @@ def decompose_resid(model: AttnOnlyTransformer, tokens: Tensor) -> tuple[Tensor,
     return torch.stack(parts), component_labels(model)
 
 
+@reference
 @torch.no_grad()
 def logit_contributions(model: AttnOnlyTransformer, tokens: Tensor) -> tuple[Tensor, list[str]]:
     """Each component's contribution to the logits: `([component, batch, pos, d_vocab], labels)`.
@@ -61,6 +65,7 @@ def logit_contributions(model: AttnOnlyTransformer, tokens: Tensor) -> tuple[Ten
     return resid @ model.W_U, labels
 
 
+@reference
 @torch.no_grad()
 def direct_path_logits(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
     """The direct path's logits, `x_0 @ W_U`: `[batch, pos, d_vocab]`."""
@@ -69,3 +74,31 @@ def direct_path_logits(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
     if model.cfg.positional_embedding_type == "standard":
         x0 = x0 + model.W_pos[: tokens.shape[1]]
     return x0 @ model.W_U
+
+
+@reference
+@torch.no_grad()
+def one_layer_path_expansion(model: AttnOnlyTransformer, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits of a one-layer model, term by term (framework paper, one-layer path expansion):
+
+        logits = W_E W_U  (direct path)  +  Σ_h A^h · (W_E W_V^h W_O^h W_U)  (one term per head)
+
+    The heads' terms read rows of their full OV circuits (`circuits.full_ov_circuit`), weighted
+    by the attention pattern A^h, the only part that needs a forward pass. Returns (direct
+    `[batch, pos, d_vocab]`, per-head `[n_heads, batch, pos, d_vocab]`).
+    """
+    if model.cfg.n_layers != 1:
+        raise ValueError(
+            f"one_layer_path_expansion needs a one-layer model, got {model.cfg.n_layers}"
+        )
+    if model.cfg.positional_embedding_type != "shortformer" or model.cfg.use_bias:
+        raise ValueError("the token-only expansion needs shortformer positions and no biases")
+    tokens = model.validate_tokens(tokens)
+    _, cache = model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_pattern")
+    pattern = cache["blocks.0.attn.hook_pattern"]  # [batch, head, query_pos, key_pos]
+    direct = direct_path(model)[tokens]
+    terms = []
+    for head in range(model.cfg.n_heads):
+        ov_rows = full_ov_circuit(model, 0, head)[tokens]  # [batch, key_pos, d_vocab]
+        terms.append(pattern[:, head] @ ov_rows)
+    return direct, torch.stack(terms)

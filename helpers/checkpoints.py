@@ -14,16 +14,23 @@ and plain containers, so a malicious file cannot run code when loaded.
 
 from __future__ import annotations
 
+import math
 import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from helpers.data import Language, language_from_dict
 from helpers.models import AttnOnlyTransformer, HookedTransformerConfig
 
 FORMAT = "transformer-circuits-course/1"
 KEYS = ("format", "config", "state_dict", "task", "history")
+# The course's models have thousands to a few hundred thousand parameters. A config asking for far
+# more than this is not one of ours, and building it could exhaust a laptop's memory.
+MAX_PARAMETERS = 50_000_000
+REGENERATE = "Regenerate it with `python3 course.py checkpoints`."
 
 
 class CheckpointError(ValueError):
@@ -39,6 +46,11 @@ class Checkpoint:
     @property
     def cfg(self) -> HookedTransformerConfig:
         return self.model.cfg
+
+    @property
+    def language(self) -> Language:
+        """The language the model was trained on, rebuilt from `task` (with its planted truth)."""
+        return language_from_dict(self.task)
 
 
 def save_checkpoint(
@@ -62,26 +74,48 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
-    """Load a checkpoint written by `save_checkpoint`, refusing anything else with a clear error."""
+    """Load a checkpoint written by `save_checkpoint`, refusing anything else with a clear error.
+
+    Every problem with the file is a `CheckpointError` (a missing file is a FileNotFoundError),
+    raised before any model is allocated: the config's sizes are checked against the stored
+    weights' shapes first.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; give the path of a checkpoint file (.pt)")
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist; regenerate the course's checkpoints with "
             "`python3 course.py checkpoints`, or train the model in the notebook (RETRAIN = True)"
         )
+    if not zipfile.is_zipfile(path):  # what torch.save writes
+        raise CheckpointError(
+            f"could not read {path}: the file is truncated or not a PyTorch checkpoint. {REGENERATE}"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refused to load {path}: it contains Python objects other than tensors and plain "
-            "containers, which could run code when unpickled (nothing was executed). Only "
-            f"checkpoints written by helpers.checkpoints.save_checkpoint are accepted. [{err}]"
-        ) from None
+        if "GLOBAL" in str(err):  # weights_only refused to import a class or function
+            raise CheckpointError(
+                f"refused to load {path}: it contains Python objects other than tensors and "
+                "plain containers, which could run code when unpickled (nothing was executed). "
+                "Only checkpoints written by helpers.checkpoints.save_checkpoint are accepted."
+            ) from None
+        raise CheckpointError(f"could not read {path}: the file is corrupt. {REGENERATE}") from None
     except Exception as err:  # corrupt files fail in many ways, deep inside torch.load
         raise CheckpointError(
-            f"could not read {path}: the file is truncated or not a PyTorch checkpoint ({err}). "
-            "Regenerate it with `python3 course.py checkpoints`."
+            f"could not read {path}: the file is truncated or not a PyTorch checkpoint "
+            f"({type(err).__name__}: {err}). {REGENERATE}"
         ) from None
+    cfg = _validate_payload(path, payload, device)
+    model = AttnOnlyTransformer(cfg)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return Checkpoint(model=model, task=payload["task"], history=payload["history"])
+
+
+def _validate_payload(path: Path, payload: object, device: str) -> HookedTransformerConfig:
+    """The checkpoint's config, once everything in the payload has been checked."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(
@@ -91,13 +125,27 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     missing = [k for k in KEYS if k not in payload]
     if missing:
         raise CheckpointError(f"{path} lacks the entries {missing}; expected {list(KEYS)}")
+    for key in ("config", "state_dict", "task", "history"):
+        if not isinstance(payload[key], dict):
+            raise CheckpointError(
+                f"{path}: {key!r} must be a dict, got {type(payload[key]).__name__}"
+            )
+    state_dict = payload["state_dict"]
+    not_tensors = sorted(str(k) for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(f"{path}: the state dict holds non-tensors under {not_tensors}")
     try:
         cfg = HookedTransformerConfig.from_dict({**payload["config"], "device": device})
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path} has an invalid config: {err}") from None
-    model = AttnOnlyTransformer(cfg)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in payload["state_dict"].items()}
+    expected = cfg.parameter_shapes()
+    n_parameters = sum(math.prod(shape) for shape in expected.values())
+    if n_parameters > MAX_PARAMETERS:
+        raise CheckpointError(
+            f"{path}: its config describes {n_parameters:,} parameters, more than the "
+            f"{MAX_PARAMETERS:,} any course model needs; refusing to build it"
+        )
+    got = {k: tuple(v.shape) for k, v in state_dict.items()}
     if expected != got:
         problems = []
         if extra := sorted(set(got) - set(expected)):
@@ -113,6 +161,12 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
             f"d_head={cfg.d_head}, n_ctx={cfg.n_ctx}, d_vocab={cfg.d_vocab}): "
             + "; ".join(problems)
         )
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
-    return Checkpoint(model=model, task=payload["task"], history=payload["history"])
+    for k, v in state_dict.items():
+        if not v.dtype.is_floating_point:
+            raise CheckpointError(f"{path}: weight {k} has dtype {v.dtype}; expected floats")
+        if not torch.isfinite(v).all():
+            raise CheckpointError(
+                f"{path}: weight {k} holds NaN or infinite values (saved from a diverged "
+                f"training run?). {REGENERATE}"
+            )
+    return cfg

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from helpers.models import AttnOnlyTransformer
+from helpers.models import AttnOnlyTransformer, as_index
+from helpers.references import reference
 
 
+@reference
 @torch.no_grad()
 def direct_path(model: AttnOnlyTransformer) -> Tensor:
     """The direct path `W_E @ W_U`: `[d_vocab (current token), d_vocab (next-token logit)]`.
@@ -29,6 +31,7 @@ def direct_path(model: AttnOnlyTransformer) -> Tensor:
     return W
 
 
+@reference
 def row_centred(M: Tensor) -> Tensor:
     """Subtract each row's mean. Softmax ignores a constant added to a row of logits, so logits
     (and log-probabilities) are only comparable after centring each row."""
@@ -44,6 +47,7 @@ def pearson(a: Tensor, b: Tensor) -> float:
     return float((x @ y) / (x.norm() * y.norm()))
 
 
+@reference
 def best_rank_k(M: Tensor, k: int) -> Tensor:
     """The best rank-k approximation of M in Frobenius norm (Eckart–Young): its truncated SVD."""
     if not isinstance(k, int) or not 0 <= k <= min(M.shape[-2:]):
@@ -66,11 +70,12 @@ def expected_loss(logits: Tensor, transition_matrix: Tensor, stationary: Tensor)
 
 
 def _head_weights(model: AttnOnlyTransformer, layer: int, head: int) -> tuple[Tensor, ...]:
-    model.check_head(layer, head)
+    layer, head = model.check_head(layer, head)
     attn = model.blocks[layer].attn
     return attn.W_Q[head], attn.W_K[head], attn.W_V[head], attn.W_O[head]
 
 
+@reference
 @torch.no_grad()
 def full_qk_circuit(
     model: AttnOnlyTransformer, layer: int, head: int, normalise: bool = True
@@ -88,6 +93,7 @@ def full_qk_circuit(
     return row_centred(scores) if normalise else scores
 
 
+@reference
 @torch.no_grad()
 def positional_qk_circuit(model: AttnOnlyTransformer, layer: int, head: int) -> Tensor:
     """Position-position scores `W_pos W_Q W_Kᵀ W_posᵀ / sqrt(d_head)`: `[query pos, key pos]`,
@@ -101,6 +107,7 @@ def positional_qk_circuit(model: AttnOnlyTransformer, layer: int, head: int) -> 
     return scores.masked_fill(~causal, float("-inf"))
 
 
+@reference
 @torch.no_grad()
 def full_ov_circuit(model: AttnOnlyTransformer, layer: int, head: int) -> Tensor:
     """`W_E W_V W_O W_U`: `[source token, output logit]`, the transpose of the paper's
@@ -109,6 +116,7 @@ def full_ov_circuit(model: AttnOnlyTransformer, layer: int, head: int) -> Tensor
     return model.W_E @ W_V @ W_O @ model.W_U
 
 
+@reference
 @torch.no_grad()
 def ov_eigenvalues(model: AttnOnlyTransformer, layer: int, head: int) -> Tensor:
     """The non-zero eigenvalues of the full OV circuit, complex, `[d_head]`.
@@ -118,9 +126,11 @@ def ov_eigenvalues(model: AttnOnlyTransformer, layer: int, head: int) -> Tensor:
     W_O W_U W_E W_V, which is what we decompose.
     """
     _, _, W_V, W_O = _head_weights(model, layer, head)
+    model.check_finite()  # eigvals crashes the process on NaN and hangs on inf
     return torch.linalg.eigvals((W_O @ model.W_U @ model.W_E @ W_V).double())
 
 
+@reference
 def copying_score(model: AttnOnlyTransformer, layer: int, head: int) -> float:
     """Eigenvalue copying score Σλ / Σ|λ| of the full OV circuit, in [-1, 1].
 
@@ -130,7 +140,19 @@ def copying_score(model: AttnOnlyTransformer, layer: int, head: int) -> float:
     real (it is the trace), so the score is real.
     """
     eig = ov_eigenvalues(model, layer, head)
+    if not eig.abs().sum() > 0:
+        raise ValueError(
+            f"L{layer}H{head} writes nothing (its OV circuit is zero): no copying score"
+        )
     return float(eig.sum().real / eig.abs().sum())
+
+
+def _token_ids(name: str, ids: Sequence[int], n: int) -> list[int]:
+    """Distinct token ids in 0..n-1, or a ValueError (a negative id would silently mean
+    another token when indexing)."""
+    if isinstance(ids, (int, Tensor)) and not (isinstance(ids, Tensor) and ids.ndim == 1):
+        raise ValueError(f"{name} must be a list of token ids, got {ids!r}")
+    return sorted({as_index(f"each entry of {name} (a token id)", t, n) for t in ids})
 
 
 def _check_k(k: int, n: int) -> None:
@@ -138,6 +160,7 @@ def _check_k(k: int, n: int) -> None:
         raise ValueError(f"k must be an int in 1..{n} (the vocabulary size), got {k!r}")
 
 
+@reference
 @torch.no_grad()
 def skip_trigrams(
     model: AttnOnlyTransformer,
@@ -155,43 +178,13 @@ def skip_trigrams(
     (it only attends to itself) nor an output (it is never predicted), so its entries are noise.
     """
     V = model.cfg.d_vocab
-    if not isinstance(source, int) or not 0 <= source < V:
-        raise ValueError(f"source must be a token id in 0..{V - 1}, got {source!r}")
-    bad = [t for t in ignore if not 0 <= t < V]
-    if bad:
-        raise ValueError(f"ignore must hold token ids in 0..{V - 1}, got {bad}")
-    _check_k(k, V - len(set(ignore)))
+    source = as_index("source (a token id)", source, V)
+    ignore = _token_ids("ignore", ignore, V)
+    _check_k(k, V - len(ignore))
     qk = full_qk_circuit(model, layer, head)[:, source].clone()  # who attends to source
     ov = full_ov_circuit(model, layer, head)[source].clone()  # what attending to source writes
     qk[list(ignore)] = ov[list(ignore)] = float("-inf")
     return qk.topk(k).indices.tolist(), ov.topk(k).indices.tolist()
-
-
-@torch.no_grad()
-def one_layer_path_expansion(model: AttnOnlyTransformer, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits of a one-layer model, term by term (framework paper, one-layer path expansion):
-
-        logits = W_E W_U  (direct path)  +  Σ_h A^h · (W_E W_V^h W_O^h W_U)  (one term per head)
-
-    The heads' terms read rows of their full OV circuits, weighted by the attention pattern A^h
-    (the only part that needs a forward pass). Returns (direct `[batch, pos, d_vocab]`,
-    per-head `[n_heads, batch, pos, d_vocab]`).
-    """
-    if model.cfg.n_layers != 1:
-        raise ValueError(
-            f"one_layer_path_expansion needs a one-layer model, got {model.cfg.n_layers}"
-        )
-    if model.cfg.positional_embedding_type != "shortformer" or model.cfg.use_bias:
-        raise ValueError("the token-only expansion needs shortformer positions and no biases")
-    tokens = model.validate_tokens(tokens)
-    _, cache = model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_pattern")
-    pattern = cache["blocks.0.attn.hook_pattern"]  # [batch, head, query_pos, key_pos]
-    direct = direct_path(model)[tokens]
-    terms = []
-    for head in range(model.cfg.n_heads):
-        ov_rows = full_ov_circuit(model, 0, head)[tokens]  # [batch, key_pos, d_vocab]
-        terms.append(pattern[:, head] @ ov_rows)
-    return direct, torch.stack(terms)
 
 
 # ---- two-layer circuits (framework paper, "Two-Layer Attention-Only Transformers") -------------
@@ -229,6 +222,7 @@ def _composition_from_weights(
     return _frobenius_composition(OV1, other)
 
 
+@reference
 @torch.no_grad()
 def composition_scores(
     model: AttnOnlyTransformer, kind: str, earlier_layer: int = 0, later_layer: int = 1
@@ -245,9 +239,11 @@ def composition_scores(
     if kind not in COMPOSITION_KINDS:
         raise ValueError(f"kind must be one of {COMPOSITION_KINDS}, got {kind!r}")
     n = model.cfg.n_layers
-    if not (isinstance(earlier_layer, int) and isinstance(later_layer, int)):
-        raise ValueError("layers must be ints")
-    if not 0 <= earlier_layer < later_layer < n:
+    if n < 2:
+        raise ValueError(f"composition needs a model with at least two layers, got {n}")
+    earlier_layer = as_index("earlier_layer", earlier_layer, n)
+    later_layer = as_index("later_layer", later_layer, n)
+    if not earlier_layer < later_layer:
         raise ValueError(
             f"need 0 <= earlier_layer < later_layer <= {n - 1}, got {earlier_layer}, {later_layer}"
         )
@@ -255,6 +251,7 @@ def composition_scores(
     return _composition_from_weights(a2.W_Q, a2.W_K, a2.W_V, a2.W_O, a1.W_V, a1.W_O, kind)
 
 
+@reference
 @torch.no_grad()
 def composition_baseline(
     model: AttnOnlyTransformer, kind: str, n_samples: int = 200, seed: int = 0
@@ -290,14 +287,16 @@ def composition_baseline(
 
 def _head_pair(model: AttnOnlyTransformer, earlier: tuple[int, int], later: tuple[int, int]):
     """(attention module, head) of two heads in strictly increasing layers, validated."""
-    (l1, h1), (l2, h2) = earlier, later
-    model.check_head(l1, h1)
-    model.check_head(l2, h2)
+    if not all(isinstance(h, (tuple, list)) and len(h) == 2 for h in (earlier, later)):
+        raise ValueError(f"heads must be (layer, head) pairs, got {earlier!r} and {later!r}")
+    l1, h1 = model.check_head(*earlier)
+    l2, h2 = model.check_head(*later)
     if not l1 < l2:
         raise ValueError(f"the earlier head must be in an earlier layer, got layers {l1} and {l2}")
     return model.blocks[l1].attn, h1, model.blocks[l2].attn, h2
 
 
+@reference
 @torch.no_grad()
 def virtual_head_ov_circuit(
     model: AttnOnlyTransformer, earlier: tuple[int, int], later: tuple[int, int]
@@ -309,6 +308,7 @@ def virtual_head_ov_circuit(
     return model.W_E @ a1.W_V[h1] @ a1.W_O[h1] @ a2.W_V[h2] @ a2.W_O[h2] @ model.W_U
 
 
+@reference
 @torch.no_grad()
 def k_composition_circuit(
     model: AttnOnlyTransformer, prev_head: tuple[int, int], induction_head: tuple[int, int]
@@ -325,16 +325,24 @@ def k_composition_circuit(
     return queries @ keys.T / model.cfg.d_head**0.5
 
 
+@reference
 def diagonal_top1_accuracy(M: Tensor, ignore: Sequence[int] = ()) -> float:
     """Fraction of rows whose largest entry is on the diagonal (rows and columns in `ignore`
     left out), e.g. of query tokens whose best key is the same token."""
-    if M.ndim != 2 or M.shape[0] != M.shape[1]:
-        raise ValueError(f"need a square matrix, got shape {tuple(M.shape)}")
-    keep = torch.tensor([i not in set(ignore) for i in range(M.shape[0])])
+    if not isinstance(M, Tensor) or M.ndim != 2 or M.shape[0] != M.shape[1]:
+        shape = tuple(M.shape) if isinstance(M, Tensor) else type(M).__name__
+        raise ValueError(f"need a square matrix (a 2-d tensor), got {shape}")
+    if not torch.isfinite(M).all():
+        raise ValueError("the matrix holds NaN or infinite values: its argmax means nothing")
+    ignored = set(_token_ids("ignore", ignore, M.shape[0]))
+    if len(ignored) == M.shape[0]:
+        raise ValueError("ignore leaves no rows")
+    keep = torch.tensor([i not in ignored for i in range(M.shape[0])])
     sub = M[keep][:, keep]
     return float((sub.argmax(-1) == torch.arange(sub.shape[0])).float().mean())
 
 
+@reference
 @torch.no_grad()
 def q_composition_circuit(
     model: AttnOnlyTransformer, earlier_head: tuple[int, int], later_head: tuple[int, int]

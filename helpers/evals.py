@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from helpers.data import BOS, SkipTrigramLanguage
-from helpers.models import AttnOnlyTransformer
-from helpers.train import next_token_loss
+from helpers.models import AttnOnlyTransformer, as_index, next_token_loss
+from helpers.references import reference
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,66 @@ class ContinuationEffect:
     n_contexts: int
 
 
+def filler_contexts(
+    language: SkipTrigramLanguage, n_contexts: int, context_len: int = 8, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Random contexts of filler words, `[n_contexts, context_len]` token ids (no BOS), and for
+    each a random position among its first `context_len - 2` (`[n_contexts]`): where a source
+    word can go, leaving at least two fillers between it and what follows."""
+    if not isinstance(n_contexts, int) or isinstance(n_contexts, bool) or n_contexts < 1:
+        raise ValueError(f"n_contexts must be a positive int, got {n_contexts!r}")
+    if not isinstance(context_len, int) or isinstance(context_len, bool) or context_len < 3:
+        raise ValueError(f"context_len must be an int >= 3, got {context_len!r}")
+    gen = torch.Generator().manual_seed(seed)
+    fillers = torch.tensor([language.token_to_id[w] for w in language.fillers])
+    words = fillers[torch.randint(len(fillers), (n_contexts, context_len), generator=gen)]
+    where = torch.randint(context_len - 2, (n_contexts,), generator=gen)
+    return words, where
+
+
+@reference
 @torch.no_grad()
+def skip_trigram_effect(
+    model: AttnOnlyTransformer,
+    contexts: Tensor,
+    where: Tensor,
+    source: int,
+    dest: int,
+    output: int,
+) -> ContinuationEffect:
+    """How much the token `source` earlier in the context changes log P(output) after `dest`.
+
+    For each context (`[n, context_len]` token ids without BOS) the model reads BOS + context +
+    dest, once as it is and once with `source` written at position `where[i]` of the context, and
+    we compare its log-probability of `output` at the last position. Framework paper,
+    "Skip-Trigram 'Bugs'": with source = keep, dest = in, output = bay this measures the bug.
+    """
+    V = model.cfg.d_vocab
+    source, dest, output = (as_index(n, t, V) for n, t in (("source", source), ("dest", dest),
+                                                            ("output", output)))  # fmt: skip
+    if not isinstance(contexts, Tensor) or contexts.ndim != 2:
+        raise ValueError("contexts must be a [n_contexts, context_len] tensor of token ids")
+    n, length = contexts.shape
+    if not isinstance(where, Tensor) or where.shape != (n,):
+        raise ValueError(f"where must be a tensor of {n} positions, one per context")
+    if where.min() < 0 or where.max() >= length:
+        raise ValueError(f"where must hold positions in 0..{length - 1}")
+    with_source = contexts.clone()
+    with_source[torch.arange(n), where] = source
+    edges = torch.full((n, 1), BOS), torch.full((n, 1), dest)
+    lp = {}
+    for name, ctx in (("with", with_source), ("without", contexts)):
+        tokens = torch.cat([edges[0], ctx, edges[1]], dim=1)
+        lp[name] = model(tokens)[:, -1].log_softmax(-1)[:, output].double()
+    return ContinuationEffect(
+        mean_change=float((lp["with"] - lp["without"]).mean()),
+        mean_p_with=float(lp["with"].exp().mean()),
+        mean_p_without=float(lp["without"].exp().mean()),
+        n_contexts=n,
+    )
+
+
+@reference
 def continuation_effect(
     model: AttnOnlyTransformer,
     language: SkipTrigramLanguage,
@@ -36,49 +95,33 @@ def continuation_effect(
     seed: int = 0,
     context_len: int = 8,
 ) -> ContinuationEffect:
-    """Effect of `source` in the context on the next-word probability of `output` after `dest`.
-
-    Builds `n_contexts` random contexts of `context_len` filler words, and a copy of each with
-    `source` at a random one of its first `context_len - 2` positions; appends `dest` to both and
-    compares the model's log P(output) at the last position. This is how chapter 02 measures the
-    skip-trigram "bug" (framework paper, "Skip-Trigram 'Bugs'"): source = keep, dest = in,
-    output = bay.
-    """
-    for word in (dest, output, source):
+    """`skip_trigram_effect` of the words `source … dest → output` on `n_contexts` random filler
+    contexts of `context_len` words (`filler_contexts`). This is how chapter 02 measures the
+    skip-trigram "bug": source = keep, dest = in, output = bay."""
+    ids = []
+    for word in (source, dest, output):
         if word not in language.token_to_id:
             raise ValueError(f"unknown word {word!r}; the vocabulary is {language.vocab[1:]}")
-    if not isinstance(n_contexts, int) or n_contexts < 1:
-        raise ValueError(f"n_contexts must be a positive int, got {n_contexts!r}")
+        ids.append(language.token_to_id[word])
     if not isinstance(context_len, int) or not 3 <= context_len <= model.cfg.n_ctx - 2:
         raise ValueError(
             f"context_len must be an int in 3..{model.cfg.n_ctx - 2}, got {context_len!r}"
         )
-    gen = torch.Generator().manual_seed(seed)
-    fillers = torch.tensor([language.token_to_id[w] for w in language.fillers])
-    words = fillers[torch.randint(len(fillers), (n_contexts, context_len), generator=gen)]
-    where = torch.randint(context_len - 2, (n_contexts,), generator=gen)
-    with_source = words.clone()
-    with_source[torch.arange(n_contexts), where] = language.token_to_id[source]
-    ends = torch.full((n_contexts, 1), language.token_to_id[dest])
-    starts = torch.full((n_contexts, 1), BOS)
-    out_id = language.token_to_id[output]
-    lp = {}
-    for name, ctx in (("with", with_source), ("without", words)):
-        tokens = torch.cat([starts, ctx, ends], dim=1)
-        lp[name] = model(tokens)[:, -1].log_softmax(-1)[:, out_id].double()
-    return ContinuationEffect(
-        mean_change=float((lp["with"] - lp["without"]).mean()),
-        mean_p_with=float(lp["with"].exp().mean()),
-        mean_p_without=float(lp["without"].exp().mean()),
-        n_contexts=n_contexts,
-    )
+    contexts, where = filler_contexts(language, n_contexts, context_len, seed)
+    return skip_trigram_effect(model, contexts, where, *ids)
 
 
 # ---- repeated random tokens (chapter 04) --------------------------------------------------------
 
 
+def _check_has_heads(model: AttnOnlyTransformer) -> None:
+    if model.cfg.n_layers == 0:
+        raise ValueError("a zero-layer model has no attention heads to score")
+
+
 def _pattern_stack(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
     """Every head's attention pattern: `[layer, head, batch, query_pos, key_pos]`."""
+    _check_has_heads(model)
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
     return torch.stack(
         [cache[f"blocks.{i}.attn.hook_pattern"].transpose(0, 1) for i in range(model.cfg.n_layers)]
@@ -86,8 +129,14 @@ def _pattern_stack(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
 
 
 def _check_repeats(tokens: Tensor, length: int) -> int:
-    if not isinstance(length, int) or length < 1:
+    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
         raise ValueError(f"length must be a positive int, got {length!r}")
+    if not isinstance(tokens, Tensor) or tokens.ndim != 2:
+        shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise ValueError(
+            f"tokens must be a [batch, pos] tensor of repeated random tokens, got {shape}; "
+            "for one sequence use tokens[None]"
+        )
     body = tokens.shape[-1] - 1
     if body % length or body // length < 2:
         raise ValueError(
@@ -109,6 +158,7 @@ class RepeatLoss:
         return self.repeated / self.fresh
 
 
+@reference
 def repeat_loss(logits: Tensor, tokens: Tensor, length: int) -> RepeatLoss:
     """Loss on fresh vs repeated tokens, from logits on a `repeated_random_tokens` batch.
 
@@ -119,6 +169,11 @@ def repeat_loss(logits: Tensor, tokens: Tensor, length: int) -> RepeatLoss:
     out everywhere for uniformity.
     """
     _check_repeats(tokens, length)
+    if not isinstance(logits, Tensor) or logits.shape[:2] != tokens.shape:
+        raise ValueError(
+            f"logits must be [batch, pos, d_vocab] for tokens {tuple(tokens.shape)}, got "
+            f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}"
+        )
     losses = next_token_loss(logits, tokens, per_token=True)  # entry i predicts position i + 1
     target = torch.arange(1, tokens.shape[-1])
     block, offset = (target - 1) // length, (target - 1) % length
@@ -133,6 +188,7 @@ def repeated_tokens_loss(model: AttnOnlyTransformer, tokens: Tensor, length: int
     return repeat_loss(model(tokens), tokens, length)
 
 
+@reference
 @torch.no_grad()
 def previous_token_scores(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
     """`[layer, head]`: mean attention from each position i >= 1 to position i - 1."""
@@ -140,6 +196,7 @@ def previous_token_scores(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
     return patterns.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(-1, -2))
 
 
+@reference
 @torch.no_grad()
 def induction_scores(model: AttnOnlyTransformer, tokens: Tensor, length: int) -> Tensor:
     """`[layer, head]` prefix-matching score on repeated random tokens (Olsson et al. 2022):
@@ -154,6 +211,7 @@ def induction_scores(model: AttnOnlyTransformer, tokens: Tensor, length: int) ->
     return (patterns * target).sum(-1)[..., queries].mean(dim=(-1, -2))
 
 
+@reference
 @torch.no_grad()
 def duplicate_token_scores(model: AttnOnlyTransformer, tokens: Tensor, length: int) -> Tensor:
     """`[layer, head]`: attention from positions in repeated blocks to the earlier occurrences
@@ -165,6 +223,7 @@ def duplicate_token_scores(model: AttnOnlyTransformer, tokens: Tensor, length: i
     return (patterns * target).sum(-1)[..., queries].mean(dim=(-1, -2))
 
 
+@reference
 def earlier_occurrence_mask(n: int, length: int, shift: int, latest_only: bool = False) -> Tensor:
     """`[query, key]` mask for BOS + blocks of `length` repeated tokens (n positions): True where
     key = q - r * length + shift for an earlier block r >= 1, i.e. an earlier occurrence of the
@@ -180,6 +239,7 @@ def earlier_occurrence_mask(n: int, length: int, shift: int, latest_only: bool =
     return mask
 
 
+@reference
 @torch.no_grad()
 def copying_scores(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
     """`[layer, head]` copying score in [-1, 1], our reading of Olsson et al.'s evaluator.
@@ -191,6 +251,10 @@ def copying_scores(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
     r is 1 when the head raises only the attended token and 0 when it raises only others; the
     score is 2r - 1. Positions attending mostly to BOS are skipped (BOS is never predicted).
     """
+    _check_has_heads(model)
+    if not isinstance(tokens, Tensor) or tokens.ndim != 2:
+        raise ValueError("tokens must be a [batch, pos] tensor; for one sequence use tokens[None]")
+    tokens = model.validate_tokens(tokens)
     _, cache = model.run_with_cache(
         tokens, names_filter=lambda n: n.endswith("hook_pattern") or n.endswith("hook_result")
     )
@@ -217,12 +281,18 @@ def copying_scores(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
 
 
 def _check_heads(model: AttnOnlyTransformer, heads) -> list[tuple[int, int]]:
-    heads = [tuple(h) for h in heads]
-    for layer, head in heads:
-        model.check_head(layer, head)
-    return heads
+    """A list of (layer, head) pairs, validated; a flat pair like (0, 1) is an error, since it
+    would silently read as two heads."""
+    example = "a list of (layer, head) pairs, e.g. [(0, 1)] or [(0, 1), (1, 2)]"
+    if isinstance(heads, (str, Tensor)) or not hasattr(heads, "__iter__"):
+        raise ValueError(f"heads must be {example}, got {heads!r}")
+    heads = list(heads)
+    if not all(isinstance(h, (tuple, list)) and len(h) == 2 for h in heads):
+        raise ValueError(f"heads must be {example}, got {heads!r}")
+    return [model.check_head(layer, head) for layer, head in heads]
 
 
+@reference
 @torch.no_grad()
 def run_with_ablation(
     model: AttnOnlyTransformer,
@@ -263,6 +333,7 @@ def run_with_ablation(
     return model.run_with_hooks(tokens, hooks)
 
 
+@reference
 @torch.no_grad()
 def run_with_path_ablation(
     model: AttnOnlyTransformer, tokens: Tensor, sender: tuple[int, int], receiver: str, layer: int
@@ -273,10 +344,13 @@ def run_with_path_ablation(
     ((s_layer, s_head),) = _check_heads(model, [sender])
     if receiver not in ("q", "k", "v"):
         raise ValueError(f"receiver must be 'q', 'k' or 'v', got {receiver!r}")
-    if not isinstance(layer, int) or not s_layer < layer < model.cfg.n_layers:
-        raise ValueError(
-            f"layer must be an int in {s_layer + 1}..{model.cfg.n_layers - 1}, got {layer!r}"
-        )
+    message = f"layer must be an int in {s_layer + 1}..{model.cfg.n_layers - 1}, got {layer!r}"
+    try:
+        layer = as_index("layer", layer, model.cfg.n_layers)
+    except ValueError:
+        raise ValueError(message) from None
+    if layer <= s_layer:
+        raise ValueError(message)
     _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{s_layer}.attn.hook_result")
     sent = cache[f"blocks.{s_layer}.attn.hook_result"][:, :, s_head]  # [batch, pos, d_model]
     W = getattr(model.blocks[layer].attn, f"W_{receiver.upper()}")  # [head, d_model, d_head]
@@ -308,6 +382,7 @@ class TermImportance:
         }
 
 
+@reference
 @torch.no_grad()
 def term_importance(model: AttnOnlyTransformer, tokens: Tensor) -> TermImportance:
     """Marginal loss of each order of the two-layer path expansion (framework paper, "Term

@@ -19,6 +19,7 @@ positional embeddings; Press et al. 2021). With "standard" it is added to the re
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -72,8 +73,18 @@ class HookedTransformerConfig:
                 "positional_embedding_type must be 'shortformer' or 'standard', "
                 f"got {self.positional_embedding_type!r}"
             )
-        if self.initializer_range is not None and not self.initializer_range > 0:
-            raise ValueError(f"initializer_range must be > 0 or None, got {self.initializer_range}")
+        if self.initializer_range is not None and not (
+            isinstance(self.initializer_range, (int, float))
+            and 0 < self.initializer_range < math.inf
+        ):
+            raise ValueError(
+                f"initializer_range must be a finite number > 0, or None, got "
+                f"{self.initializer_range!r}"
+            )
+        if not isinstance(self.use_bias, bool):
+            raise ValueError(f"use_bias must be True or False, got {self.use_bias!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
         if self.attn_only is not True or self.normalization_type is not None:
             raise ValueError("this course's models are attention-only with no normalisation")
 
@@ -86,6 +97,22 @@ class HookedTransformerConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The state dict's keys and shapes for this config, computed without allocating it."""
+        H, D, d, V = self.n_heads, self.d_model, self.d_head, self.d_vocab
+        shapes = {"embed.W_E": (V, D), "pos_embed.W_pos": (self.n_ctx, D)}
+        for layer in range(self.n_layers):
+            prefix = f"blocks.{layer}.attn."
+            shapes |= {prefix + n: (H, D, d) for n in ("W_Q", "W_K", "W_V")}
+            shapes[prefix + "W_O"] = (H, d, D)
+            if self.use_bias:
+                shapes |= {prefix + n: (H, d) for n in ("b_Q", "b_K", "b_V")}
+                shapes[prefix + "b_O"] = (D,)
+        shapes["unembed.W_U"] = (D, V)
+        if self.use_bias:
+            shapes["unembed.b_U"] = (V,)
+        return shapes
+
     @classmethod
     def from_dict(cls, d: dict) -> HookedTransformerConfig:
         known = {f.name for f in fields(cls)}
@@ -93,6 +120,39 @@ class HookedTransformerConfig:
         if unknown:
             raise ValueError(f"unknown config fields {unknown}; allowed: {sorted(known)}")
         return cls(**d)
+
+
+def as_index(name: str, value: object, size: int) -> int:
+    """`value` as an int in 0..size-1, or a ValueError naming the range. Accepts what `argmax`
+    returns (a 0-d integer tensor, a numpy integer) as well as a Python int."""
+    if isinstance(value, bool) or (isinstance(value, Tensor) and value.ndim != 0):
+        index = None
+    else:
+        try:
+            index = operator.index(value)
+        except TypeError:
+            index = None
+    if index is None or not 0 <= index < size:
+        raise ValueError(f"{name} must be an int in 0..{size - 1}, got {value!r}")
+    return index
+
+
+def next_token_loss(logits: Tensor, tokens: Tensor, per_token: bool = False) -> Tensor:
+    """Cross-entropy of predicting tokens[:, i + 1] from logits[:, i], in nats.
+
+    `logits` is `[batch, pos, d_vocab]` and `tokens` `[batch, pos]`, with pos >= 2 (one position
+    has nothing to predict). Returns the mean, or `[batch, pos - 1]` losses with `per_token=True`.
+    """
+    if logits.ndim != 3 or tokens.shape != logits.shape[:2]:
+        raise ValueError(
+            f"need logits [batch, pos, d_vocab] and tokens [batch, pos] of the same batch and pos, "
+            f"got {tuple(logits.shape)} and {tuple(tokens.shape)}"
+        )
+    if tokens.shape[1] < 2:
+        raise ValueError("need at least 2 positions: the last token has no next token to predict")
+    log_probs = logits[:, :-1].log_softmax(dim=-1)  # [batch, pos - 1, d_vocab]
+    losses = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
+    return losses if per_token else losses.mean()
 
 
 class HookPoint(nn.Module):
@@ -296,15 +356,25 @@ class AttnOnlyTransformer(nn.Module):
         """[n_layers, n_heads, d_head, d_model]"""
         return self._stack("W_O")
 
-    def check_head(self, layer: int, head: int) -> None:
-        """Raise a ValueError naming the allowed range if (layer, head) is not in this model."""
-        n_layers, n_heads = self.cfg.n_layers, self.cfg.n_heads
-        if n_layers == 0:
+    def check_head(self, layer: int, head: int) -> tuple[int, int]:
+        """(layer, head) as ints, or a ValueError naming the allowed range if the head is not in
+        this model. Integer tensors and numpy integers (what `argmax` returns) are accepted."""
+        if self.cfg.n_layers == 0:
             raise ValueError("a zero-layer model has no attention heads")
-        if not isinstance(layer, int) or not 0 <= layer < n_layers:
-            raise ValueError(f"layer must be in 0..{n_layers - 1}, got {layer!r}")
-        if not isinstance(head, int) or not 0 <= head < n_heads:
-            raise ValueError(f"head must be in 0..{n_heads - 1}, got {head!r}")
+        return as_index("layer", layer, self.cfg.n_layers), as_index("head", head, self.cfg.n_heads)
+
+    def check_finite(self) -> None:
+        """Raise a ValueError naming the first weight that holds NaN or infinite values.
+
+        Eigenvalue routines crash the process on NaN and hang on inf, so analyses call this first.
+        """
+        for name, p in self.named_parameters():
+            if not torch.isfinite(p).all():
+                bad = "NaN" if torch.isnan(p).any() else "infinite"
+                raise ValueError(
+                    f"the model's weight {name} holds {bad} values (a diverged training run, or "
+                    "an edit that divided by zero?); rebuild or reload the model"
+                )
 
     # -- forward ------------------------------------------------------------------------------
     def validate_tokens(self, tokens: Tensor) -> Tensor:

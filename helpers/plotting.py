@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from torch import Tensor
 
 
@@ -26,6 +27,20 @@ def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
     if isinstance(x, Tensor):
         return x.detach().cpu().double().numpy()
     return np.asarray(x, dtype=float)
+
+
+def _largest_magnitude(*arrays: np.ndarray) -> float:
+    """The largest |entry| over the finite entries of `arrays`, or 1 if there is none (or it is 0),
+    so that a colour scale always has a range."""
+    finite = [np.abs(a[np.isfinite(a)]) for a in arrays]
+    return max((float(f.max()) for f in finite if f.size), default=0.0) or 1.0
+
+
+def diverging_norm(*arrays: np.ndarray) -> TwoSlopeNorm:
+    """A colour scale centred on 0 and symmetric, covering the finite entries of `arrays`: for
+    logits, circuits and other signed quantities (use with the "RdBu_r" colour map)."""
+    bound = _largest_magnitude(*arrays)
+    return TwoSlopeNorm(0.0, -bound, bound)
 
 
 def _check_labels(name: str, labels: Sequence[str] | None, n: int) -> None:
@@ -60,9 +75,9 @@ def token_heatmap(
     fig = CourseFigure(figsize=(ax_size * 1.2, ax_size), layout="constrained")
     ax = fig.add_subplot()
     if centre:
-        bound = float(np.nanmax(np.abs(M[np.isfinite(M)]))) if np.isfinite(M).any() else 1.0
-        norm = TwoSlopeNorm(0.0, -bound or -1.0, bound or 1.0)
-        im = ax.imshow(M, cmap="RdBu_r", norm=norm, aspect="auto", interpolation="nearest")
+        im = ax.imshow(
+            M, cmap="RdBu_r", norm=diverging_norm(M), aspect="auto", interpolation="nearest"
+        )
     else:
         im = ax.imshow(M, cmap="viridis", aspect="auto", interpolation="nearest")
     fontsize = 8 if max(M.shape) <= 32 else 6
@@ -96,13 +111,12 @@ def side_by_side_heatmaps(
     shapes = {a.shape for a in arrays.values()}
     if len(shapes) != 1:
         raise ValueError(f"side_by_side_heatmaps needs matrices of one shape, got {shapes}")
-    bound = max(float(np.nanmax(np.abs(a[np.isfinite(a)]))) for a in arrays.values()) or 1.0
     fig = CourseFigure(figsize=(ax_size * len(arrays) + 1, ax_size), layout="constrained")
     axes = fig.subplots(1, len(arrays), squeeze=False)[0]
     style = (
-        {"cmap": "RdBu_r", "norm": TwoSlopeNorm(0.0, -bound, bound)}
+        {"cmap": "RdBu_r", "norm": diverging_norm(*arrays.values())}
         if centre
-        else {"cmap": "Blues", "vmin": 0.0, "vmax": bound}
+        else {"cmap": "Blues", "vmin": 0.0, "vmax": _largest_magnitude(*arrays.values())}
     )
     for ax, (name, M) in zip(axes, arrays.items(), strict=True):
         im = ax.imshow(M, aspect="auto", interpolation="nearest", **style)
@@ -258,8 +272,7 @@ def circuit_panel(
         (ax_qk, qk_np, "QK circuit (row-centred scores)", "key (source) token", "query (destination) token"),
         (ax_ov, ov_np, "OV circuit (logit change)", "output token", "source token"),
     ):  # fmt: skip
-        bound = float(np.abs(M).max()) or 1.0
-        im = ax.imshow(M, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -bound, bound),
+        im = ax.imshow(M, cmap="RdBu_r", norm=diverging_norm(M),
                        aspect="auto", interpolation="nearest")  # fmt: skip
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(xl)
@@ -279,8 +292,6 @@ def circuit_panel(
 
 
 def _outline(x: float, y: float, w: float, h: float):
-    from matplotlib.patches import Rectangle
-
     return Rectangle((x, y), w, h, fill=False, edgecolor="black", lw=1.5)
 
 
@@ -326,8 +337,7 @@ def composition_panel(
         0, max(max(scores.values()), max(m + 2 * s for m, s in baselines.values())) * 1.3
     )
     ax_bar.legend(loc="upper left", fontsize=8)
-    bound = float(np.abs(M).max()) or 1.0
-    im = ax_mat.imshow(M, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -bound, bound), aspect="auto",
+    im = ax_mat.imshow(M, cmap="RdBu_r", norm=diverging_norm(M), aspect="auto",
                        interpolation="nearest")  # fmt: skip
     if len(labels) <= 64:
         ax_mat.set_xticks(range(len(labels)), labels, fontsize=6)

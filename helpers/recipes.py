@@ -15,15 +15,18 @@ from pathlib import Path
 
 import torch
 
+from helpers import evals
 from helpers.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from helpers.data import (
+    PROBE_LENGTH,
     BigramLanguage,
     CopyingLanguage,
     RepeatedSegmentLanguage,
     SkipTrigramLanguage,
+    induction_probe,
 )
-from helpers.models import AttnOnlyTransformer, HookedTransformerConfig
-from helpers.train import Task, TrainConfig, next_token_loss, train
+from helpers.models import AttnOnlyTransformer, HookedTransformerConfig, next_token_loss
+from helpers.train import Task, TrainConfig, train
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -65,17 +68,16 @@ _INDUCTION_TRAINING = TrainConfig(n_steps=1500, batch_size=64, lr=5e-3, seed=0, 
 
 
 def _induction_evaluations() -> dict[str, Callable[[AttnOnlyTransformer], float]]:
-    """Scores on repeated random tokens (10 tokens x 3, fixed seed), recorded while training."""
-    from helpers import evals
-    from helpers.data import repeated_random_tokens
-
-    tokens = repeated_random_tokens(52, 10, 3, 50, torch.Generator().manual_seed(0))
+    """Scores on the induction probe (50 sequences), recorded while training."""
+    tokens = induction_probe(52, batch_size=50, seed=0)
     return {
-        "repeat_loss_ratio": lambda m: evals.repeated_tokens_loss(m, tokens, 10).ratio,
+        "repeat_loss_ratio": lambda m: evals.repeated_tokens_loss(m, tokens, PROBE_LENGTH).ratio,
         "max_previous_token_score": lambda m: float(
             evals.previous_token_scores(m, tokens)[0].max()
         ),
-        "max_induction_score": lambda m: float(evals.induction_scores(m, tokens, 10)[-1].max()),
+        "max_induction_score": lambda m: float(
+            evals.induction_scores(m, tokens, PROBE_LENGTH)[-1].max()
+        ),
     }
 
 
@@ -149,8 +151,7 @@ def train_recipe(name: str, progress: bool = True) -> Checkpoint:
     recipe = _check_name(name)
     task = recipe.make_task()
     model = AttnOnlyTransformer(recipe.model)
-    n_ctx = recipe.training.seq_len or recipe.model.n_ctx
-    callbacks = {"eval_loss": _eval_loss(task, n_ctx)}
+    callbacks = {"eval_loss": _eval_loss(task, recipe.training.sequence_length(recipe.model))}
     if recipe.evaluations is not None:
         callbacks |= recipe.evaluations()
     history = train(model, task, recipe.training, callbacks, progress=progress)

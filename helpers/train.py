@@ -7,6 +7,7 @@ same model. The global RNG is never used.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from helpers.models import AttnOnlyTransformer
+from helpers.models import AttnOnlyTransformer, HookedTransformerConfig, next_token_loss
 
 
 class Task(Protocol):
@@ -31,6 +32,10 @@ class Task(Protocol):
     def to_dict(self) -> dict: ...
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     n_steps: int
@@ -38,7 +43,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    seq_len: int | None = None  # None: the model's n_ctx
+    seq_len: int | None = None  # None: the model's n_ctx (see `sequence_length`)
     seed: int = 0
     eval_every: int = 100
 
@@ -47,10 +52,34 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not (_is_number(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (_is_number(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(
+                f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}"
+            )
+        if len(self.betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.seq_len is not None and (
+            not isinstance(self.seq_len, int) or isinstance(self.seq_len, bool) or self.seq_len < 2
+        ):
+            raise ValueError(
+                f"seq_len must be None (the model's n_ctx) or an int >= 2 (one position has "
+                f"nothing to predict), got {self.seq_len!r}"
+            )
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+    def sequence_length(self, model_cfg: HookedTransformerConfig) -> int:
+        """The length of the training sequences for a model: `seq_len`, or its n_ctx."""
+        seq_len = model_cfg.n_ctx if self.seq_len is None else self.seq_len
+        if seq_len > model_cfg.n_ctx:
+            raise ValueError(
+                f"seq_len={seq_len} is longer than the model's n_ctx={model_cfg.n_ctx}"
+            )
+        if seq_len < 2:
+            raise ValueError(f"the model's n_ctx={seq_len} leaves nothing to predict; need >= 2")
+        return seq_len
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -58,17 +87,16 @@ class TrainConfig:
         return d
 
 
-def next_token_loss(logits: Tensor, tokens: Tensor, per_token: bool = False) -> Tensor:
-    """Cross-entropy of predicting tokens[:, i + 1] from logits[:, i], in nats.
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite. `history` holds what was recorded up to then."""
 
-    Returns the mean, or `[batch, pos - 1]` losses with `per_token=True`.
-    """
-    log_probs = logits[:, :-1].log_softmax(dim=-1)  # [batch, pos - 1, d_vocab]
-    losses = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
-    return losses if per_token else losses.mean()
+    def __init__(self, message: str, history: dict[str, list]):
+        super().__init__(message)
+        self.history = history
 
 
 Callback = Callable[[AttnOnlyTransformer], float]
+RESERVED_HISTORY_KEYS = ("loss", "eval_step", "seconds", "training")
 
 
 def train(
@@ -82,14 +110,18 @@ def train(
 
     The history holds `loss` (every step) and, every `cfg.eval_every` steps and at the end, the
     value of each callback under its name, at the steps listed in `eval_step`.
-    Callbacks run in `torch.no_grad()` mode with the model in eval mode.
+    Callbacks run in `torch.no_grad()` mode with the model in eval mode. A loss that becomes NaN
+    or infinite stops training with `TrainingDiverged`.
     """
     if task.d_vocab != model.cfg.d_vocab:
         raise ValueError(f"task has d_vocab={task.d_vocab} but the model {model.cfg.d_vocab}")
-    seq_len = cfg.seq_len or model.cfg.n_ctx
-    if seq_len > model.cfg.n_ctx:
-        raise ValueError(f"seq_len={seq_len} is longer than the model's n_ctx={model.cfg.n_ctx}")
+    seq_len = cfg.sequence_length(model.cfg)
     callbacks = dict(callbacks or {})
+    if clash := sorted(set(callbacks) & set(RESERVED_HISTORY_KEYS)):
+        raise ValueError(
+            f"callback names {clash} are taken by the history itself; "
+            f"reserved: {list(RESERVED_HISTORY_KEYS)}"
+        )
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
@@ -115,6 +147,14 @@ def train(
             evaluate(step)
         tokens = task.sample(cfg.batch_size, seq_len, generator=generator).to(device)
         loss = next_token_loss(model(tokens), tokens)
+        if not torch.isfinite(loss):
+            bar.close()
+            model.eval()
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} at step {step} (lr={cfg.lr}): training diverged. "
+                "Lower the learning rate, or the initializer_range of the model's config.",
+                history,
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

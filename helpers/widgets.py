@@ -4,21 +4,26 @@
 The figure goes into the Output widget through its `outputs` trait rather than `with out:`, which
 keeps nbval's comparison clean and makes every widget testable in plain pytest: setting a
 control's `.value` redraws synchronously, with no kernel or browser.
+
+A drawing that fails shows its error inside the widget (ipywidgets would otherwise swallow it and
+leave a stale figure on screen that no longer matches the controls).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import html
+from collections.abc import Callable, Sequence
 
 import ipywidgets as widgets
-from IPython.display import Image
+import torch
+from IPython.display import HTML, Image
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from helpers import circuits
 from helpers.attribution import logit_contributions
 from helpers.data import BOS
-from helpers.models import AttnOnlyTransformer
+from helpers.models import AttnOnlyTransformer, as_index
 from helpers.plotting import (
     circuit_panel,
     composition_panel,
@@ -28,13 +33,19 @@ from helpers.plotting import (
     token_heatmap,
 )
 
+ERROR_CLASS = "course-widget-error"  # the browser tests fail on any element of this class
+
 
 class Explorer(widgets.VBox):
-    """Controls on top, the figure below; `render()` redraws from the controls' values."""
+    """Controls on top, the figure below; `render()` redraws from the controls' values.
+
+    If drawing fails, the error is shown in place of the figure and kept in `error`.
+    """
 
     def __init__(self, controls: list[widgets.Widget], draw: Callable[[], Figure]):
         self.output = widgets.Output(layout=widgets.Layout(min_height="200px"))
         self.controls = controls
+        self.error: Exception | None = None
         self._draw = draw
         super().__init__([widgets.HBox(controls), self.output])
         for control in controls:
@@ -42,9 +53,43 @@ class Explorer(widgets.VBox):
         self.render()
 
     def render(self) -> None:
-        png = figure_png(self._draw())
+        try:
+            shown = Image(data=figure_png(self._draw()), format="png")
+            self.error = None
+        except Exception as err:  # shown to the learner, who can pick other values
+            self.error = err
+            shown = HTML(
+                f'<pre class="{ERROR_CLASS}" style="color: #b00; white-space: pre-wrap;">'
+                f"This view could not be drawn for these values:\n"
+                f"{html.escape(type(err).__name__)}: {html.escape(str(err))}</pre>"
+            )
         self.output.outputs = ()
-        self.output.append_display_data(Image(data=png, format="png"))
+        self.output.append_display_data(shown)
+
+
+def head_dropdown(
+    model: AttnOnlyTransformer, layers: Sequence[int] | None = None, description: str = "head"
+) -> widgets.Dropdown:
+    """A dropdown of heads "L{layer}H{head}" whose value is (layer, head)."""
+    if model.cfg.n_layers == 0:
+        raise ValueError("a zero-layer model has no attention heads")
+    layers = range(model.cfg.n_layers) if layers is None else layers
+    options = [(f"L{layer}H{head}", (layer, head))
+               for layer in layers for head in range(model.cfg.n_heads)]  # fmt: skip
+    return widgets.Dropdown(options=options, value=options[0][1], description=description)
+
+
+def token_dropdown(labels: Sequence[str], value: int, description: str) -> widgets.Dropdown:
+    """A dropdown of tokens, shown by label, whose value is the token id."""
+    return widgets.Dropdown(
+        options=[(label, i) for i, label in enumerate(labels)], value=value, description=description
+    )
+
+
+def _check_model_and_labels(model: AttnOnlyTransformer, token_labels: Sequence[str]) -> None:
+    if len(token_labels) != model.cfg.d_vocab:
+        raise ValueError(f"need {model.cfg.d_vocab} token labels, got {len(token_labels)}")
+    model.check_finite()
 
 
 def logit_attribution_explorer(
@@ -53,8 +98,7 @@ def logit_attribution_explorer(
     """Chapter 00: pick a position and a next token; see each component's contribution to that
     token's logit at that position (embedding, every head), and their sum = the model's logit."""
     tokens = model.validate_tokens(tokens)[0]  # one sequence: [pos]
-    if len(token_labels) != model.cfg.d_vocab:
-        raise ValueError(f"need {model.cfg.d_vocab} token labels, got {len(token_labels)}")
+    _check_model_and_labels(model, token_labels)
     contributions, labels = logit_contributions(model, tokens)  # [component, 1, pos, d_vocab]
     contributions = contributions[:, 0]
     text = [token_labels[int(t)] for t in tokens]
@@ -62,10 +106,8 @@ def logit_attribution_explorer(
         value=min(3, len(tokens) - 1), min=0, max=len(tokens) - 1, description="position",
         continuous_update=False,
     )  # fmt: skip
-    next_token = widgets.Dropdown(
-        options=[(label, i) for i, label in enumerate(token_labels)],
-        value=int(tokens[min(position.value + 1, len(tokens) - 1)]),
-        description="next token",
+    next_token = token_dropdown(
+        token_labels, int(tokens[min(position.value + 1, len(tokens) - 1)]), "next token"
     )
 
     def draw() -> Figure:
@@ -95,11 +137,10 @@ def bigram_explorer(
             f"predicted {tuple(predicted.shape)} and true {tuple(true.shape)} must both be "
             f"[{len(token_labels)}, {len(token_labels)}] (one row per current token)"
         )
-    current = widgets.Dropdown(
-        options=[(label, i) for i, label in enumerate(token_labels)],
-        value=initial,
-        description="current",
-    )
+    for name, table in (("predicted", predicted), ("true", true)):
+        if not torch.isfinite(table).all():
+            raise ValueError(f"the {name} probabilities hold NaN or infinite values")
+    current = token_dropdown(token_labels, initial, "current")
 
     def draw() -> Figure:
         i = current.value
@@ -119,18 +160,9 @@ def circuit_explorer(
     """Chapter 02: pick a head and a source token; see the head's full QK and OV circuits, its
     eigenvalue copying score, and the skip-trigrams "source … destination → output" read off
     the weights for that source."""
-    if model.cfg.n_layers == 0:
-        raise ValueError("a zero-layer model has no attention heads")
-    if len(token_labels) != model.cfg.d_vocab:
-        raise ValueError(f"need {model.cfg.d_vocab} token labels, got {len(token_labels)}")
-    heads = [(f"L{layer}H{head}", (layer, head))
-             for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]  # fmt: skip
-    head = widgets.Dropdown(options=heads, value=heads[0][1], description="head")
-    token = widgets.Dropdown(
-        options=[(label, i) for i, label in enumerate(token_labels)],
-        value=source,
-        description="source",
-    )
+    head = head_dropdown(model)
+    _check_model_and_labels(model, token_labels)
+    token = token_dropdown(token_labels, as_index("source", source, model.cfg.d_vocab), "source")
     cache: dict[tuple[int, int], tuple] = {}
 
     def draw() -> Figure:
@@ -161,21 +193,15 @@ def composition_explorer(model: AttnOnlyTransformer, token_labels: list[str]) ->
     Q-composition term; V: the virtual head's full OV circuit)."""
     if model.cfg.n_layers != 2:
         raise ValueError(f"composition_explorer needs a two-layer model, got {model.cfg.n_layers}")
-    if len(token_labels) != model.cfg.d_vocab:
-        raise ValueError(f"need {model.cfg.d_vocab} token labels, got {len(token_labels)}")
-    n_heads = model.cfg.n_heads
-    earlier = widgets.Dropdown(
-        options=[(f"L0H{h}", h) for h in range(n_heads)], description="layer 0"
-    )
-    later = widgets.Dropdown(
-        options=[(f"L1H{h}", h) for h in range(n_heads)], description="layer 1"
-    )
+    _check_model_and_labels(model, token_labels)
+    earlier = head_dropdown(model, layers=[0], description="layer 0")
+    later = head_dropdown(model, layers=[1], description="layer 1")
     kind = widgets.ToggleButtons(options=["K", "Q", "V"], value="K", description="matrix")
     scores = {k: circuits.composition_scores(model, k) for k in circuits.COMPOSITION_KINDS}
     baselines = {k: circuits.composition_baseline(model, k) for k in circuits.COMPOSITION_KINDS}
 
     def draw() -> Figure:
-        e, l_ = earlier.value, later.value
+        (_, e), (_, l_) = earlier.value, later.value
         pair = {k: float(scores[k][e, l_]) for k in circuits.COMPOSITION_KINDS}
         if kind.value == "K":
             M = circuits.k_composition_circuit(model, (0, e), (1, l_))
@@ -207,14 +233,11 @@ def attention_explorer(
 ) -> Explorer:
     """Chapter 04: pick a head; see its attention pattern on one sequence (e.g. repeated random
     tokens), rows = query positions, columns = key positions, labelled with the tokens."""
-    if model.cfg.n_layers == 0:
-        raise ValueError("a zero-layer model has no attention heads")
+    head = head_dropdown(model)
+    _check_model_and_labels(model, token_labels)
     tokens = model.validate_tokens(tokens)[:1]
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
     text = [token_labels[int(t)] for t in tokens[0]]
-    heads = [(f"L{layer}H{head}", (layer, head))
-             for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]  # fmt: skip
-    head = widgets.Dropdown(options=heads, value=heads[0][1], description="head")
 
     def draw() -> Figure:
         layer, h = head.value

@@ -1,3 +1,4 @@
+import json
 import socket
 import urllib.request
 
@@ -72,3 +73,13 @@ def test_missing_bundle_message():
 def test_bad_input(pattern, tokens, names, message):
     with pytest.raises(ValueError, match=message):
         attention_views.attention_heads(pattern, tokens, names)
+
+
+@pytest.mark.parametrize("label", ["<!--<script>", "</script><script>alert(1)</script>", "a&b>c"])
+def test_token_labels_are_escaped_inside_the_script(label):
+    attention_views.attention_heads(_pattern(n=2), ["a", "b"])._repr_html_()  # the bundle's view
+    html = attention_views.attention_heads(_pattern(n=2), [label, "x"])._repr_html_()
+    assert html.count("<script>") == html.count("</script>") == 1 and "<!--" not in html
+    props = html.split("CircuitsVis.AttentionHeads, ", 1)[1].split(");\n", 1)[0]
+    assert not set("<>&") & set(props)
+    assert json.loads(props)["tokens"] == [label, "x"]  # the page still shows the label as given

@@ -49,3 +49,22 @@ def test_bad_tokens_rejected(model):
         attribution.logit_contributions(model, torch.tensor([[0, 99]]))
     with pytest.raises(ValueError, match="longer than n_ctx"):
         attribution.direct_path_logits(model, torch.zeros(1, 11, dtype=torch.long))
+
+
+def _one_layer(**overrides):
+    return make_model(n_layers=1, n_heads=2, d_vocab=7, **overrides)
+
+
+def test_one_layer_path_expansion_is_exact_and_checks_its_model():
+    model = _one_layer()
+    tokens = torch.randint(0, 7, (3, 5), generator=torch.Generator().manual_seed(0))
+    direct, heads = attribution.one_layer_path_expansion(model, tokens)
+    assert heads.shape == (2, 3, 5, 7)
+    with torch.no_grad():
+        assert torch.allclose(direct + heads.sum(0), model(tokens), atol=1e-5)
+    with pytest.raises(ValueError, match="needs a one-layer model, got 2"):
+        attribution.one_layer_path_expansion(make_model(), tokens)
+    with pytest.raises(ValueError, match="shortformer positions and no biases"):
+        attribution.one_layer_path_expansion(
+            _one_layer(positional_embedding_type="standard"), tokens
+        )

@@ -62,7 +62,7 @@ def test_same_seed_same_language_and_round_trip(language):
     assert not torch.equal(
         BigramLanguage(8, 1.5, 0.8, seed=4).transition_matrix, language.transition_matrix
     )
-    with pytest.raises(ValueError, match="does not match its seed"):
+    with pytest.raises(ValueError, match="transition_matrix does not match its seed"):
         BigramLanguage.from_dict(
             {**language.to_dict(), "transition_matrix": language.transition_matrix.T}
         )
@@ -165,3 +165,129 @@ def test_repeated_random_tokens_layout_and_errors():
         RepeatedSegmentLanguage(segment_len=(5, 3))
     with pytest.raises(ValueError, match="n_ctx must be an int >= 9"):
         RepeatedSegmentLanguage(segment_len=(4, 6)).sample(2, 8)
+
+
+# ---- the shared base --------------------------------------------------------------------------
+from helpers.data import (  # noqa: E402
+    LANGUAGES,
+    PROBE_LENGTH,
+    Language,
+    RepeatedSegmentLanguage,
+    SkipTrigramLanguage,
+    induction_probe,
+    language_from_dict,
+)
+
+ALL_LANGUAGES = [
+    BigramLanguage(n_states=6, seed=1),
+    CopyingLanguage(n_states=7, k=2, seed=1),
+    SkipTrigramLanguage(seed=1),
+    RepeatedSegmentLanguage(n_states=9, segment_len=(3, 5), seed=1),
+]
+
+
+@pytest.mark.parametrize("language", ALL_LANGUAGES, ids=lambda lang: lang.name)
+def test_every_language_shares_the_base(language):
+    assert isinstance(language, Language) and LANGUAGES[language.name] is type(language)
+    labels = language.token_labels
+    assert len(labels) == language.d_vocab and len(set(labels)) == len(labels)
+    again = language_from_dict(language.to_dict())
+    assert type(again) is type(language) and again.to_dict().keys() == language.to_dict().keys()
+    tokens = language.sample(3, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tokens, again.sample(3, 16, generator=torch.Generator().manual_seed(0)))
+    assert (
+        tokens.shape == (3, 16)
+        and (tokens[:, 0] == BOS).all()
+        and (tokens < language.d_vocab).all()
+    )
+    text = language.decode(tokens[0])
+    assert text.startswith(language.bos_label)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        language.sample(0, 16)
+
+
+def test_language_from_dict_names_the_known_languages():
+    with pytest.raises(ValueError, match="unknown language 'wiki'; known: bigram, copying"):
+        language_from_dict({"name": "wiki"})
+    with pytest.raises(ValueError, match="lacks \\['k'\\]"):
+        language_from_dict({"name": "copying", "n_states": 5, "seed": 0})
+
+
+def test_letters_decode_to_one_character_per_token_with_bos_shown_as_a_caret():
+    language = RepeatedSegmentLanguage(n_states=52)
+    assert language.token_labels[:3] == ["^", "a", "b"] and language.token_labels[-1] == "Z"
+    assert language.decode(torch.tensor([0, 1, 2, 27])) == "^abA"
+
+
+def test_induction_probe_is_the_standard_repeated_random_tokens():
+    tokens = induction_probe(20, batch_size=4, seed=3)
+    assert tokens.shape == (4, 1 + 3 * PROBE_LENGTH)
+    block = tokens[:, 1 : 1 + PROBE_LENGTH]
+    assert torch.equal(tokens[:, 1 + PROBE_LENGTH : 1 + 2 * PROBE_LENGTH], block)
+    assert torch.equal(induction_probe(20, batch_size=4, seed=3), tokens)
+
+
+# ---- the skip-trigram language ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def skip() -> SkipTrigramLanguage:
+    return SkipTrigramLanguage(seed=0)
+
+
+def test_skip_trigram_encoding_and_rule_table(skip):
+    ids = skip.encode("keep the in")
+    assert ids.tolist() == [
+        BOS,
+        skip.token_to_id["keep"],
+        skip.token_to_id["the"],
+        skip.token_to_id["in"],
+    ]
+    assert skip.decode(ids) == "<BOS> keep the in"
+    table = skip.rule_table()
+    assert table[skip.token_to_id["keep"], skip.token_to_id["in"]] == skip.token_to_id["mind"]
+    assert table[skip.token_to_id["keep"], skip.token_to_id["at"]] == skip.token_to_id["bay"]
+    assert (table >= 0).sum() == len(skip.rules)
+    with pytest.raises(ValueError, match=r"unknown words \['kept'\]"):
+        skip.encode("kept in")
+
+
+def _next_after(tokens, first, then):
+    """Tokens that follow `then` in sequences where `first` occurs before it."""
+    out = []
+    for row in tokens.tolist():
+        for t in range(2, len(row) - 1):
+            if row[t] == then and first in row[:t]:
+                out.append(row[t + 1])
+    return out
+
+
+def test_skip_trigram_rules_fire_only_after_their_source(skip):
+    tokens = skip.sample(3000, 24, generator=torch.Generator().manual_seed(0))
+    keep, in_, mind = (skip.token_to_id[w] for w in ("keep", "in", "mind"))
+    after = _next_after(tokens, keep, in_)
+    assert len(after) > 100 and after.count(mind) / len(after) > 0.75  # p_rule = 0.8
+    without = [row[t + 1] for row in tokens.tolist() for t in range(1, 23)
+               if row[t] == in_ and keep not in row[:t]]  # fmt: skip
+    assert len(without) > 100 and without.count(mind) / len(without) < 0.1
+
+
+def test_adjacent_rule_needs_its_source_right_before(skip):
+    tokens = skip.sample(4000, 24, generator=torch.Generator().manual_seed(1))
+    back, and_, forth = (skip.token_to_id[w] for w in ("back", "and", "forth"))
+    adjacent, far = [], []
+    for row in tokens.tolist():
+        for t in range(2, 23):
+            if row[t] == and_:
+                (adjacent if row[t - 1] == back else far if back in row[:t] else []).append(
+                    row[t + 1]
+                )
+    assert adjacent and adjacent.count(forth) / len(adjacent) > 0.7
+    assert far and far.count(forth) / len(far) < 0.1
+
+
+def test_skip_trigram_language_round_trips_and_rejects_bad_rules(skip):
+    again = SkipTrigramLanguage.from_dict(skip.to_dict())
+    assert again.vocab == skip.vocab and again.rules == skip.rules
+    with pytest.raises(ValueError, match="each destination must belong to one rule"):
+        SkipTrigramLanguage(rules=(("a", "b", "c"), ("d", "b", "e")))
+    with pytest.raises(ValueError, match="three words"):
+        SkipTrigramLanguage(rules=(("a", "b"),))

@@ -53,18 +53,15 @@ def test_bad_input(setup, kwargs, message):
 # ---- repeated random tokens, ablations, term importance -----------------------------------------
 import torch  # noqa: E402
 
-from helpers import checks, handmade  # noqa: E402
+from helpers import handmade  # noqa: E402
 from helpers.data import repeated_random_tokens  # noqa: E402
-from helpers.train import next_token_loss  # noqa: E402
+from helpers.models import next_token_loss  # noqa: E402
 from tests.conftest import make_model, random_tokens  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def handmade_model():
-    layout = handmade.Layout()
-    model = handmade.blank_model(layout)
-    with torch.no_grad():
-        checks.reference_handmade_weights(model, layout)
+    model = handmade.reference_model(handmade.Layout())
     tokens = repeated_random_tokens(11, 8, 3, 10, torch.Generator().manual_seed(0))
     return model, tokens
 
@@ -115,7 +112,7 @@ def test_zero_ablation_removes_exactly_the_heads_logit_term():
     assert torch.allclose(mean_ablated, expected + means @ model.W_U, atol=1e-5)
     with pytest.raises(ValueError, match="kind must be 'zero' or 'mean'"):
         evals.run_with_ablation(model, tokens, [(1, 2)], kind="resample")
-    with pytest.raises(ValueError, match="head must be in 0..2, got 3"):
+    with pytest.raises(ValueError, match="head must be an int in 0..2, got 3"):
         evals.run_with_ablation(model, tokens, [(0, 3)])
 
 
@@ -174,3 +171,50 @@ def test_term_importance_against_hooks():
     }
     with pytest.raises(ValueError, match="needs a two-layer model, got 1"):
         evals.term_importance(make_model(n_layers=1), tokens)
+
+
+def test_skip_trigram_effect_by_hand(setup):
+    model, language = setup
+    contexts, where = evals.filler_contexts(language, 5, context_len=6, seed=2)
+    assert contexts.shape == (5, 6) and where.shape == (5,) and (where <= 3).all()
+    keep, in_, bay = (language.token_to_id[w] for w in ("keep", "in", "bay"))
+    effect = evals.skip_trigram_effect(model, contexts, where, keep, in_, bay)
+    changes = []
+    for ctx, w in zip(contexts, where, strict=True):
+        with_keep = ctx.clone()
+        with_keep[w] = keep
+        lp = [model(torch.cat([torch.tensor([0]), c, torch.tensor([in_])]))[0, -1].log_softmax(-1)[bay]
+              for c in (with_keep, ctx)]  # fmt: skip
+        changes.append(float((lp[0] - lp[1]).detach()))
+    assert np.isclose(effect.mean_change, np.mean(changes), atol=1e-5)
+
+
+def test_one_dimensional_tokens_are_refused_where_they_would_give_garbage():
+    model = make_model()
+    tokens = repeated_random_tokens(12, 3, 3, 2, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"for one sequence use tokens\[None\]"):
+        evals.repeated_tokens_loss(model, tokens[0], 3)
+    with pytest.raises(ValueError, match=r"for one sequence use tokens\[None\]"):
+        evals.copying_scores(model, tokens[0])
+    assert evals.repeated_tokens_loss(model, tokens[:1], 3).fresh > 0  # [1, pos] is fine
+
+
+def test_scores_of_a_zero_layer_model_are_an_error():
+    model = make_model(n_layers=0, n_heads=0)
+    tokens = repeated_random_tokens(12, 3, 3, 2, torch.Generator().manual_seed(0))
+    for score in (evals.previous_token_scores, evals.copying_scores):
+        with pytest.raises(ValueError, match="zero-layer model has no attention heads"):
+            score(model, tokens)
+    with pytest.raises(ValueError, match="zero-layer model has no attention heads"):
+        evals.induction_scores(model, tokens, 3)
+
+
+def test_ablated_heads_must_be_a_list_of_pairs():
+    model = make_model()
+    tokens = random_tokens(model)
+    with pytest.raises(
+        ValueError, match=r"heads must be a list of \(layer, head\) pairs, e.g. \[\(0, 1\)\]"
+    ):
+        evals.run_with_ablation(model, tokens, (0, 1))  # would read as two heads
+    ablated = evals.run_with_ablation(model, tokens, [(torch.tensor(0), np.int64(1))])
+    assert torch.allclose(ablated, evals.run_with_ablation(model, tokens, [(0, 1)]))

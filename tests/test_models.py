@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from helpers.models import AttnOnlyTransformer, HookedTransformerConfig
+from helpers.models import AttnOnlyTransformer, HookedTransformerConfig, next_token_loss
 from tests.conftest import make_model, random_tokens
 
 
@@ -215,10 +215,10 @@ def test_one_dimensional_tokens_are_one_sequence(model, tokens):
 
 
 def test_check_head_names_the_allowed_range(model):
-    model.check_head(1, 2)
-    with pytest.raises(ValueError, match=r"layer must be in 0..1, got 2"):
+    assert model.check_head(1, 2) == (1, 2)
+    with pytest.raises(ValueError, match=r"layer must be an int in 0..1, got 2"):
         model.check_head(2, 0)
-    with pytest.raises(ValueError, match=r"head must be in 0..2, got 3"):
+    with pytest.raises(ValueError, match=r"head must be an int in 0..2, got 3"):
         model.check_head(0, 3)
     with pytest.raises(ValueError, match="zero-layer model has no attention heads"):
         make_model(n_layers=0).check_head(0, 0)
@@ -230,7 +230,7 @@ def test_check_head_names_the_allowed_range(model):
         ({"d_model": 0}, "d_model must be a positive int"),
         ({"n_heads": 0}, "needs n_heads >= 1"),
         ({"positional_embedding_type": "rotary"}, "'shortformer' or 'standard'"),
-        ({"initializer_range": -1.0}, "initializer_range must be > 0"),
+        ({"initializer_range": -1.0}, "initializer_range must be a finite number > 0"),
         ({"n_ctx": 2.5}, "n_ctx must be a positive int"),
     ],
 )
@@ -246,3 +246,59 @@ def test_config_is_frozen_and_round_trips():
     assert HookedTransformerConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown config fields \\['d_mlp'\\]"):
         HookedTransformerConfig.from_dict({**cfg.to_dict(), "d_mlp": 4})
+
+
+def test_head_indices_may_be_what_argmax_returns(model):
+    import numpy as np
+
+    scores = torch.zeros(2, 3)
+    scores[1, 2] = 1.0
+    flat = scores.flatten().argmax()  # a 0-d tensor
+    layer, head = flat // 3, flat % 3
+    assert model.check_head(layer, head) == (1, 2)
+    assert model.check_head(np.int64(0), np.int64(1)) == (0, 1)
+    for bad in (1.0, True, torch.tensor([1, 2]), "1"):
+        with pytest.raises(ValueError, match="head must be an int in 0..2"):
+            model.check_head(0, bad)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"initializer_range": float("inf")}, "initializer_range must be a finite number > 0"),
+        ({"initializer_range": float("nan")}, "initializer_range must be a finite number > 0"),
+        ({"use_bias": "no"}, "use_bias must be True or False, got 'no'"),
+        ({"seed": 1.5}, "seed must be an int"),
+    ],
+)
+def test_config_values_that_would_give_garbage_are_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_model(**overrides)
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 2])
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_parameter_shapes_without_building_the_model(n_layers, use_bias):
+    model = make_model(n_layers=n_layers, use_bias=use_bias)
+    assert model.cfg.parameter_shapes() == {
+        k: tuple(v.shape) for k, v in model.state_dict().items()
+    }
+
+
+def test_check_finite_names_the_weight(model):
+    model.check_finite()
+    with torch.no_grad():
+        model.blocks[1].attn.W_V[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"weight blocks.1.attn.W_V holds NaN values"):
+        model.check_finite()
+    with torch.no_grad():
+        model.blocks[1].attn.W_V[0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"W_V holds infinite values"):
+        model.check_finite()
+
+
+def test_next_token_loss_needs_two_positions_and_matching_shapes():
+    with pytest.raises(ValueError, match="need at least 2 positions"):
+        next_token_loss(torch.zeros(2, 1, 5), torch.zeros(2, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="same batch and pos"):
+        next_token_loss(torch.zeros(2, 4, 5), torch.zeros(4, dtype=torch.long))

@@ -97,3 +97,20 @@ def test_loss_by_position_and_horizontal_bars():
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["x", "y"]
     with pytest.raises(ValueError, match="at least one value"):
         plotting.horizontal_bars({})
+
+
+def test_one_diverging_scale_that_ignores_non_finite_entries():
+    M = torch.tensor([[1.0, -4.0], [float("nan"), float("inf")]]).numpy()
+    norm = plotting.diverging_norm(M, -2 * M)
+    assert (norm.vmin, norm.vcenter, norm.vmax) == (-8.0, 0.0, 8.0)
+    assert plotting.diverging_norm(torch.zeros(2, 2).numpy()).vmax == 1.0  # never an empty range
+
+
+def test_every_heatmap_draws_a_matrix_with_nan_entries():
+    M = torch.randn(3, 3)
+    M[0, 1] = float("nan")
+    labels = ["a", "b", "c"]
+    _png(plotting.token_heatmap(M, labels, labels))
+    _png(plotting.side_by_side_heatmaps({"A": M, "B": M}, labels, labels))
+    _png(plotting.circuit_panel(M, M, labels, source=1))
+    _png(plotting.composition_panel({"K": 0.3}, {"K": (0.1, 0.01)}, M, labels))

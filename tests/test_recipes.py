@@ -5,16 +5,18 @@ import math
 import pytest
 import torch
 
-from helpers import circuits, recipes
+from helpers import circuits, evals, recipes
 from helpers.checkpoints import load_checkpoint
 from helpers.data import (
+    BOS,
+    PROBE_LENGTH,
     BigramLanguage,
     CopyingLanguage,
-    RepeatedSegmentLanguage,
     SkipTrigramLanguage,
-    repeated_random_tokens,
+    induction_probe,
 )
-from helpers.train import next_token_loss
+from helpers.evals import continuation_effect
+from helpers.models import next_token_loss
 
 
 @pytest.mark.parametrize("name", list(recipes.RECIPES))
@@ -22,10 +24,8 @@ def test_every_stored_checkpoint_loads_and_matches_its_recipe(name):
     ckpt = recipes.load(name)
     assert ckpt.cfg == recipes.RECIPES[name].model
     assert ckpt.history["training"] == recipes.RECIPES[name].training.to_dict()
-    language = {"bigram": BigramLanguage, "copying": CopyingLanguage,
-                "skip_trigrams": SkipTrigramLanguage,
-                "repeated_segments": RepeatedSegmentLanguage}[ckpt.task["name"]]  # fmt: skip
-    assert language.from_dict(ckpt.task).d_vocab == ckpt.cfg.d_vocab  # the planted truth is there
+    assert ckpt.language.d_vocab == ckpt.cfg.d_vocab  # the planted truth is there
+    assert ckpt.language.to_dict().keys() == ckpt.task.keys()
     assert len(ckpt.history["loss"]) == recipes.RECIPES[name].training.n_steps
 
 
@@ -75,9 +75,6 @@ def test_unknown_recipe_names_the_choices():
 
 
 def test_retraining_skip_trigram_model_reproduces_chapter_02_claims():
-    from helpers.data import BOS
-    from helpers.evals import continuation_effect
-
     ckpt = recipes.train_recipe("skip_trigrams_1l", progress=False)
     model, language = ckpt.model, SkipTrigramLanguage.from_dict(ckpt.task)
     recovered = 0
@@ -94,12 +91,10 @@ def test_retraining_skip_trigram_model_reproduces_chapter_02_claims():
 
 
 def test_retraining_induction_models_reproduces_chapter_04_claims():
-    from helpers import evals
-
     two = recipes.train_recipe("induction_2l", progress=False).model
     one = recipes.train_recipe("induction_1l", progress=False).model
-    tokens = repeated_random_tokens(52, 10, 3, 100, torch.Generator().manual_seed(0))
-    assert evals.repeated_tokens_loss(two, tokens, 10).ratio <= 0.25
-    assert evals.repeated_tokens_loss(one, tokens, 10).ratio >= 0.6
+    tokens = induction_probe(52)
+    assert evals.repeated_tokens_loss(two, tokens, PROBE_LENGTH).ratio <= 0.25
+    assert evals.repeated_tokens_loss(one, tokens, PROBE_LENGTH).ratio >= 0.6
     assert evals.previous_token_scores(two, tokens)[0].max() >= 0.8
-    assert evals.induction_scores(two, tokens, 10)[1].max() >= 0.6
+    assert evals.induction_scores(two, tokens, PROBE_LENGTH)[1].max() >= 0.6

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from helpers.data import BigramLanguage
-from helpers.train import TrainConfig, next_token_loss, train
+from helpers.models import next_token_loss
+from helpers.train import TrainConfig, TrainingDiverged, train
 from tests.conftest import make_model
 
 
@@ -47,7 +48,7 @@ def test_next_token_loss_by_hand():
 def test_bad_training_setups_are_clear_errors():
     with pytest.raises(ValueError, match="n_steps must be a positive int, got 0"):
         TrainConfig(n_steps=0, batch_size=2)
-    with pytest.raises(ValueError, match="lr must be > 0"):
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
         TrainConfig(n_steps=1, batch_size=2, lr=0)
     model = make_model(d_vocab=7)
     with pytest.raises(ValueError, match="task has d_vocab=9 but the model 7"):
@@ -61,3 +62,36 @@ def test_bad_training_setups_are_clear_errors():
             TrainConfig(n_steps=1, batch_size=2, seq_len=20),
             progress=False,
         )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"seq_len": 1}, "seq_len must be None .* or an int >= 2"),
+        ({"seq_len": 0}, r"seq_len must be None .* or an int >= 2 .*, got 0"),
+        ({"lr": float("inf")}, "lr must be a finite number > 0, got inf"),
+        ({"lr": float("nan")}, "lr must be a finite number > 0"),
+        ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0"),
+        ({"betas": (0.9, 1.0)}, "betas must be two numbers in"),
+    ],
+)
+def test_configs_that_would_train_on_garbage_are_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(n_steps=1, batch_size=2, **kwargs)
+
+
+def test_a_callback_may_not_overwrite_the_history():
+    model = make_model(d_vocab=7)
+    with pytest.raises(ValueError, match=r"callback names \['loss'\] are taken"):
+        train(model, BigramLanguage(n_states=6), TrainConfig(n_steps=2, batch_size=2),
+              {"loss": lambda m: 0.0}, progress=False)  # fmt: skip
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_history():
+    model = make_model(d_vocab=7, initializer_range=1.0)
+    cfg = TrainConfig(n_steps=50, batch_size=8, lr=1e6)
+    with pytest.raises(
+        TrainingDiverged, match=r"the loss became (nan|inf) at step \d+ .*Lower the"
+    ) as info:
+        train(model, BigramLanguage(n_states=6), cfg, progress=False)
+    assert len(info.value.history["loss"]) >= 1

@@ -69,7 +69,7 @@ def test_composition_explorer_redraws_for_every_control():
     explorer = widgets.composition_explorer(model, [f"t{i}" for i in range(13)])
     earlier, later, kind = explorer.controls
     seen = {_png(explorer)}
-    for control, value in ((earlier, 2), (later, 1), (kind, "V"), (kind, "Q")):
+    for control, value in ((earlier, (0, 2)), (later, (1, 1)), (kind, "V"), (kind, "Q")):
         control.value = value
         seen.add(_png(explorer))
     assert len(seen) == 5
@@ -88,3 +88,55 @@ def test_attention_explorer_redraws():
     assert _png(explorer) != before
     with pytest.raises(ValueError, match="longer than n_ctx"):
         widgets.attention_explorer(model, torch.zeros(1, 20, dtype=torch.long), ["x"] * 13)
+
+
+def test_a_failing_drawing_is_shown_in_the_widget_not_swallowed():
+    model = make_model()
+    with torch.no_grad():
+        model.blocks[1].attn.W_Q[1] = 0.0  # L1H1 attends uniformly: its QK composition is 0/0
+    explorer = widgets.composition_explorer(model, [f"t{i}" for i in range(13)])
+    earlier, later, kind = explorer.controls
+    assert explorer.error is None
+    later.value = (1, 1)
+    assert explorer.error is not None
+    (output,) = explorer.output.outputs
+    html = output["data"]["text/html"]
+    assert widgets.ERROR_CLASS in html and "could not be drawn for these values" in html
+    later.value = (1, 0)  # other values draw again
+    assert explorer.error is None and "image/png" in explorer.output.outputs[0]["data"]
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda m: widgets.circuit_explorer(m, [f"t{i}" for i in range(13)]),
+        lambda m: widgets.composition_explorer(m, [f"t{i}" for i in range(13)]),
+        lambda m: widgets.attention_explorer(
+            m, random_tokens(m, batch=1), [f"t{i}" for i in range(13)]
+        ),
+        lambda m: widgets.logit_attribution_explorer(
+            m, random_tokens(m, batch=1), [f"t{i}" for i in range(13)]
+        ),
+    ],
+)
+def test_widgets_refuse_non_finite_weights_up_front(build):
+    model = make_model()
+    with torch.no_grad():
+        model.blocks[0].attn.W_V[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="holds NaN values"):
+        build(model)
+
+
+def test_dropdown_helpers():
+    model = make_model()
+    heads = widgets.head_dropdown(model)
+    assert heads.value == (0, 0) and [label for label, _ in heads.options][-1] == "L1H2"
+    assert [v for _, v in widgets.head_dropdown(model, layers=[1]).options] == [
+        (1, 0),
+        (1, 1),
+        (1, 2),
+    ]
+    tokens = widgets.token_dropdown(["a", "b", "c"], 2, "token")
+    assert tokens.value == 2 and tokens.label == "c"
+    with pytest.raises(ValueError, match=r"source must be an int in 0..12, got 13"):
+        widgets.circuit_explorer(model, [f"t{i}" for i in range(13)], source=13)

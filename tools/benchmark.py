@@ -19,6 +19,11 @@ import nbformat
 import torch
 from nbclient import NotebookClient
 
+from helpers import evals, recipes, widgets
+from helpers.data import PROBE_LENGTH, induction_probe
+from helpers.models import AttnOnlyTransformer
+from helpers.train import TrainConfig, train
+
 ROOT = Path(__file__).resolve().parent.parent
 PEAK_MEMORY_CELL = (
     "import resource as _r, sys as _s\n"
@@ -54,25 +59,16 @@ def notebooks() -> None:
             print(f"    circuitsvis views: {', '.join(f'{v / 1e3:.1f} KB' for v in views)}")
 
 
-def widgets() -> None:
-    from helpers import recipes, widgets
-    from helpers.data import (
-        BigramLanguage,
-        CopyingLanguage,
-        RepeatedSegmentLanguage,
-        SkipTrigramLanguage,
-        repeated_random_tokens,
-    )
-
+def widget_response() -> None:
     print("widget response (value change -> redrawn figure), median of 10")
     copying = recipes.load("copying_2l")
-    lang0 = CopyingLanguage.from_dict(copying.task)
+    lang0 = copying.language
     bigram = recipes.load("bigram_0l")
-    lang1 = BigramLanguage.from_dict(bigram.task)
+    lang1 = bigram.language
     skip = recipes.load("skip_trigrams_1l")
-    lang2 = SkipTrigramLanguage.from_dict(skip.task)
+    lang2 = skip.language
     induction = recipes.load("induction_2l")
-    lang3 = RepeatedSegmentLanguage.from_dict(induction.task)
+    lang3 = induction.language
     probs = torch.ones(26, 26) / 26
     explorers = {
         "logit_attribution_explorer": widgets.logit_attribution_explorer(
@@ -85,7 +81,7 @@ def widgets() -> None:
         "composition_explorer": widgets.composition_explorer(induction.model, lang3.token_labels),
         "attention_explorer": widgets.attention_explorer(
             induction.model,
-            repeated_random_tokens(52, 10, 3, 1, torch.Generator()),
+            induction_probe(52, batch_size=1),
             lang3.token_labels,
         ),
     }
@@ -108,14 +104,9 @@ def widgets() -> None:
 
 
 def training() -> None:
-    from helpers import evals, recipes
-    from helpers.data import repeated_random_tokens
-    from helpers.models import AttnOnlyTransformer
-    from helpers.train import TrainConfig, train
-
     print("two-layer model from scratch until induction (repeats <= 0.25 x fresh loss)")
     recipe = recipes.RECIPES["induction_2l"]
-    tokens = repeated_random_tokens(52, 10, 3, 50, torch.Generator().manual_seed(0))
+    tokens = induction_probe(52, batch_size=50)
     model = AttnOnlyTransformer(recipe.model)
     # the recipe's training, checked every 50 steps; time spent checking is subtracted
     cfg = TrainConfig(n_steps=recipe.training.n_steps, batch_size=recipe.training.batch_size,
@@ -125,7 +116,7 @@ def training() -> None:
 
     def check(m) -> float:
         t0 = time.perf_counter()
-        ratio = evals.repeated_tokens_loss(m, tokens, 10).ratio
+        ratio = evals.repeated_tokens_loss(m, tokens, PROBE_LENGTH).ratio
         if ratio <= 0.25 and state["reached"] is None:
             state["reached"] = (state["step"], t0 - start - state["check_seconds"], ratio)
         state["step"] += cfg.eval_every
@@ -141,6 +132,6 @@ def training() -> None:
 
 
 if __name__ == "__main__":
-    sections = {"notebooks": notebooks, "widgets": widgets, "training": training}
+    sections = {"notebooks": notebooks, "widgets": widget_response, "training": training}
     for name in sys.argv[1:] or list(sections):
         sections[name]()

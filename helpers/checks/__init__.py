@@ -1,12 +1,14 @@
 """Exercise checkers: one `check_…` per exercise.
 
-A checker runs the learner's function on fresh inputs, compares with the course's reference (the
-model in `helpers.models`, or the planted truth), and either prints a one-line confirmation or
-raises `CheckFailed` with a diagnosis: what is wrong, on which axis, and which common mistake the
-answer matches. A stub that still raises NotImplementedError is let through unchanged.
+A checker runs the learner's function on inputs it draws at check time, compares with the course's
+reference (computed first, on its own copy of the inputs) or with the planted truth, and either
+prints a one-line confirmation or raises `CheckFailed` with a diagnosis: what is wrong, on which
+axis, and which common mistake the answer matches. A stub that still raises NotImplementedError
+becomes a one-line `ExerciseNotDone`. See `helpers.checks._base` for the rules every checker
+follows.
 """
 
-from helpers.checks._base import CheckFailed, ExerciseNotDone
+from helpers.checks._base import CheckFailed, ExerciseNotDone, fixed_seed
 from helpers.checks.bigrams import (
     check_count_bigrams,
     check_empirical_log_probs,
@@ -17,7 +19,6 @@ from helpers.checks.induction import (
     check_handmade_induction,
     check_induction_score,
     check_previous_token_score,
-    reference_handmade_weights,
 )
 from helpers.checks.one_layer import (
     check_copying_score,
@@ -36,6 +37,7 @@ from helpers.checks.residual_stream import (
 __all__ = [
     "CheckFailed",
     "ExerciseNotDone",
+    "fixed_seed",
     "check_attention_pattern",
     "check_head_output",
     "check_direct_path_logits",
@@ -53,5 +55,4 @@ __all__ = [
     "check_previous_token_score",
     "check_induction_score",
     "check_handmade_induction",
-    "reference_handmade_weights",
 ]

@@ -1,14 +1,33 @@
-"""What every checker shares: the failure type, shape checks and diagnosis by common mistakes."""
+"""What every checker shares: calling the learner's function safely, and diagnosing its answer.
+
+The rules every checker follows (see DESIGN.md, "Exercises"):
+- the reference answer and every common mistake are computed first, on the checker's own inputs;
+  the learner's function then gets clones (`call_learner`), so editing an input in place changes
+  nothing but the learner's own copy;
+- inputs are drawn at check time from a fresh seed (`draw_seed`), from models without symmetries
+  that hide mistakes (untied W_E and W_U, heads whose OV eigenvalues are negative or complex), so
+  that no constant or lookup can pass;
+- the course's reference of the exercise is withheld while the learner's function runs, and so is
+  the model's forward pass where the exercise is to rebuild it;
+- a diagnosis names a mistake only when the answer matches that mistake and no other.
+"""
 
 from __future__ import annotations
 
+import copy
 import functools
-from collections.abc import Callable
+import math
+import numbers
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from helpers.models import AttnOnlyTransformer, HookedTransformerConfig
+from helpers.references import ReferenceWithheld, withheld
 
 
 class CheckFailed(AssertionError):
@@ -48,93 +67,245 @@ def checker(check: Callable) -> Callable:
     return wrapped
 
 
-def _passed(exercise: str, detail: str) -> None:
+def passed(exercise: str, detail: str) -> None:
     print(f"✔ {exercise} passed: {detail}")
 
 
-def _expect_tensor(exercise: str, name: str, out: object, shape: tuple, floating: bool) -> Tensor:
+# ---- inputs drawn at check time -----------------------------------------------------------------
+
+_fixed_seed: list[int] = []
+
+
+def draw_seed() -> int:
+    """A fresh seed for this check's inputs, so that an answer cannot be looked up in advance
+    (tests fix it with `fixed_seed`)."""
+    return _fixed_seed[-1] if _fixed_seed else secrets.randbelow(2**31)
+
+
+@contextmanager
+def fixed_seed(seed: int) -> Iterator[None]:
+    """Within the block, checkers draw their inputs from `seed` (for reproducible tests)."""
+    _fixed_seed.append(seed)
+    try:
+        yield
+    finally:
+        _fixed_seed.pop()
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def random_model(seed: int, **overrides) -> AttnOnlyTransformer:
+    """A small model with random, untied weights (W_U is not W_Eᵀ) drawn from `seed`; its sizes
+    (vocabulary, d_model, heads, d_head, context) are drawn too unless given."""
+    rng = generator(seed)
+
+    def pick(lo: int, hi: int) -> int:
+        return int(torch.randint(lo, hi + 1, (), generator=rng))
+
+    d_head = pick(3, 5)
+    cfg = {
+        "n_layers": 1,
+        "d_vocab": pick(9, 13),
+        "d_head": d_head,
+        "n_heads": pick(2, 3),
+        "d_model": pick(4, 5) * d_head,
+        "n_ctx": pick(6, 9),
+        "initializer_range": 0.5,
+        "seed": seed,
+    }
+    return AttnOnlyTransformer(HookedTransformerConfig(**{**cfg, **overrides}))
+
+
+def random_tokens(model: AttnOnlyTransformer, seed: int, batch: int = 3) -> Tensor:
+    """`[batch, n_ctx]` random token ids for `model`, BOS first."""
+    tokens = torch.randint(
+        1, model.cfg.d_vocab, (batch, model.cfg.n_ctx), generator=generator(seed)
+    )
+    tokens[:, 0] = 0
+    return tokens
+
+
+# ---- calling the learner's function -------------------------------------------------------------
+
+
+def _clone(value: object) -> object:
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clone(v) for v in value)
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return value
+    return copy.deepcopy(value)  # models, languages, layouts
+
+
+def _forward_unavailable(*args, **kwargs):
+    raise ReferenceWithheld(
+        "model(tokens)",
+        "the model's forward pass (model(tokens), run_with_cache, run_with_hooks) is not "
+        "available in this exercise: its point is to rebuild what the forward pass computes, from "
+        "the weights and the tensors you are given",
+    )
+
+
+def call_learner(
+    exercise: str,
+    fn: Callable,
+    *args: object,
+    withhold: Sequence[Callable] = (),
+    block_forward: bool = False,
+    clone: bool = True,
+) -> object:
+    """`fn(*clones of args)`, with the exercise's references withheld (and the forward pass of
+    every model among the arguments, with `block_forward`). Clones mean the checker's own inputs,
+    from which it computed the reference first, cannot be changed by the learner's function.
+    `clone=False` is for exercises whose point is to edit their input in place."""
+    if not callable(fn):
+        raise CheckFailed(exercise, f"pass your function itself, got {type(fn).__name__}.")
+    clones = [_clone(a) for a in args] if clone else list(args)
+    if block_forward:
+        for value in clones:
+            if isinstance(value, AttnOnlyTransformer):
+                value.forward = _forward_unavailable
+    try:
+        with withheld(*withhold):
+            return fn(*clones)
+    except ReferenceWithheld as err:
+        raise CheckFailed(exercise, f"{err} (the course's version runs after the check).") from None
+
+
+# ---- checking what came back --------------------------------------------------------------------
+
+
+def expect_tensor(
+    exercise: str, name: str, out: object, shape: Sequence[int], floating: bool = True
+) -> Tensor:
+    """The learner's tensor, detached, or a CheckFailed saying what is wrong with it."""
     if not isinstance(out, Tensor):
         raise CheckFailed(exercise, f"{name} must return a torch.Tensor, got {type(out).__name__}.")
     if tuple(out.shape) != tuple(shape):
         raise CheckFailed(
-            exercise,
-            f"{name} returned shape {tuple(out.shape)}; expected {tuple(shape)}.",
+            exercise, f"{name} returned shape {tuple(out.shape)}; expected {tuple(shape)}."
         )
     if floating and not out.dtype.is_floating_point:
         raise CheckFailed(exercise, f"{name} returned dtype {out.dtype}; expected a float tensor.")
-    if not floating and (out.dtype.is_floating_point or out.dtype.is_complex):
+    if not floating and (
+        out.dtype.is_floating_point or out.dtype.is_complex or out.dtype == torch.bool
+    ):
         raise CheckFailed(exercise, f"{name} returned dtype {out.dtype}; expected integer counts.")
     if floating and torch.isnan(out).any():
         raise CheckFailed(exercise, f"{name} returned NaN values.")
+    return out.detach()
+
+
+def expect_float(exercise: str, name: str, out: object, what: str = "a float") -> float:
+    """The learner's scalar answer as a float: a Python or numpy number, or a 0-d tensor."""
+    if isinstance(out, (Tensor, np.ndarray)):
+        if out.ndim != 0:
+            raise CheckFailed(
+                exercise,
+                f"{name} must return {what}, got a {type(out).__name__} of shape "
+                f"{tuple(out.shape)}: return one number (float(...) or .item()).",
+            )
+        if isinstance(out, Tensor) and out.dtype.is_complex:
+            raise CheckFailed(exercise, f"{name} returned a complex number; expected {what}.")
+        out = out.item()
+    if not isinstance(out, numbers.Real) or isinstance(out, bool):
+        raise CheckFailed(exercise, f"{name} must return {what}, got {type(out).__name__}.")
+    out = float(out)
+    if math.isnan(out):
+        raise CheckFailed(exercise, f"{name} returned NaN.")
     return out
 
 
-def _expect_float(exercise: str, name: str, out: object, what: str = "a float") -> float:
-    """The learner's scalar answer as a float, or a CheckFailed saying what came back instead."""
+def expect_token_list(exercise: str, name: str, out: object, k: int, d_vocab: int) -> list[int]:
+    """A list of k distinct token ids (a list, tuple or 1-d integer tensor)."""
     if isinstance(out, Tensor):
-        if out.numel() != 1:
+        if out.ndim != 1 or out.dtype.is_floating_point:
             raise CheckFailed(
-                exercise,
-                f"{name} must return {what}, got a tensor of shape {tuple(out.shape)}: it must "
-                "return one number.",
+                exercise, f"{name} must be a list of token ids, got a tensor {tuple(out.shape)}."
             )
-        out = out.item()
-    if not isinstance(out, (int, float)) or isinstance(out, bool):
-        raise CheckFailed(exercise, f"{name} must return {what}, got {type(out).__name__}.")
-    return float(out)
+        out = out.tolist()
+    if not isinstance(out, (list, tuple)):
+        raise CheckFailed(
+            exercise, f"{name} must be a list of token ids, got {type(out).__name__}."
+        )
+    ids = []
+    for t in out:
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < d_vocab:
+            raise CheckFailed(
+                exercise, f"{name} must hold token ids in 0..{d_vocab - 1}, got {t!r}."
+            )
+        ids.append(int(t))
+    if len(ids) != k:
+        raise CheckFailed(exercise, f"{name} must hold k = {k} token ids, got {len(ids)}.")
+    if len(set(ids)) != k:
+        raise CheckFailed(
+            exercise, f"{name} holds a token more than once: {ids}; the top k are distinct."
+        )
+    return ids
 
 
-def _diagnose_float(
-    exercise: str,
-    out: float,
-    expected: float,
-    mistakes: list[tuple[str, float]],
-    tolerance: float,
-    otherwise: str,
-) -> None:
-    """Pass if `out` is within `tolerance` of `expected`; otherwise name the first mistake
-    (description, value) it matches, or fail with `otherwise`."""
-    if abs(out - expected) <= tolerance:
-        return
-    for description, value in mistakes:
-        if abs(out - value) <= tolerance:
-            raise CheckFailed(exercise, f"Your answer matches a common mistake: {description}")
-    raise CheckFailed(exercise, otherwise)
-
-
-def _matches(a: Tensor, b: Tensor, atol: float = 1e-5) -> bool:
+def matches(a: Tensor, b: Tensor, atol: float = 1e-5) -> bool:
     return a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=atol, rtol=1e-4)
 
 
-def _diagnose(
-    exercise: str, out: Tensor, expected: Tensor, mistakes: dict[str, Tensor], atol: float = 1e-5
+def diagnose(
+    exercise: str,
+    out: Tensor,
+    expected: Tensor,
+    mistakes: dict[str, Tensor],
+    atol: float = 1e-5,
+    where: str = "",
 ) -> None:
-    """Pass if `out` matches `expected`; otherwise name the first mistake it matches, if any."""
-    if _matches(out, expected, atol):
+    """Pass if `out` matches `expected`; otherwise name the mistake it matches, if exactly one.
+
+    Mistakes that coincide with the right answer on these inputs are not considered, and an
+    answer that matches two different mistakes gets no diagnosis: a diagnosis must be sure.
+    """
+    if matches(out, expected, atol):
         return
-    for description, wrong in mistakes.items():
-        if _matches(out, wrong, atol):
-            raise CheckFailed(exercise, f"Your answer matches a common mistake: {description}")
-    err = (out.double() - expected.double()).abs().max().item()
+    candidates = {d: w for d, w in mistakes.items() if not matches(w, expected, atol)}
+    hits = [d for d, wrong in candidates.items() if matches(out, wrong, atol)]
+    prefix = f"{where}: " if where else ""
+    if len(hits) == 1:
+        raise CheckFailed(exercise, f"{prefix}your answer matches a common mistake: {hits[0]}")
+    err = (out.double() - expected.double()).abs()
+    err = err[torch.isfinite(err)].max().item() if torch.isfinite(err).any() else float("inf")
     raise CheckFailed(
         exercise,
-        f"Your answer differs from the reference by up to {err:.3g}, and matches none of the "
-        "common mistakes this checker knows. Re-read the hint.",
+        f"{prefix}your answer differs from the reference by up to {err:.3g}, and matches none of "
+        "the common mistakes this checker knows. Re-read the hint.",
     )
 
 
-def _tiny_model(seed: int = 0, **overrides) -> AttnOnlyTransformer:
-    cfg = HookedTransformerConfig(
-        **{
-            "n_layers": 1,
-            "d_model": 12,
-            "n_heads": 3,
-            "d_head": 4,
-            "n_ctx": 7,
-            "d_vocab": 11,
-            "initializer_range": 0.6,
-            "seed": seed,
-            **overrides,
-        }
+def diagnose_float(
+    exercise: str,
+    out: float,
+    expected: float,
+    mistakes: Sequence[tuple[str, float]],
+    otherwise: str,
+    rel: float = 1e-4,
+    abs_tol: float = 1e-6,
+) -> None:
+    """`diagnose` for a number: pass within the tolerance, else name the one mistake it matches."""
+
+    def close(a: float, b: float) -> bool:
+        return math.isclose(a, b, rel_tol=rel, abs_tol=abs_tol)
+
+    if close(out, expected):
+        return
+    hits = {d for d, v in mistakes if close(out, v) and not close(v, expected)}
+    if len(hits) == 1:
+        raise CheckFailed(exercise, f"your answer matches a common mistake: {hits.pop()}")
+    raise CheckFailed(exercise, otherwise)
+
+
+def heads_phrase(n_models: int) -> str:
+    """How the pass messages describe the test models, which are not the learner's."""
+    return (
+        f"every head of {n_models} random test models"
+        if n_models > 1
+        else "every head of a random test model"
     )
-    return AttnOnlyTransformer(cfg)

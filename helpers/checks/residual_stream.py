@@ -8,8 +8,18 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from helpers.attribution import direct_path_logits
-from helpers.checks._base import _diagnose, _expect_tensor, _passed, _tiny_model, checker
+from helpers import attribution
+from helpers.checks._base import (
+    call_learner,
+    checker,
+    diagnose,
+    draw_seed,
+    expect_tensor,
+    heads_phrase,
+    passed,
+    random_model,
+    random_tokens,
+)
 
 
 def _pattern_variants(scores: Tensor, scale: float) -> dict[str, Tensor]:
@@ -27,91 +37,79 @@ def _pattern_variants(scores: Tensor, scale: float) -> dict[str, Tensor]:
         ),
         "queries and keys are swapped (scores are k·q with the mask on the wrong side): the "
         "pattern is [batch, query_pos, key_pos], scores[q, k] = q_q · k_k.": (
-            scores.transpose(-1, -2) / scale
-        )
-        .masked_fill(~causal, float("-inf"))
-        .softmax(-1),
+            (scores.transpose(-1, -2) / scale).masked_fill(~causal, float("-inf")).softmax(-1)
+        ),
         "the mask is applied after the softmax (zeroing weights), so rows no longer sum to 1.": (
             (scores / scale).softmax(-1) * causal
         ),
     }
 
 
-def _tiny_model_and_cache(seed: int, token_seed: int):
-    """A tiny one-layer model and its activations on two random sequences of full length."""
-    model = _tiny_model(seed=seed)
-    gen = torch.Generator().manual_seed(token_seed)
-    tokens = torch.randint(0, model.cfg.d_vocab, (2, model.cfg.n_ctx), generator=gen)
-    _, cache = model.run_with_cache(tokens)
-    return model, cache
+def _models_and_caches(seed: int):
+    """Two random one-layer models of different sizes, and their activations on random tokens."""
+    for i in range(2):
+        model = random_model(seed + i)
+        _, cache = model.run_with_cache(random_tokens(model, seed + 10 + i, batch=2))
+        yield model, cache
 
 
 @checker
 def check_attention_pattern(attention_pattern: Callable) -> None:
     """Exercise 0.1: `attention_pattern(x, W_Q, W_K) -> [batch, query_pos, key_pos]`."""
     ex = "Exercise 0.1 (attention_pattern)"
-    model, cache = _tiny_model_and_cache(seed=1, token_seed=0)
-    x = cache["hook_embed"] + cache["hook_pos_embed"]  # the input of queries and keys
-    for head in range(model.cfg.n_heads):
-        W_Q, W_K = model.W_Q[0, head].detach(), model.W_K[0, head].detach()
-        out = attention_pattern(x, W_Q, W_K)
-        out = _expect_tensor(
-            ex, "attention_pattern", out, (2, model.cfg.n_ctx, model.cfg.n_ctx), True
-        )
-        expected = cache["blocks.0.attn.hook_pattern"][:, head]
-        scores = (x @ W_Q) @ (x @ W_K).transpose(-1, -2)
-        _diagnose(
-            ex, out.detach(), expected, _pattern_variants(scores, math.sqrt(model.cfg.d_head))
-        )
-    _passed(ex, f"matches the model's pattern for all {model.cfg.n_heads} heads.")
+    for model, cache in _models_and_caches(draw_seed()):
+        x = cache["hook_embed"] + cache["hook_pos_embed"]  # the input of queries and keys
+        for head in range(model.cfg.n_heads):
+            W_Q, W_K = model.W_Q[0, head].detach(), model.W_K[0, head].detach()
+            expected = cache["blocks.0.attn.hook_pattern"][:, head]
+            scores = (x @ W_Q) @ (x @ W_K).transpose(-1, -2)
+            mistakes = _pattern_variants(scores, math.sqrt(model.cfg.d_head))
+            out = call_learner(ex, attention_pattern, x, W_Q, W_K)
+            out = expect_tensor(ex, "attention_pattern", out, expected.shape)
+            diagnose(ex, out, expected, mistakes)
+    passed(ex, f"matches the model's attention pattern for {heads_phrase(2)}.")
 
 
 @checker
 def check_head_output(head_output: Callable) -> None:
     """Exercise 0.2: `head_output(pattern, x, W_V, W_O) -> [batch, pos, d_model]`."""
     ex = "Exercise 0.2 (head_output)"
-    model, cache = _tiny_model_and_cache(seed=2, token_seed=1)
-    x = cache["blocks.0.hook_resid_pre"]  # the input of values (no positions: shortformer)
-    for head in range(model.cfg.n_heads):
-        pattern = cache["blocks.0.attn.hook_pattern"][:, head]
-        W_V, W_O = model.W_V[0, head].detach(), model.W_O[0, head].detach()
-        out = head_output(pattern, x, W_V, W_O)
-        out = _expect_tensor(ex, "head_output", out, tuple(x.shape), True)
-        expected = cache["blocks.0.attn.hook_result"][:, :, head]
-        OV = W_V @ W_O  # [d_model, d_model]
-        mistakes = {
-            "the pattern is transposed: output[q] = Σ_k pattern[q, k] v[k] (pattern @ v, with "
-            "pattern as [query_pos, key_pos]).": pattern.transpose(-1, -2) @ x @ OV,
-            "the OV matrix is transposed: in the row convention a head writes x @ W_V @ W_O "
-            "(the paper's W_O W_V, transposed).": pattern @ x @ OV.T,
-            "the pattern is not applied: each position only reads itself.": x @ OV,
-        }
-        _diagnose(ex, out.detach(), expected, mistakes, atol=1e-4)
-    _passed(
-        ex, f"matches the model's per-head output (hook_result) for all {model.cfg.n_heads} heads."
-    )
+    for model, cache in _models_and_caches(draw_seed()):
+        x = cache["blocks.0.hook_resid_pre"]  # the input of values (no positions: shortformer)
+        for head in range(model.cfg.n_heads):
+            pattern = cache["blocks.0.attn.hook_pattern"][:, head]
+            W_V, W_O = model.W_V[0, head].detach(), model.W_O[0, head].detach()
+            expected = cache["blocks.0.attn.hook_result"][:, :, head]
+            OV = W_V @ W_O  # [d_model, d_model]
+            mistakes = {
+                "the pattern is transposed: output[q] = Σ_k pattern[q, k] v[k] (pattern @ v, "
+                "with pattern as [query_pos, key_pos]).": pattern.transpose(-1, -2) @ x @ OV,
+                "the OV matrix is transposed: in the row convention a head writes x @ W_V @ W_O "
+                "(the paper's W_O W_V, transposed).": pattern @ x @ OV.T,
+                "the pattern is not applied: each position only reads itself.": x @ OV,
+            }
+            out = call_learner(ex, head_output, pattern, x, W_V, W_O)
+            out = expect_tensor(ex, "head_output", out, x.shape)
+            diagnose(ex, out, expected, mistakes, atol=1e-4)
+    passed(ex, f"matches the model's per-head output (hook_result) for {heads_phrase(2)}.")
 
 
 @checker
-def check_direct_path_logits(fn: Callable) -> None:
+def check_direct_path_logits(direct_path_logits: Callable) -> None:
     """Exercise 0.3: `direct_path_logits(model, tokens) -> [batch, pos, d_vocab]`."""
     ex = "Exercise 0.3 (direct_path_logits)"
-    for positions in ("shortformer", "standard"):
-        model = _tiny_model(seed=3, n_layers=2, positional_embedding_type=positions)
-        tokens = torch.randint(
-            0, model.cfg.d_vocab, (3, 5), generator=torch.Generator().manual_seed(2)
-        )
-        out = _expect_tensor(
-            ex, "direct_path_logits", fn(model, tokens), (3, 5, model.cfg.d_vocab), True
-        )
+    seed = draw_seed()
+    for i, positions in enumerate(("shortformer", "standard")):
+        model = random_model(seed + i, n_layers=2, positional_embedding_type=positions)
+        tokens = random_tokens(model, seed + 10 + i)[:, : model.cfg.n_ctx - i]
         with torch.no_grad():
+            expected = attribution.direct_path_logits(model, tokens)
             embed_only = model.W_E[tokens] @ model.W_U
-            with_pos = (model.W_E[tokens] + model.W_pos[:5]) @ model.W_U
-            full = model(tokens)
-        mistakes = {
-            "these are the model's full logits; the direct path is the embedding alone, "
-            "unembedded (no attention heads).": full,
-        }
+            with_pos = (model.W_E[tokens] + model.W_pos[: tokens.shape[1]]) @ model.W_U
+            mistakes = {
+                "these are the model's full logits; the direct path is the embedding alone, "
+                "unembedded (no attention heads).": model(tokens),
+            }
         if positions == "shortformer":
             mistakes[
                 "in a shortformer model the positional embedding never enters the residual "
@@ -122,5 +120,17 @@ def check_direct_path_logits(fn: Callable) -> None:
                 "with standard positions the residual stream starts as W_E[tokens] + "
                 "W_pos[:pos]; the positional part is missing."
             ] = embed_only
-        _diagnose(ex, out.detach(), direct_path_logits(model, tokens), mistakes)
-    _passed(ex, "right for shortformer and standard positional embeddings.")
+        out = call_learner(
+            ex,
+            direct_path_logits,
+            model,
+            tokens,
+            withhold=[
+                attribution.direct_path_logits,
+                attribution.logit_contributions,
+                attribution.decompose_resid,
+            ],
+        )
+        out = expect_tensor(ex, "direct_path_logits", out, expected.shape)
+        diagnose(ex, out, expected, mistakes, where=f"{positions} positions")
+    passed(ex, "right for random models with shortformer and with standard positions.")

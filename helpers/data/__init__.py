@@ -9,13 +9,21 @@ Token 0 is always the BOS (beginning-of-sequence) token, placed at position 0 of
 
 from helpers.data._common import (
     BOS,
+    Language,
     bigram_state_labels,
     next_token_counts,
     stationary_distribution,
 )
 from helpers.data.bigrams import BigramLanguage
 from helpers.data.copying import CopyingLanguage
-from helpers.data.repeats import INDUCTION_SYMBOLS, RepeatedSegmentLanguage, repeated_random_tokens
+from helpers.data.repeats import (
+    INDUCTION_SYMBOLS,
+    PROBE_LENGTH,
+    PROBE_REPEATS,
+    RepeatedSegmentLanguage,
+    induction_probe,
+    repeated_random_tokens,
+)
 from helpers.data.skip_trigrams import (
     ADJACENT_RULES,
     FILLER_WORDS,
@@ -23,13 +31,33 @@ from helpers.data.skip_trigrams import (
     SkipTrigramLanguage,
 )
 
+LANGUAGES: dict[str, type[Language]] = {
+    cls.name: cls
+    for cls in (BigramLanguage, CopyingLanguage, SkipTrigramLanguage, RepeatedSegmentLanguage)
+}
+
+
+def language_from_dict(task: dict) -> Language:
+    """The language stored in a checkpoint's `task`, whichever kind it is."""
+    name = task.get("name") if isinstance(task, dict) else None
+    if name not in LANGUAGES:
+        raise ValueError(f"unknown language {name!r}; known: {', '.join(LANGUAGES)}")
+    return LANGUAGES[name].from_dict(task)
+
+
 __all__ = [
     "BOS",
+    "Language",
+    "LANGUAGES",
+    "language_from_dict",
     "BigramLanguage",
     "CopyingLanguage",
     "SkipTrigramLanguage",
     "RepeatedSegmentLanguage",
     "repeated_random_tokens",
+    "induction_probe",
+    "PROBE_LENGTH",
+    "PROBE_REPEATS",
     "next_token_counts",
     "stationary_distribution",
     "bigram_state_labels",

@@ -7,13 +7,14 @@ from torch import Tensor
 
 from helpers.data._common import (
     BOS,
+    Language,
     _check_positive_int,
     bigram_state_labels,
     stationary_distribution,
 )
 
 
-class BigramLanguage:
+class BigramLanguage(Language):
     """A Markov chain over `n_states` tokens with a planted transition matrix.
 
     Token ids: 0 is BOS, 1..n_states are the chain's states, labelled "a", "b", … . A sequence is
@@ -26,6 +27,8 @@ class BigramLanguage:
     point of the rank-limited part of chapter 01. For example, with n_states=3 a sequence reads
     `[0, 2, 3, 3, 1, …]`, i.e. "<BOS> b c c a …".
     """
+
+    name = "bigram"
 
     def __init__(self, n_states: int = 26, scale: float = 3.0, decay: float = 0.75, seed: int = 0):
         _check_positive_int("n_states", n_states)
@@ -48,9 +51,8 @@ class BigramLanguage:
     def d_vocab(self) -> int:
         return self.n_states + 1
 
-    @property
-    def token_labels(self) -> list[str]:
-        return ["<BOS>"] + bigram_state_labels(self.n_states)
+    def _labels(self) -> list[str]:
+        return bigram_state_labels(self.n_states)
 
     def log_probs(self) -> Tensor:
         """True log P(next | current) over the vocabulary: `[d_vocab, d_vocab]`.
@@ -69,16 +71,9 @@ class BigramLanguage:
         P = self.transition_matrix
         return float(-(self.stationary[:, None] * P * P.log()).sum())
 
-    def sample(
-        self, batch_size: int, n_ctx: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """`[batch_size, n_ctx]` int64 token ids: BOS, then n_ctx - 1 steps of the chain.
-
-        Vectorised over the batch: one draw per position for all sequences at once.
-        """
-        _check_positive_int("batch_size", batch_size)
-        _check_positive_int("n_ctx", n_ctx)
-        gen = self.generator if generator is None else generator
+    def _sample(self, batch_size: int, n_ctx: int, gen: torch.Generator) -> Tensor:
+        """BOS, then n_ctx - 1 steps of the chain; vectorised over the batch (one draw per
+        position for all sequences at once)."""
         cum_P = self.transition_matrix.float().cumsum(dim=-1)  # [state, next_state]
         cum_pi = self.stationary.float().cumsum(dim=0)
         u = torch.rand(n_ctx, batch_size, 1, generator=gen)  # [pos, batch, 1]
@@ -95,24 +90,8 @@ class BigramLanguage:
                 tokens[:, pos] = state + 1
         return tokens
 
-    def to_dict(self) -> dict:
-        """The language's parameters and planted truth, in checkpoint-safe types."""
+    def _truth(self) -> dict:
         return {
-            "name": "bigram",
-            "n_states": self.n_states,
-            "scale": self.scale,
-            "decay": self.decay,
-            "seed": self.seed,
-            "bos_token": BOS,
             "transition_matrix": self.transition_matrix.clone(),
             "entropy_rate": self.entropy_rate(),
         }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> BigramLanguage:
-        if d.get("name") != "bigram":
-            raise ValueError(f"not a bigram language: name={d.get('name')!r}")
-        lang = cls(d["n_states"], d["scale"], d["decay"], d["seed"])
-        if not torch.allclose(lang.transition_matrix, d["transition_matrix"]):
-            raise ValueError("the stored transition matrix does not match its seed")
-        return lang

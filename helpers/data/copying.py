@@ -7,10 +7,10 @@ import math
 import torch
 from torch import Tensor
 
-from helpers.data._common import BOS, _check_positive_int, bigram_state_labels
+from helpers.data._common import BOS, Language, _check_positive_int, bigram_state_labels
 
 
-class CopyingLanguage:
+class CopyingLanguage(Language):
     """Each sequence picks `k` distinct tokens at random and then draws every token uniformly from
     them: the only way to predict a sequence is to copy tokens seen earlier in it.
 
@@ -18,6 +18,8 @@ class CopyingLanguage:
     might read "<BOS> q d d q q d …". Once both of its tokens have been seen, the best possible
     loss is ln k per token; a model that cannot look back can do no better than ln n_states.
     """
+
+    name = "copying"
 
     def __init__(self, n_states: int = 26, k: int = 4, seed: int = 0):
         _check_positive_int("n_states", n_states)
@@ -31,35 +33,15 @@ class CopyingLanguage:
     def d_vocab(self) -> int:
         return self.n_states + 1
 
-    @property
-    def token_labels(self) -> list[str]:
-        return ["<BOS>"] + bigram_state_labels(self.n_states)
+    def _labels(self) -> list[str]:
+        return bigram_state_labels(self.n_states)
 
-    def sample(
-        self, batch_size: int, n_ctx: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """`[batch_size, n_ctx]` int64 token ids: BOS, then draws from each sequence's k tokens."""
-        _check_positive_int("batch_size", batch_size)
-        _check_positive_int("n_ctx", n_ctx)
-        gen = self.generator if generator is None else generator
+    def _sample(self, batch_size: int, n_ctx: int, gen: torch.Generator) -> Tensor:
+        """BOS, then draws from each sequence's k tokens."""
         # k distinct tokens per sequence: the first k of a random permutation (argsort of noise)
         subsets = torch.rand(batch_size, self.n_states, generator=gen).argsort(dim=-1)[:, : self.k]
         picks = torch.randint(0, self.k, (batch_size, n_ctx - 1), generator=gen)
-        tokens = torch.cat([torch.full((batch_size, 1), BOS), subsets.gather(1, picks) + 1], dim=1)
-        return tokens
+        return torch.cat([torch.full((batch_size, 1), BOS), subsets.gather(1, picks) + 1], dim=1)
 
-    def to_dict(self) -> dict:
-        return {
-            "name": "copying",
-            "n_states": self.n_states,
-            "k": self.k,
-            "seed": self.seed,
-            "bos_token": BOS,
-            "optimal_loss_once_seen": math.log(self.k),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> CopyingLanguage:
-        if d.get("name") != "copying":
-            raise ValueError(f"not a copying language: name={d.get('name')!r}")
-        return cls(d["n_states"], d["k"], d["seed"])
+    def _truth(self) -> dict:
+        return {"optimal_loss_once_seen": math.log(self.k)}

@@ -7,13 +7,13 @@ import string
 import torch
 from torch import Tensor
 
-from helpers.data._common import BOS, _check_positive_int
+from helpers.data._common import BOS, Language, _check_positive_int
 from helpers.data.bigrams import BigramLanguage
 
 INDUCTION_SYMBOLS = string.ascii_lowercase + string.ascii_uppercase
 
 
-class RepeatedSegmentLanguage:
+class RepeatedSegmentLanguage(Language):
     """A bigram background with a random segment that occurs twice: the language of induction.
 
     Each sequence is BOS, then a run of a planted Markov chain (`BigramLanguage`, the direct path's
@@ -24,9 +24,14 @@ class RepeatedSegmentLanguage:
     nothing. In the second copy, every token after the first is predictable only by induction:
     "find where the current token occurred before and predict what followed it".
 
-    Token ids: 0 is BOS, 1..n_states are labelled "a"…"z", "A"…"Z". `sample_with_truth` also
-    returns which positions are predictable by induction.
+    Token ids: 0 is BOS, shown as "^", 1..n_states are labelled "a"…"z", "A"…"Z", so a sequence
+    decodes to one character per token, e.g. "^qWxmabcdTzabcdK…" (the segment "abcd" repeated).
+    `sample_with_truth` also returns which positions are predictable by induction.
     """
+
+    name = "repeated_segments"
+    bos_label = "^"
+    separator = ""
 
     def __init__(
         self,
@@ -36,7 +41,7 @@ class RepeatedSegmentLanguage:
         scale: float = 1.5,
         seed: int = 0,
     ):
-        lo, hi = segment_len
+        lo, hi = tuple(segment_len) if len(segment_len) == 2 else (None, None)
         if not (isinstance(lo, int) and isinstance(hi, int) and 2 <= lo <= hi):
             raise ValueError(
                 f"segment_len must be (min, max) ints with 2 <= min <= max, got {segment_len}"
@@ -57,16 +62,20 @@ class RepeatedSegmentLanguage:
     def d_vocab(self) -> int:
         return self.n_states + 1
 
-    @property
-    def token_labels(self) -> list[str]:
+    def _labels(self) -> list[str]:
         if self.n_states <= len(INDUCTION_SYMBOLS):
-            return ["<BOS>", *INDUCTION_SYMBOLS[: self.n_states]]
-        return ["<BOS>", *(f"t{i}" for i in range(1, self.n_states + 1))]
+            return list(INDUCTION_SYMBOLS[: self.n_states])
+        return [f"t{i}" for i in range(1, self.n_states + 1)]
 
-    def sample(
-        self, batch_size: int, n_ctx: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        return self.sample_with_truth(batch_size, n_ctx, generator)[0]
+    def _check_n_ctx(self, n_ctx: object) -> None:
+        lo = self.segment_len[0]
+        if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 2 * lo + 1:
+            raise ValueError(
+                f"n_ctx must be an int >= {2 * lo + 1} (two shortest segments and BOS), got {n_ctx!r}"
+            )
+
+    def _sample(self, batch_size: int, n_ctx: int, gen: torch.Generator) -> Tensor:
+        return self._sample_with_truth(batch_size, n_ctx, gen)[0]
 
     def sample_with_truth(
         self, batch_size: int, n_ctx: int, generator: torch.Generator | None = None
@@ -75,12 +84,15 @@ class RepeatedSegmentLanguage:
         True when token t repeats the token that followed an earlier occurrence of token t - 1
         inside the repeated segment, i.e. when induction predicts it."""
         _check_positive_int("batch_size", batch_size)
+        self._check_n_ctx(n_ctx)
+        return self._sample_with_truth(
+            batch_size, n_ctx, self.generator if generator is None else generator
+        )
+
+    def _sample_with_truth(
+        self, batch_size: int, n_ctx: int, gen: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
         lo, hi = self.segment_len
-        if not isinstance(n_ctx, int) or n_ctx < 2 * lo + 1:
-            raise ValueError(
-                f"n_ctx must be an int >= {2 * lo + 1} (two shortest segments and BOS), got {n_ctx!r}"
-            )
-        gen = self.generator if generator is None else generator
         tokens = self.background.sample(batch_size, n_ctx, generator=gen)
         predictable = torch.zeros(batch_size, n_ctx, dtype=torch.bool)
         usable = n_ctx - 1  # positions 1..n_ctx-1
@@ -107,23 +119,8 @@ class RepeatedSegmentLanguage:
         predictable[rows[later], cols[later]] = True
         return tokens, predictable
 
-    def to_dict(self) -> dict:
-        return {
-            "name": "repeated_segments",
-            "n_states": self.n_states,
-            "segment_len": list(self.segment_len),
-            "p_repeat": self.p_repeat,
-            "scale": self.scale,
-            "seed": self.seed,
-            "bos_token": BOS,
-            "transition_matrix": self.background.transition_matrix.clone(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RepeatedSegmentLanguage:
-        if d.get("name") != "repeated_segments":
-            raise ValueError(f"not a repeated-segment language: name={d.get('name')!r}")
-        return cls(d["n_states"], tuple(d["segment_len"]), d["p_repeat"], d["scale"], d["seed"])
+    def _truth(self) -> dict:
+        return {"transition_matrix": self.background.transition_matrix.clone()}
 
 
 def repeated_random_tokens(
@@ -132,6 +129,7 @@ def repeated_random_tokens(
     """`[batch, 1 + length * repeats]`: BOS, then `length` uniformly random tokens (ids
     1..n_states, no token twice within a block), repeated `repeats` times. The standard test of
     induction heads (Olsson et al. 2022, "repeated random tokens")."""
+    _check_positive_int("n_states", n_states)
     _check_positive_int("length", length)
     _check_positive_int("repeats", repeats)
     _check_positive_int("batch_size", batch_size)
@@ -141,3 +139,16 @@ def repeated_random_tokens(
         )
     block = torch.rand(batch_size, n_states, generator=generator).argsort(-1)[:, :length] + 1
     return torch.cat([torch.full((batch_size, 1), BOS), block.repeat(1, repeats)], dim=1)
+
+
+# The course's standard probe of induction: BOS + 10 random tokens, three times (Olsson et al.
+# 2022). Recorded while training, scored in chapters 03-05, timed by the benchmark.
+PROBE_LENGTH, PROBE_REPEATS = 10, 3
+
+
+def induction_probe(n_states: int, batch_size: int = 100, seed: int = 0) -> Tensor:
+    """`repeated_random_tokens(n_states, PROBE_LENGTH, PROBE_REPEATS, batch_size)` from a
+    generator seeded by `seed`: `[batch_size, 31]`. The length to pass to the scores of
+    `helpers.evals` is `PROBE_LENGTH`."""
+    generator = torch.Generator().manual_seed(seed)
+    return repeated_random_tokens(n_states, PROBE_LENGTH, PROBE_REPEATS, batch_size, generator)

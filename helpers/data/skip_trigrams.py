@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from helpers.data._common import BOS, _check_positive_int
+from helpers.data._common import BOS, Language
 
 # The paper's own examples of skip-trigrams ("Skip-Trigram 'Bugs'" and the one-layer section):
 # source … destination → output. "keep" is the shared source of the "in → mind / at → bay" pair.
@@ -27,7 +27,7 @@ FILLER_WORDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-class SkipTrigramLanguage:
+class SkipTrigramLanguage(Language):
     """Word sequences with planted skip-trigram rules "A … B → C" and copying.
 
     Each next token is drawn, given the sequence so far, as follows:
@@ -45,6 +45,8 @@ class SkipTrigramLanguage:
     Example (made up): "<BOS> the keep of it in mind was at bay …".
     """
 
+    name = "skip_trigrams"
+
     def __init__(
         self,
         rules: tuple[tuple[str, str, str], ...] = SKIP_TRIGRAM_RULES,
@@ -54,13 +56,18 @@ class SkipTrigramLanguage:
         p_copy: float = 0.15,
         seed: int = 0,
     ):
+        rules = tuple(tuple(r) for r in rules)
+        adjacent_rules = tuple(tuple(r) for r in adjacent_rules)
+        if any(
+            len(r) != 3 or not all(isinstance(w, str) for w in r) for r in rules + adjacent_rules
+        ):
+            raise ValueError("each rule must be three words (source, destination, output)")
         if not 0 <= p_rule <= 1 or not 0 <= p_copy <= 1:
             raise ValueError(f"p_rule and p_copy must be in [0, 1], got {p_rule}, {p_copy}")
         dests = [b for _, b, _ in rules] + [b for _, b, _ in adjacent_rules]
         if len(set(dests)) != len(dests):
             raise ValueError(f"each destination must belong to one rule, got {dests}")
-        self.rules = tuple(tuple(r) for r in rules)
-        self.adjacent_rules = tuple(tuple(r) for r in adjacent_rules)
+        self.rules, self.adjacent_rules = rules, adjacent_rules
         self.fillers = tuple(fillers)
         self.p_rule, self.p_copy, self.seed = p_rule, p_copy, seed
         all_rules = self.rules + self.adjacent_rules
@@ -90,9 +97,8 @@ class SkipTrigramLanguage:
     def d_vocab(self) -> int:
         return len(self.vocab)
 
-    @property
-    def token_labels(self) -> list[str]:
-        return list(self.vocab)
+    def _labels(self) -> list[str]:
+        return self.vocab[1:]
 
     def encode(self, words: str | list[str]) -> Tensor:
         """Token ids of space-separated words, BOS first: `[pos]`."""
@@ -109,13 +115,8 @@ class SkipTrigramLanguage:
             table[a, b] = c
         return table
 
-    def sample(
-        self, batch_size: int, n_ctx: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """`[batch_size, n_ctx]` int64 token ids. One step per position, vectorised over the batch."""
-        _check_positive_int("batch_size", batch_size)
-        _check_positive_int("n_ctx", n_ctx)
-        gen = self.generator if generator is None else generator
+    def _sample(self, batch_size: int, n_ctx: int, gen: torch.Generator) -> Tensor:
+        """One step per position, vectorised over the batch."""
         table = self.rule_table()
         is_source = torch.zeros(self.d_vocab, dtype=torch.bool)
         is_source[self.sources] = True
@@ -147,23 +148,5 @@ class SkipTrigramLanguage:
             tokens[:, t] = torch.where(use_rule, rule_output, nxt)
         return tokens
 
-    def to_dict(self) -> dict:
-        return {
-            "name": "skip_trigrams",
-            "rules": [list(r) for r in self.rules],
-            "adjacent_rules": [list(r) for r in self.adjacent_rules],
-            "fillers": list(self.fillers),
-            "p_rule": self.p_rule,
-            "p_copy": self.p_copy,
-            "seed": self.seed,
-            "bos_token": BOS,
-            "vocab": list(self.vocab),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SkipTrigramLanguage:
-        if d.get("name") != "skip_trigrams":
-            raise ValueError(f"not a skip-trigram language: name={d.get('name')!r}")
-        rules = tuple(tuple(r) for r in d["rules"])
-        adjacent = tuple(tuple(r) for r in d["adjacent_rules"])
-        return cls(rules, adjacent, tuple(d["fillers"]), d["p_rule"], d["p_copy"], d["seed"])
+    def _truth(self) -> dict:
+        return {"vocab": list(self.vocab)}

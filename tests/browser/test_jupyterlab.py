@@ -211,6 +211,9 @@ OUTPUTS_NEAR = """control => {
 WIDGET_TRACEBACKS = """() => [...document.querySelectorAll(
         '.jp-Notebook .widget-output [data-mime-type="application/vnd.jupyter.stderr"]')]
     .map(e => e.textContent).filter(t => t.includes('Traceback') || t.includes('Error'))"""
+# helpers.widgets shows a drawing that failed inside the widget, in an element of this class
+WIDGET_DRAWING_ERRORS = """() => [...document.querySelectorAll('.jp-Notebook .course-widget-error')]
+    .map(e => e.textContent)"""
 
 
 def widget_problems(page, server) -> list[str]:
@@ -229,6 +232,7 @@ def widget_problems(page, server) -> list[str]:
     if page.locator(".jupyter-widgets-error-widget").count():
         problems.append("a widget failed to display ('Error displaying widget')")
     problems += [f"error in a widget's output:\n{t}" for t in page.evaluate(WIDGET_TRACEBACKS)]
+    problems += [f"a widget could not draw:\n{t}" for t in page.evaluate(WIDGET_DRAWING_ERRORS)]
     return problems
 
 
@@ -246,7 +250,7 @@ def exercise_control(page, kind: str, control, name: str, callback_failed) -> li
         return []  # nothing to compare; errors are caught by the widget log and output checks
     deadline = time.monotonic() + WIDGET_TIMEOUT_S
     while control.evaluate(OUTPUTS_NEAR) == before:
-        if callback_failed():
+        if callback_failed() or page.evaluate(WIDGET_DRAWING_ERRORS):
             return [f"{name}: its callback raised an exception (see below)"]
         if time.monotonic() > deadline:
             return [f"{name}: changing its value did not change the output beside it"]

@@ -1,0 +1,59 @@
+"""The course's reference implementations, withheld from the exercises that rebuild them.
+
+Most exercises ask the learner to write a function that `helpers` already has: the course needs
+it for the rest of the notebook. A checker compares the learner's answer with that reference, so
+an answer that simply calls the reference would pass without teaching anything. Functions marked
+`@reference` can therefore be *withheld*: while a checker runs the learner's function inside
+`with withheld(fn, ...)`, calling `fn` raises `ReferenceWithheld` (the checker turns that into a
+diagnosis). Everywhere else they are ordinary functions.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+_withheld: set[Callable] = set()
+
+
+class ReferenceWithheld(RuntimeError):
+    """The learner's answer called the reference implementation of its own exercise."""
+
+    def __init__(self, name: str, message: str | None = None):
+        super().__init__(
+            message
+            or f"your answer calls the course's reference `{name}`, the function this exercise "
+            "asks you to write yourself; compute it from the weights and tensors you are given"
+        )
+        self.name = name
+
+
+def reference(fn: F) -> F:
+    """Mark `fn` as a reference implementation that a checker may withhold."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if wrapper in _withheld:
+            raise ReferenceWithheld(f"{fn.__module__.removeprefix('helpers.')}.{fn.__name__}")
+        return fn(*args, **kwargs)
+
+    wrapper.is_course_reference = True
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def withheld(*fns: Callable) -> Iterator[None]:
+    """Within the block, calling any of `fns` (each marked `@reference`) raises ReferenceWithheld."""
+    for fn in fns:
+        if not getattr(fn, "is_course_reference", False):
+            raise TypeError(f"{fn!r} is not marked @reference, so it cannot be withheld")
+    added = [fn for fn in fns if fn not in _withheld]
+    _withheld.update(added)
+    try:
+        yield
+    finally:
+        _withheld.difference_update(added)

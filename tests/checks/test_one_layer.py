@@ -1,0 +1,279 @@
+"""Checkers of chapter 02."""
+
+import pytest
+import torch
+
+from helpers import attribution, checks, circuits, evals, recipes
+from tests.checks.conftest import assert_accepts, assert_rejects
+
+
+# ---- 2.1 ----------------------------------------------------------------------------------------
+def ov_reference(m, h):
+    return m.W_E @ m.W_V[0, h] @ m.W_O[0, h] @ m.W_U
+
+
+def test_full_ov_circuit_accepts_reference():
+    assert_accepts(checks.check_full_ov_circuit, ov_reference)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m, h: ov_reference(m, h).T, "circuit is transposed"),
+        (lambda m, h: m.W_E @ m.W_O[0, h].T @ m.W_V[0, h].T @ m.W_U, "W_O is applied before W_V"),
+        (lambda m, h: m.W_E @ m.W_V[0, h] @ m.W_O[0, h] @ m.W_E.T, "W_Eᵀ instead of W_U"),
+        (lambda m, h: ov_reference(m, (h + 1) % 2), "another head's circuit"),
+        (lambda m, h: m.W_V[0, h] @ m.W_O[0, h], "returned shape"),
+        (lambda m, h: circuits.full_ov_circuit(m, 0, h), "calls the course's reference"),
+        (lambda m, h: ov_reference(m, h) * 2, "matches none"),
+    ],
+)
+def test_full_ov_circuit_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_full_ov_circuit, wrong, diagnosis=diagnosis)
+
+
+# ---- 2.2 ----------------------------------------------------------------------------------------
+def _expansion(transpose=False, weighted=True, direct=True, heads=True):
+    def fn(model, tokens, pattern):
+        out = model.W_E[tokens] @ model.W_U if direct else 0
+        for h in range(model.cfg.n_heads):
+            rows = circuits.full_ov_circuit(model, 0, h)[tokens]
+            A = pattern[:, h].transpose(-1, -2) if transpose else pattern[:, h]
+            if heads:
+                out = out + (A @ rows if weighted else rows)
+        return out
+
+    return fn
+
+
+def test_path_expansion_accepts_reference():
+    assert_accepts(checks.check_path_expansion, _expansion())
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_expansion(heads=False), "direct path's logits alone"),
+        (_expansion(direct=False), "missing the direct path"),
+        (_expansion(transpose=True), "pattern is transposed"),
+        (_expansion(weighted=False), "weighted by its attention"),
+        (lambda m, t, p: m(t), "forward pass"),
+        (lambda m, t, p: m.run_with_cache(t)[0], "forward pass"),
+        (lambda m, t, p: sum(attribution.one_layer_path_expansion(m, t)), "reference"),
+        (lambda m, t, p: _expansion()(m, t, p)[:, :-1], "returned shape"),
+    ],
+)
+def test_path_expansion_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_path_expansion, wrong, diagnosis=diagnosis)
+
+
+# ---- 2.3 ----------------------------------------------------------------------------------------
+def _eig(M):
+    return torch.linalg.eigvals(M.detach().double())
+
+
+def _score(eig):
+    return float(eig.sum().real / eig.abs().sum())
+
+
+def _small(m, h):
+    return m.W_O[0, h] @ m.W_U @ m.W_E @ m.W_V[0, h]
+
+
+def test_copying_score_accepts_reference_and_other_right_forms():
+    assert_accepts(checks.check_copying_score, lambda m, h: _score(_eig(_small(m, h))))
+    # a 0-d tensor, a numpy scalar, and the full d_vocab x d_vocab circuit are right too
+    assert_accepts(
+        checks.check_copying_score,
+        lambda m, h: (lambda e: e.sum().real / e.abs().sum())(_eig(_small(m, h))),
+    )
+    assert_accepts(
+        checks.check_copying_score, lambda m, h: torch.tensor(_score(_eig(_small(m, h)))).numpy()
+    )
+    assert_accepts(
+        checks.check_copying_score,
+        lambda m, h: _score(_eig(m.W_E @ m.W_V[0, h] @ m.W_O[0, h] @ m.W_U)),
+    )
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (
+            lambda m, h: float(_eig(_small(m, h)).abs().sum() / _eig(_small(m, h)).abs().sum()),
+            "exactly ±1",
+        ),
+        (
+            lambda m, h: float(_eig(_small(m, h)).sum().abs() / _eig(_small(m, h)).abs().sum()),
+            "keep the sign",
+        ),
+        (
+            lambda m, h: float(_eig(_small(m, h)).sum().real / _eig(_small(m, h)).real.abs().sum()),
+            "only the real parts",
+        ),
+        (
+            lambda m, h: _score(_eig(m.W_U @ m.W_E @ (m.W_V[0, h] @ m.W_O[0, h]).T)),
+            "OV part is transposed",
+        ),
+        (lambda m, h: _score(_eig(m.W_O[0, h] @ m.W_E.T @ m.W_E @ m.W_V[0, h])), "W_E.T was used"),
+        (lambda m, h: _score(_eig(m.W_V[0, h] @ m.W_O[0, h])), "W_V @ W_O alone"),
+        (lambda m, h: 0.5, "expected"),
+        (lambda m, h: "high", "must return a float, got str"),
+        (lambda m, h: _eig(_small(m, h)).real, "return one number"),
+        (lambda m, h: circuits.copying_score(m, 0, h), "calls the course's reference"),
+        (lambda m, h: _score(circuits.ov_eigenvalues(m, 0, h)), "calls the course's reference"),
+    ],
+)
+def test_copying_score_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_copying_score, wrong, diagnosis=diagnosis)
+
+
+# ---- 2.4 ----------------------------------------------------------------------------------------
+def _qk(m, h):
+    return (m.W_E @ m.W_Q[0, h]) @ (m.W_E @ m.W_K[0, h]).T / m.cfg.d_head**0.5
+
+
+def test_full_qk_circuit_accepts_reference():
+    assert_accepts(
+        checks.check_full_qk_circuit, lambda m, h: _qk(m, h) - _qk(m, h).mean(-1, keepdim=True)
+    )
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_qk, "each query's row must have its mean subtracted"),
+        (lambda m, h: _qk(m, h) - _qk(m, h).mean(0, keepdim=True), "subtracted over queries"),
+        (lambda m, h: (_qk(m, h) - _qk(m, h).mean(-1, keepdim=True)).T, "matrix is transposed"),
+        (
+            lambda m, h: (_qk(m, h) - _qk(m, h).mean(-1, keepdim=True)) * m.cfg.d_head**0.5,
+            "scale is missing",
+        ),
+        (
+            lambda m, h: (_qk(m, h) - _qk(m, h).mean(-1, keepdim=True)) / m.cfg.d_head**0.5,
+            "instead of sqrt",
+        ),
+        (lambda m, h: circuits.full_qk_circuit(m, 0, h), "calls the course's reference"),
+    ],
+)
+def test_full_qk_circuit_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_full_qk_circuit, wrong, diagnosis=diagnosis)
+
+
+# ---- 2.5 ----------------------------------------------------------------------------------------
+def _trigrams(qk_axis=0, ov_axis=1, largest=True):
+    def fn(m, h, s, k):
+        qk, ov = circuits.full_qk_circuit(m, 0, h), circuits.full_ov_circuit(m, 0, h)
+        dest_scores = qk[:, s] if qk_axis == 0 else qk[s]
+        out_scores = ov[s] if ov_axis == 1 else ov[:, s]
+        return (dest_scores.topk(k).indices.tolist(),
+                out_scores.topk(k, largest=largest).indices.tolist())  # fmt: skip
+
+    return fn
+
+
+def test_skip_trigrams_accepts_reference_as_lists_or_tensors():
+    assert_accepts(checks.check_skip_trigrams, _trigrams())
+    assert_accepts(
+        checks.check_skip_trigrams,
+        lambda m, h, s, k: tuple(torch.tensor(x) for x in _trigrams()(m, h, s, k)),
+    )
+
+
+def _padded(m, h, s, k):
+    dests, outs = _trigrams()(m, h, s, 3)
+    return (dests + dests)[:k], (outs + outs)[:k]  # always the top 3, padded with repeats
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_trigrams(qk_axis=1), "read from the source's row of the QK circuit"),
+        (_trigrams(ov_axis=0), "read from the source's column of the OV circuit"),
+        (_trigrams(largest=False), "pushed down most"),
+        (lambda m, h, s, k: [1, 2, 3], "must return a pair"),
+        (lambda m, h, s, k: _trigrams()(m, h, s, 3), "must hold k = 2 token ids"),
+        (_padded, "holds a token more than once"),
+        (lambda m, h, s, k: circuits.skip_trigrams(m, 0, h, s, k), "calls the course's reference"),
+    ],
+)
+def test_skip_trigrams_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_skip_trigrams, wrong, diagnosis=diagnosis)
+
+
+# ---- 2.6 ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def skip_model():
+    ckpt = recipes.load("skip_trigrams_1l")
+    return ckpt.model, ckpt.language
+
+
+def effect_reference(model, contexts, where, source, dest, output, *, sign=1.0, probs=False,
+                     position=-1, bos=True, log_softmax=True):  # fmt: skip
+    n = contexts.shape[0]
+    with_source = contexts.clone()
+    with_source[torch.arange(n), where] = source
+    values = []
+    for ctx in (with_source, contexts):
+        parts = ([torch.zeros(n, 1, dtype=torch.long)] if bos else []) + [
+            ctx,
+            torch.full((n, 1), dest),
+        ]
+        with torch.no_grad():
+            logits = model(torch.cat(parts, 1))[:, position]
+        lp = logits.log_softmax(-1)[:, output] if log_softmax else logits[:, output]
+        values.append(lp.exp() if probs else lp)
+    return sign * float((values[0] - values[1]).mean())
+
+
+def test_crossed_effect_accepts_reference(skip_model):
+    assert_accepts(checks.check_crossed_effect, effect_reference, *skip_model)
+
+
+def _variant(**kwargs):
+    return lambda *args: effect_reference(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_variant(sign=-1.0), "the sign is flipped"),
+        (_variant(probs=True), "change in probability"),
+        (_variant(position=-2), "one position too early"),
+        (_variant(bos=False), "BOS is missing"),
+        (_variant(log_softmax=False), "change of the raw logit"),
+        (lambda *a: 3.09, "expected"),  # the notebook's number, hard-coded
+        (lambda *a: [3.0], "must return a float"),
+        (
+            lambda m, c, w, s, d, o: evals.skip_trigram_effect(m, c, w, s, d, o).mean_change,
+            "reference",
+        ),
+    ],
+)
+def test_crossed_effect_rejects(wrong, diagnosis, skip_model):
+    assert_rejects(checks.check_crossed_effect, wrong, *skip_model, diagnosis=diagnosis)
+
+
+def test_crossed_effect_names_the_call_it_needs():
+    with pytest.raises(TypeError, match=r"check_crossed_effect\(crossed_effect, model, language\)"):
+        checks.check_crossed_effect(effect_reference, "model", "language")
+
+
+def _aliased(model, contexts, where, source, dest, output):
+    with_source = contexts  # not a copy: the "without" version gets the source too
+    with_source[torch.arange(contexts.shape[0]), where] = source
+    return effect_reference(model, contexts, where, source, dest, output)
+
+
+def _wrong_destination(skip_language):
+    at = skip_language.token_to_id["at"]
+    return lambda m, c, w, s, d, o: effect_reference(m, c, w, s, at, o)  # ignores `dest`
+
+
+def test_crossed_effect_diagnoses_only_what_it_is_sure_of(skip_model):
+    model, language = skip_model
+    for wrong in (_aliased, _wrong_destination(language)):
+        assert_rejects(checks.check_crossed_effect, wrong, model, language, diagnosis="expected")
+        with checks.fixed_seed(0), pytest.raises(checks.CheckFailed) as info:
+            checks.check_crossed_effect(wrong, model, language)
+        assert "common mistake" not in str(info.value)
