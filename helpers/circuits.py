@@ -192,12 +192,14 @@ def skip_trigrams(
 COMPOSITION_KINDS = ("Q", "K", "V")
 
 
+@reference
 def _frobenius_composition(W_A: Tensor, W_B: Tensor) -> Tensor:
     """‖W_A W_B‖_F / (‖W_A‖_F ‖W_B‖_F), batched over leading axes."""
     num = (W_A @ W_B).flatten(-2).norm(dim=-1)
     return num / (W_A.flatten(-2).norm(dim=-1) * W_B.flatten(-2).norm(dim=-1))
 
 
+@reference
 def _composition_from_weights(
     W_Q2: Tensor,
     W_K2: Tensor,

@@ -11,6 +11,7 @@ diagnosis). Everywhere else they are ordinary functions.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -42,6 +43,10 @@ def reference(fn: F) -> F:
         return fn(*args, **kwargs)
 
     wrapper.is_course_reference = True
+    # functools.wraps exposes the unguarded function as __wrapped__; a withheld reference must
+    # not be one attribute away (the signature and docstring stay, for help())
+    wrapper.__signature__ = inspect.signature(fn)
+    del wrapper.__wrapped__
     return wrapper  # type: ignore[return-value]
 
 

@@ -12,6 +12,7 @@ leave a stale figure on screen that no longer matches the controls).
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Callable, Sequence
 
 import ipywidgets as widgets
@@ -203,6 +204,11 @@ def composition_explorer(model: AttnOnlyTransformer, token_labels: list[str]) ->
     def draw() -> Figure:
         (_, e), (_, l_) = earlier.value, later.value
         pair = {k: float(scores[k][e, l_]) for k in circuits.COMPOSITION_KINDS}
+        if undefined := [k for k, v in pair.items() if not math.isfinite(v)]:
+            raise ValueError(
+                f"the {'/'.join(undefined)}-composition of L0H{e} and L1H{l_} is undefined (0/0): "
+                "one of the two heads' matrices is all zeros"
+            )
         if kind.value == "K":
             M = circuits.k_composition_circuit(model, (0, e), (1, l_))
             names = (

@@ -6,10 +6,11 @@
 In a solution notebook (notebooks/solutions/NN_*.ipynb):
 - the lines between `# BEGIN SOLUTION` and `# END SOLUTION` in a code cell become
   `raise NotImplementedError(...)`, at the same indentation, pointing to the hint; the cell must
-  carry the tag `exercise`, and a markdown cell after it shows the solution, folded;
+  carry the tag `exercise`;
 - a code cell tagged `check` calls the learner's code (usually a checker); in the learner notebook it
   gets Jupyter's `raises-exception` tag, so "Run All" goes on past an unfinished exercise and nbval
-  expects the error.
+  expects the error. Every exercise is followed by its check, and the solution, folded, comes right
+  after the check: the learner meets the checker before the solution.
 Both notebooks are written without outputs.
 """
 
@@ -84,25 +85,34 @@ def learner_version(solution_nb: nbformat.NotebookNode, name: str) -> nbformat.N
     banner.metadata["tags"] = ["generated-banner"]
     cells.append(banner)
     last_exercise = "Exercise"
+    pending: nbformat.NotebookNode | None = None  # a solution waiting for its exercise's check
     for index, cell in enumerate(nb.cells):
         tags = cell.metadata.get("tags", [])
         if cell.cell_type == "markdown":
             if match := EXERCISE_ID.search(cell.source):
                 last_exercise = f"Exercise {match.group(1)}"
         if cell.cell_type == "code" and "exercise" in tags:
+            if pending is not None:
+                raise SourceError(f"{name} cell {index}: the previous exercise has no check cell")
             stubbed, solution = stub_solution(cell.source, last_exercise, f"{name} cell {index}")
             cell.source = stubbed
             cells.append(cell)
-            folded = nbformat.v4.new_markdown_cell(
+            pending = nbformat.v4.new_markdown_cell(
                 f"<details><summary>Solution to {last_exercise}</summary>\n\n"
                 f"```python\n{solution}\n```\n\n</details>"
             )
-            folded.metadata["tags"] = ["solution"]
-            cells.append(folded)
+            pending.metadata["tags"] = ["solution"]
             continue
         if cell.cell_type == "code" and "check" in tags:
             cell.metadata["tags"] = [*tags, "raises-exception"]
+            cells.append(cell)
+            if pending is not None:
+                cells.append(pending)
+                pending = None
+            continue
         cells.append(cell)
+    if pending is not None:
+        raise SourceError(f"{name}: the last exercise has no check cell")
     nb.cells = cells
     return nb
 

@@ -1,9 +1,9 @@
 """What every checker shares: calling the learner's function safely, and diagnosing its answer.
 
 The rules every checker follows (see DESIGN.md, "Exercises"):
-- the reference answer and every common mistake are computed first, on the checker's own inputs;
-  the learner's function then gets clones (`call_learner`), so editing an input in place changes
-  nothing but the learner's own copy;
+- the reference answer and every common mistake of every case are computed first, on the checker's
+  own inputs, before the learner's function runs at all; the learner's function then gets clones
+  (`call_learner`), so editing an input in place changes nothing but the learner's own copy;
 - inputs are drawn at check time from a fresh seed (`draw_seed`), from models without symmetries
   that hide mistakes (untied W_E and W_U, heads whose OV eigenvalues are negative or complex), so
   that no constant or lookup can pass;
@@ -18,15 +18,23 @@ import copy
 import functools
 import math
 import numbers
+import operator
 import secrets
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from helpers.models import AttnOnlyTransformer, HookedTransformerConfig
+from helpers.models import (
+    Attention,
+    AttnOnlyTransformer,
+    HookedTransformerConfig,
+    HookPoint,
+    TransformerBlock,
+)
 from helpers.references import ReferenceWithheld, withheld
 
 
@@ -96,26 +104,54 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def random_model(seed: int, **overrides) -> AttnOnlyTransformer:
-    """A small model with random, untied weights (W_U is not W_Eᵀ) drawn from `seed`; its sizes
-    (vocabulary, d_model, heads, d_head, context) are drawn too unless given."""
-    rng = generator(seed)
+def _sizes(rng: torch.Generator, taken: list[dict]) -> dict:
+    """Sizes for a test model: within the model all different (so that a transposed or wrongly
+    sized answer cannot have the right shape, and d_model is not d_head², where dividing by
+    sqrt(d_model) and by d_head agree), and each different from the other models' (so that no
+    size can be hard-coded)."""
 
     def pick(lo: int, hi: int) -> int:
         return int(torch.randint(lo, hi + 1, (), generator=rng))
 
-    d_head = pick(3, 5)
-    cfg = {
-        "n_layers": 1,
-        "d_vocab": pick(9, 13),
-        "d_head": d_head,
-        "n_heads": pick(2, 3),
-        "d_model": pick(4, 5) * d_head,
-        "n_ctx": pick(6, 9),
-        "initializer_range": 0.5,
-        "seed": seed,
-    }
-    return AttnOnlyTransformer(HookedTransformerConfig(**{**cfg, **overrides}))
+    for _ in range(1000):
+        d_head = pick(3, 6)
+        sizes = {
+            "d_vocab": pick(9, 15),
+            "d_head": d_head,
+            "n_heads": pick(2, 4),
+            "d_model": d_head * pick(3, 5),
+            "n_ctx": pick(6, 10),
+        }
+        values = list(sizes.values())
+        if len(set(values)) < len(values) or sizes["d_model"] == d_head**2:
+            continue
+        if any(other[k] == v for other in taken for k, v in sizes.items()):
+            continue
+        return sizes
+    raise RuntimeError("no sizes found")  # not reached: the ranges leave many choices
+
+
+def random_models(
+    seed: int, count: int = 2, per_model: Sequence[dict] = (), **overrides
+) -> list[AttnOnlyTransformer]:
+    """`count` small models with random, untied weights (W_U is not W_Eᵀ), drawn from `seed`, with
+    sizes that differ within and between models (unless fixed by `overrides`, for all models, or
+    by `per_model[i]`, for model i)."""
+    rng = generator(seed)
+    taken: list[dict] = []
+    models = []
+    for i in range(count):
+        sizes = _sizes(rng, taken)
+        taken.append(sizes)
+        cfg = {"n_layers": 1, **sizes, "initializer_range": 0.5, "seed": seed + i, **overrides}
+        cfg |= per_model[i] if i < len(per_model) else {}
+        models.append(AttnOnlyTransformer(HookedTransformerConfig(**cfg)))
+    return models
+
+
+def random_model(seed: int, **overrides) -> AttnOnlyTransformer:
+    """One model as in `random_models`."""
+    return random_models(seed, 1, **overrides)[0]
 
 
 def random_tokens(model: AttnOnlyTransformer, seed: int, batch: int = 3) -> Tensor:
@@ -143,10 +179,25 @@ def _clone(value: object) -> object:
 def _forward_unavailable(*args, **kwargs):
     raise ReferenceWithheld(
         "model(tokens)",
-        "the model's forward pass (model(tokens), run_with_cache, run_with_hooks) is not "
-        "available in this exercise: its point is to rebuild what the forward pass computes, from "
-        "the weights and the tensors you are given",
+        "the model's forward pass (model(tokens), run_with_cache, run_with_hooks, or any of its "
+        "layers) is not available in this exercise: its point is to compute the answer from the "
+        "weights and tensors you are given",
     )
+
+
+@contextmanager
+def forward_unavailable() -> Iterator[None]:
+    """Within the block, no model (nor any of its layers) can run: the forward methods of the
+    classes themselves are replaced, so a copy or a rebuilt model cannot run either."""
+    classes = (AttnOnlyTransformer, TransformerBlock, Attention, HookPoint)
+    saved = {cls: cls.__dict__["forward"] for cls in classes}
+    for cls in classes:
+        cls.forward = _forward_unavailable
+    try:
+        yield
+    finally:
+        for cls, forward in saved.items():
+            cls.forward = forward
 
 
 def call_learner(
@@ -157,22 +208,67 @@ def call_learner(
     block_forward: bool = False,
     clone: bool = True,
 ) -> object:
-    """`fn(*clones of args)`, with the exercise's references withheld (and the forward pass of
-    every model among the arguments, with `block_forward`). Clones mean the checker's own inputs,
-    from which it computed the reference first, cannot be changed by the learner's function.
-    `clone=False` is for exercises whose point is to edit their input in place."""
+    """`fn(*clones of args)`, with the exercise's references withheld (and, with `block_forward`,
+    the forward pass of every model). Clones mean the checker's own inputs, from which it computed
+    the reference first, cannot be changed by the learner's function. `clone=False` is for
+    exercises whose point is to edit their input in place."""
     if not callable(fn):
         raise CheckFailed(exercise, f"pass your function itself, got {type(fn).__name__}.")
     clones = [_clone(a) for a in args] if clone else list(args)
-    if block_forward:
-        for value in clones:
-            if isinstance(value, AttnOnlyTransformer):
-                value.forward = _forward_unavailable
     try:
-        with withheld(*withhold):
+        with ExitStack() as stack:
+            stack.enter_context(withheld(*withhold))
+            if block_forward:
+                stack.enter_context(forward_unavailable())
             return fn(*clones)
     except ReferenceWithheld as err:
         raise CheckFailed(exercise, f"{err} (the course's version runs after the check).") from None
+
+
+@dataclass
+class Case:
+    """One call of the learner's function: its arguments, the right answer, and the common
+    mistakes (description -> the answer it gives), all computed before the learner's code runs."""
+
+    args: tuple
+    expected: Tensor | float
+    mistakes: dict[str, Tensor] | list[tuple[str, float]] = field(default_factory=dict)
+    where: str = ""  # how a failure names this case, e.g. "head 2"
+    shape_hints: dict[tuple[int, ...], str] = field(default_factory=dict)  # wrong shape -> why
+    near_miss: str = ""  # for a number: said when the answer is within 3 % but not right
+
+
+def check_cases(
+    exercise: str,
+    fn: Callable,
+    name: str,
+    cases: Sequence[Case],
+    *,
+    withhold: Sequence[Callable] = (),
+    block_forward: bool = False,
+    atol: float = 1e-4,
+    what: str = "a float",
+) -> None:
+    """Run the learner's function on every case (references withheld, inputs cloned) and diagnose
+    each answer: tensors (`expected` a Tensor) by `diagnose`, numbers by `diagnose_float`."""
+    for case in cases:
+        out = call_learner(exercise, fn, *case.args, withhold=withhold, block_forward=block_forward)
+        if isinstance(case.expected, Tensor):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else None
+            if shape != tuple(case.expected.shape) and shape in case.shape_hints:
+                raise CheckFailed(
+                    exercise, f"{name} returned shape {shape}: {case.shape_hints[shape]}"
+                )
+            floating = case.expected.dtype.is_floating_point
+            out = expect_tensor(exercise, name, out, case.expected.shape, floating)
+            diagnose(exercise, out, case.expected, case.mistakes, atol=atol, where=case.where)
+        else:
+            out = expect_float(exercise, name, out, what)
+            where = f"{case.where}: " if case.where else ""
+            otherwise = f"{where}got {out:.4f}, expected {case.expected:.4f}."
+            if case.near_miss and abs(out - case.expected) <= 0.03 * max(1.0, abs(case.expected)):
+                otherwise += f" {case.near_miss}"
+            diagnose_float(exercise, out, case.expected, case.mistakes, otherwise)
 
 
 # ---- checking what came back --------------------------------------------------------------------
@@ -194,8 +290,6 @@ def expect_tensor(
         out.dtype.is_floating_point or out.dtype.is_complex or out.dtype == torch.bool
     ):
         raise CheckFailed(exercise, f"{name} returned dtype {out.dtype}; expected integer counts.")
-    if floating and torch.isnan(out).any():
-        raise CheckFailed(exercise, f"{name} returned NaN values.")
     return out.detach()
 
 
@@ -233,11 +327,15 @@ def expect_token_list(exercise: str, name: str, out: object, k: int, d_vocab: in
         )
     ids = []
     for t in out:
-        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < d_vocab:
+        try:  # ints, numpy integers, 0-d integer tensors
+            index = None if isinstance(t, bool) else operator.index(t)
+        except TypeError:
+            index = None
+        if index is None or not 0 <= index < d_vocab:
             raise CheckFailed(
                 exercise, f"{name} must hold token ids in 0..{d_vocab - 1}, got {t!r}."
             )
-        ids.append(int(t))
+        ids.append(index)
     if len(ids) != k:
         raise CheckFailed(exercise, f"{name} must hold k = {k} token ids, got {len(ids)}.")
     if len(set(ids)) != k:
@@ -248,7 +346,11 @@ def expect_token_list(exercise: str, name: str, out: object, k: int, d_vocab: in
 
 
 def matches(a: Tensor, b: Tensor, atol: float = 1e-5) -> bool:
-    return a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=atol, rtol=1e-4)
+    """Same shape and close values; NaN matches NaN (a mistake may divide 0 by 0 where the
+    learner's answer does too) and infinities match themselves."""
+    return a.shape == b.shape and torch.allclose(
+        a.double(), b.double(), atol=atol, rtol=1e-4, equal_nan=True
+    )
 
 
 def diagnose(
@@ -261,16 +363,19 @@ def diagnose(
 ) -> None:
     """Pass if `out` matches `expected`; otherwise name the mistake it matches, if exactly one.
 
-    Mistakes that coincide with the right answer on these inputs are not considered, and an
-    answer that matches two different mistakes gets no diagnosis: a diagnosis must be sure.
+    Mistakes that come near the right answer on these inputs (within 10 times the tolerance) are
+    not considered, and an answer that matches two different mistakes gets no diagnosis: a
+    diagnosis must be sure.
     """
     if matches(out, expected, atol):
         return
-    candidates = {d: w for d, w in mistakes.items() if not matches(w, expected, atol)}
+    candidates = {d: w for d, w in mistakes.items() if not matches(w, expected, 10 * atol)}
     hits = [d for d, wrong in candidates.items() if matches(out, wrong, atol)]
     prefix = f"{where}: " if where else ""
     if len(hits) == 1:
         raise CheckFailed(exercise, f"{prefix}your answer matches a common mistake: {hits[0]}")
+    if out.dtype.is_floating_point and torch.isnan(out).any():
+        raise CheckFailed(exercise, f"{prefix}your answer holds NaN values (0/0 or inf - inf?).")
     err = (out.double() - expected.double()).abs()
     err = err[torch.isfinite(err)].max().item() if torch.isfinite(err).any() else float("inf")
     raise CheckFailed(
@@ -286,17 +391,18 @@ def diagnose_float(
     expected: float,
     mistakes: Sequence[tuple[str, float]],
     otherwise: str,
-    rel: float = 1e-4,
-    abs_tol: float = 1e-6,
+    rel: float = 1e-3,
+    abs_tol: float = 1e-5,
 ) -> None:
-    """`diagnose` for a number: pass within the tolerance, else name the one mistake it matches."""
+    """`diagnose` for a number: pass within the tolerance, else name the one mistake it matches.
+    A mistake is named only if its value lies well away (ten tolerances) from the right answer."""
 
-    def close(a: float, b: float) -> bool:
-        return math.isclose(a, b, rel_tol=rel, abs_tol=abs_tol)
+    def close(a: float, b: float, widen: float = 1.0) -> bool:
+        return math.isclose(a, b, rel_tol=widen * rel, abs_tol=widen * abs_tol)
 
     if close(out, expected):
         return
-    hits = {d for d, v in mistakes if close(out, v) and not close(v, expected)}
+    hits = {d for d, v in mistakes if close(out, v) and not close(v, expected, widen=10)}
     if len(hits) == 1:
         raise CheckFailed(exercise, f"your answer matches a common mistake: {hits.pop()}")
     raise CheckFailed(exercise, otherwise)

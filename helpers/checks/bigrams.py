@@ -6,17 +6,15 @@ from collections.abc import Callable
 
 import torch
 
-from helpers import circuits
+from helpers import attribution, circuits
 from helpers.checks._base import (
-    CheckFailed,
-    call_learner,
+    Case,
+    check_cases,
     checker,
-    diagnose,
     draw_seed,
-    expect_tensor,
     generator,
     passed,
-    random_model,
+    random_models,
 )
 from helpers.data import BigramLanguage, next_token_counts
 
@@ -26,26 +24,28 @@ def check_count_bigrams(count_bigrams: Callable) -> None:
     """Exercise 1.1: `count_bigrams(tokens, d_vocab) -> [d_vocab, d_vocab]` integer counts."""
     ex = "Exercise 1.1 (count_bigrams)"
     seed = draw_seed()
-    for i, n_states in enumerate((5, 8)):
+    cases = []
+    # the second vocabulary is larger than the tokens drawn need: its last ids never occur, so
+    # the table's size must come from d_vocab, not from the tokens
+    for i, (n_states, unused) in enumerate(((5, 0), (8, 3))):
         lang = BigramLanguage(n_states=n_states, seed=seed + i)
         tokens = lang.sample(6 + i, 9 + i, generator=generator(seed + 10 + i))
-        V = lang.d_vocab
+        V = lang.d_vocab + unused
         expected = next_token_counts(tokens, V)
-        flat = tokens.flatten()
         mistakes = {
             "rows and columns are swapped: counts[current, next], so row = the current token.": (
                 expected.T
             ),
             "the tokens were flattened before pairing, so the last token of each sequence was "
             "paired with the BOS of the next sequence. Pair within each row: tokens[:, :-1] with "
-            "tokens[:, 1:].": next_token_counts(flat[None], V),
+            "tokens[:, 1:].": next_token_counts(tokens.flatten()[None], V),
             "only the first sequence was counted; count every sequence in the batch.": (
                 next_token_counts(tokens[:1], V)
             ),
         }
-        out = call_learner(ex, count_bigrams, tokens, V, withhold=[next_token_counts])
-        out = expect_tensor(ex, "count_bigrams", out, (V, V), floating=False)
-        diagnose(ex, out, expected, mistakes, atol=0)
+        cases.append(Case((tokens, V), expected, mistakes, f"d_vocab = {V}"))
+    # integer counts: the learner's answer must be integers too, and is compared exactly
+    check_cases(ex, count_bigrams, "count_bigrams", cases, withhold=[next_token_counts], atol=0)
     passed(ex, "counted the consecutive pairs of two random batches exactly.")
 
 
@@ -54,8 +54,11 @@ def check_empirical_log_probs(empirical_log_probs: Callable) -> None:
     """Exercise 1.2: `empirical_log_probs(counts) -> [d_vocab, d_vocab]` log P(next | current)."""
     ex = "Exercise 1.2 (empirical_log_probs)"
     seed = draw_seed()
+    cases = []
     for i, n in enumerate((6, 9)):
-        counts = torch.randint(1, 50, (n, n), generator=generator(seed + i))
+        counts = torch.randint(0, 50, (n, n), generator=generator(seed + i))
+        counts[:, 0] = 0  # a token that never follows anything (like BOS): log P = -inf
+        counts[torch.arange(n), 1 + torch.arange(n) % (n - 1)] += 1  # no empty row
         c = counts.double()
         expected = (c / c.sum(-1, keepdim=True)).log()
         mistakes = {
@@ -66,20 +69,20 @@ def check_empirical_log_probs(empirical_log_probs: Callable) -> None:
             "these are probabilities, not log-probabilities.": c / c.sum(-1, keepdim=True),
             "these are the log counts, not normalised.": c.log(),
         }
-        out = call_learner(ex, empirical_log_probs, counts)
-        out = expect_tensor(ex, "empirical_log_probs", out, (n, n))
-        diagnose(ex, out, expected, mistakes)
-    passed(ex, "each row is log P(next | current), for two random count tables.")
+        cases.append(Case((counts,), expected, mistakes, f"{n} tokens"))
+    check_cases(ex, empirical_log_probs, "empirical_log_probs", cases, atol=1e-5)
+    passed(
+        ex,
+        "each row is log P(next | current) (-inf where a pair never occurs), for two random count tables.",
+    )
 
 
 @checker
 def check_zero_layer_circuit(zero_layer_circuit: Callable) -> None:
     """Exercise 1.3: `zero_layer_circuit(model) -> [d_vocab (current), d_vocab (next)]`."""
     ex = "Exercise 1.3 (zero_layer_circuit)"
-    seed = draw_seed()
-    for i in range(2):
-        model = random_model(seed + i, n_layers=0, n_heads=0)
-        V = model.cfg.d_vocab
+    cases = []
+    for model in random_models(draw_seed(), n_layers=0, n_heads=0):
         expected = circuits.direct_path(model)
         mistakes = {
             "the matrix is transposed: in the row convention it is W_E @ W_U, with row = current "
@@ -91,13 +94,21 @@ def check_zero_layer_circuit(zero_layer_circuit: Callable) -> None:
                 expected.log_softmax(-1)
             ),
         }
-        out = call_learner(ex, zero_layer_circuit, model, withhold=[circuits.direct_path])
-        if isinstance(out, torch.Tensor) and out.shape == (model.cfg.d_model, model.cfg.d_model):
-            raise CheckFailed(
-                ex,
-                "this is d_model × d_model: W_U @ W_E. The circuit goes from tokens to "
-                "logits, W_E @ W_U, [d_vocab, d_vocab].",
-            )
-        out = expect_tensor(ex, "zero_layer_circuit", out, (V, V))
-        diagnose(ex, out, expected, mistakes)
+        hint = "that is d_model × d_model, W_U @ W_E; the circuit goes from tokens to logits, W_E @ W_U."
+        cases.append(
+            Case((model,), expected, mistakes, shape_hints={(model.cfg.d_model,) * 2: hint})
+        )
+    check_cases(
+        ex,
+        zero_layer_circuit,
+        "zero_layer_circuit",
+        cases,
+        withhold=[
+            circuits.direct_path,
+            attribution.direct_path_logits,
+            attribution.logit_contributions,
+        ],
+        block_forward=True,
+        atol=1e-5,
+    )
     passed(ex, "W_E @ W_U, row = current token, for two random zero-layer models.")

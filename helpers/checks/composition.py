@@ -7,27 +7,20 @@ from collections.abc import Callable
 import torch
 
 from helpers import circuits
-from helpers.checks._base import (
-    call_learner,
-    checker,
-    diagnose,
-    draw_seed,
-    expect_tensor,
-    passed,
-    random_model,
-)
+from helpers.checks._base import Case, check_cases, checker, draw_seed, passed, random_models
 from helpers.models import AttnOnlyTransformer
 
 
 def two_layer_models(seed: int) -> list[AttnOnlyTransformer]:
-    """Two random two-layer models, with 2 and 3 heads per layer."""
-    return [random_model(seed + i, n_layers=2, n_heads=2 + i) for i in range(2)]
+    """Two random two-layer models of different sizes (and numbers of heads)."""
+    return random_models(seed, n_layers=2)
 
 
 @checker
 def check_k_composition_scores(k_composition_scores: Callable) -> None:
     """Exercise 3.1: `k_composition_scores(model) -> [layer-0 head, layer-1 head]`."""
     ex = "Exercise 3.1 (k_composition_scores)"
+    cases = []
     for model in two_layer_models(draw_seed()):
         H = model.cfg.n_heads
         a0, a1 = model.blocks[0].attn, model.blocks[1].attn
@@ -47,9 +40,12 @@ def check_k_composition_scores(k_composition_scores: Callable) -> None:
                 "the score is not normalised: divide ‖product‖ by ‖OV‖ · ‖QK‖ (Frobenius "
                 "norms).": unnormalised,
             }
-        out = call_learner(ex, k_composition_scores, model, withhold=[circuits.composition_scores])
-        out = expect_tensor(ex, "k_composition_scores", out, (H, H))
-        diagnose(ex, out, expected, mistakes, atol=1e-5, where=f"a model with {H} heads per layer")
+        cases.append(Case((model,), expected, mistakes, f"a model with {H} heads per layer"))
+    check_cases(
+        ex, k_composition_scores, "k_composition_scores", cases, atol=1e-5, block_forward=True,
+        withhold=[circuits.composition_scores, circuits._composition_from_weights,
+                  circuits._frobenius_composition],
+    )  # fmt: skip
     passed(ex, "‖OV₀ QK₁ᵀ‖ / (‖OV₀‖ ‖QK₁‖) for every pair of heads of two random test models.")
 
 
@@ -57,8 +53,9 @@ def check_k_composition_scores(k_composition_scores: Callable) -> None:
 def check_virtual_head_ov(virtual_head_ov: Callable) -> None:
     """Exercise 3.2: `virtual_head_ov(model, head0, head1) -> [d_vocab (source), d_vocab (output)]`."""
     ex = "Exercise 3.2 (virtual_head_ov)"
+    cases = []
     for model in two_layer_models(draw_seed()):
-        V, H = model.cfg.d_vocab, model.cfg.n_heads
+        H = model.cfg.n_heads
         a0, a1 = model.blocks[0].attn, model.blocks[1].attn
         for h0 in range(H):
             for h1 in range(H):
@@ -77,14 +74,9 @@ def check_virtual_head_ov(virtual_head_ov: Callable) -> None:
                         "the layer-0 head is missing: that is the layer-1 head's own OV "
                         "circuit.": circuits.full_ov_circuit(model, 1, h1),
                     }
-                out = call_learner(
-                    ex,
-                    virtual_head_ov,
-                    model,
-                    h0,
-                    h1,
-                    withhold=[circuits.virtual_head_ov_circuit],
-                )
-                out = expect_tensor(ex, "virtual_head_ov", out, (V, V))
-                diagnose(ex, out, expected, mistakes, atol=1e-4, where=f"heads L0H{h0}, L1H{h1}")
+                cases.append(Case((model, h0, h1), expected, mistakes, f"heads L0H{h0}, L1H{h1}"))
+    check_cases(
+        ex, virtual_head_ov, "virtual_head_ov", cases, block_forward=True,
+        withhold=[circuits.virtual_head_ov_circuit, circuits.full_ov_circuit],
+    )  # fmt: skip
     passed(ex, "W_E OV₀ OV₁ W_U for every pair of heads of two random test models.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -9,19 +10,17 @@ from torch import Tensor
 
 from helpers import attribution, circuits, evals
 from helpers.checks._base import (
+    Case,
     CheckFailed,
     call_learner,
+    check_cases,
     checker,
-    diagnose,
-    diagnose_float,
     draw_seed,
-    expect_float,
-    expect_tensor,
     expect_token_list,
     generator,
     heads_phrase,
     passed,
-    random_model,
+    random_models,
     random_tokens,
 )
 from helpers.data import SkipTrigramLanguage
@@ -32,10 +31,8 @@ from helpers.models import AttnOnlyTransformer
 def check_full_ov_circuit(full_ov_circuit: Callable) -> None:
     """Exercise 2.1: `full_ov_circuit(model, head) -> [d_vocab (source), d_vocab (output)]`."""
     ex = "Exercise 2.1 (full_ov_circuit)"
-    seed = draw_seed()
-    for i in range(2):
-        model = random_model(seed + i)
-        V = model.cfg.d_vocab
+    cases = []
+    for model in random_models(draw_seed()):
         for head in range(model.cfg.n_heads):
             W_V, W_O = model.W_V[0, head], model.W_O[0, head]
             with torch.no_grad():
@@ -52,13 +49,15 @@ def check_full_ov_circuit(full_ov_circuit: Callable) -> None:
                         model.W_E @ W_V @ W_O @ model.W_E.T
                     ),
                     "this is another head's circuit: index the head with W_V[0, head], "
-                    "W_O[0, head].": circuits.full_ov_circuit(model, 0, (head + 1) % 2),
+                    "W_O[0, head].": circuits.full_ov_circuit(
+                        model, 0, (head + 1) % model.cfg.n_heads
+                    ),
                 }
-            out = call_learner(
-                ex, full_ov_circuit, model, head, withhold=[circuits.full_ov_circuit]
-            )
-            out = expect_tensor(ex, "full_ov_circuit", out, (V, V))
-            diagnose(ex, out, expected, mistakes, atol=1e-4, where=f"head {head}")
+            cases.append(Case((model, head), expected, mistakes, f"head {head}"))
+    check_cases(
+        ex, full_ov_circuit, "full_ov_circuit", cases,
+        withhold=[circuits.full_ov_circuit], block_forward=True,
+    )  # fmt: skip
     passed(ex, f"W_E @ W_V @ W_O @ W_U for {heads_phrase(2)}.")
 
 
@@ -70,8 +69,8 @@ def check_path_expansion(path_expansion_logits: Callable) -> None:
     not available to the answer."""
     ex = "Exercise 2.2 (path_expansion_logits)"
     seed = draw_seed()
-    for i in range(2):
-        model = random_model(seed + i)
+    cases = []
+    for i, model in enumerate(random_models(seed)):
         tokens = random_tokens(model, seed + 10 + i)
         logits, cache = model.run_with_cache(tokens)
         pattern = cache["blocks.0.attn.hook_pattern"]
@@ -89,32 +88,36 @@ def check_path_expansion(path_expansion_logits: Callable) -> None:
                 "every head's OV rows were used at full weight: each must be weighted by its "
                 "attention pattern.": direct + ov.sum(0),
             }
-        out = call_learner(
-            ex,
-            path_expansion_logits,
-            model,
-            tokens,
-            pattern,
-            withhold=[attribution.one_layer_path_expansion, attribution.logit_contributions],
-            block_forward=True,
-        )
-        out = expect_tensor(ex, "path_expansion_logits", out, logits.shape)
-        diagnose(ex, out, logits.detach(), mistakes, atol=1e-4)
+        cases.append(Case((model, tokens, pattern), logits.detach(), mistakes))
+    check_cases(
+        ex, path_expansion_logits, "path_expansion_logits", cases,
+        withhold=[attribution.one_layer_path_expansion, attribution.logit_contributions,
+                  attribution.decompose_resid],
+        block_forward=True,
+    )  # fmt: skip
     passed(ex, "direct path + Σ_h A^h · OV^h rows = the logits of two random test models.")
 
 
 def _with_spectra(seed: int) -> AttnOnlyTransformer:
-    """A one-layer model whose four heads have OV circuits with chosen eigenvalues (untied W_E
-    and W_U): a mostly copying head, a mostly anti-copying one, one with complex eigenvalues and
-    a random one. The non-zero eigenvalues of W_E W_V W_O W_U are those of M = W_O W_U W_E W_V
-    (d_head × d_head), so W_O = M · pinv(W_U W_E W_V) gives the head the spectrum of M."""
-    model = random_model(seed, n_heads=4, d_head=4, d_model=16)
+    """A one-layer model with untied W_E and W_U whose four heads have OV circuits with
+    eigenvalues drawn at check time: a mostly copying head (one negative eigenvalue), a mostly
+    anti-copying one, one with a complex pair, and a random head. The non-zero eigenvalues of
+    W_E W_V W_O W_U are those of M = W_O W_U W_E W_V (d_head × d_head), so
+    W_O = M · pinv(W_U W_E W_V) gives the head the spectrum of M."""
+    (model,) = random_models(seed, 1, n_heads=4, d_head=4, d_model=16, d_vocab=11, n_ctx=7)
     rng = generator(seed + 1)
+
+    def uniform(lo: float, hi: float, n: int) -> Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=rng)
+
+    copying = torch.cat([uniform(0.5, 3.0, 3), uniform(-1.0, -0.2, 1)])
+    a, b = float(uniform(-1.0, 1.0, 1)), float(uniform(1.0, 2.5, 1))
+    rotation = torch.tensor([[a, -b], [b, a]])  # eigenvalues a ± bi
     spectra = [
-        torch.diag(torch.tensor([3.0, 2.0, 1.5, -0.5])),  # copying, not purely
-        torch.diag(torch.tensor([-2.0, -1.5, -1.0, 0.7])),  # anti-copying
-        torch.tensor([[1.0, -2.0, 0, 0], [2.0, 1.0, 0, 0], [0, 0, -0.5, 0], [0, 0, 0, 0.8]]),
-    ]  # the third: eigenvalues 1 ± 2i, -0.5, 0.8
+        torch.diag(copying),
+        torch.diag(-copying.flip(0)),
+        torch.block_diag(rotation, torch.diag(uniform(-1.0, 1.0, 2))),
+    ]
     attn = model.blocks[0].attn
     with torch.no_grad():
         for head, core in enumerate(spectra):
@@ -130,23 +133,24 @@ def check_copying_score(copying_score: Callable) -> None:
     """Exercise 2.3: `copying_score(model, head) -> float`, Σλ/Σ|λ| of the full OV circuit."""
     ex = "Exercise 2.3 (copying_score)"
     model = _with_spectra(draw_seed())
+    same_sums = (
+        "a score of exactly ±1 for a head that is not a pure copier means numerator and "
+        "denominator are the same sum. The numerator is Σλ (its real part), the denominator Σ|λ|, "
+        "the sum of each eigenvalue's absolute value, not |Σλ|."
+    )
+
+    def score_of(matrix: Tensor) -> float:
+        e = torch.linalg.eigvals(matrix)
+        return float(e.sum().real / e.abs().sum())
+
+    cases = []
     for head in range(model.cfg.n_heads):
         W_E, W_U = model.W_E.detach().double(), model.W_U.detach().double()
         W_V, W_O = model.W_V[0, head].detach().double(), model.W_O[0, head].detach().double()
         eig = circuits.ov_eigenvalues(model, 0, head)
-        expected = circuits.copying_score(model, 0, head)
-
-        def score_of(matrix: Tensor) -> float:
-            e = torch.linalg.eigvals(matrix)
-            return float(e.sum().real / e.abs().sum())
-
         mistakes = [
-            ("a score of exactly ±1 for a head that is not a pure copier means numerator and "
-             "denominator are the same sum. The numerator is Σλ (its real part), the denominator "
-             "Σ|λ|, the sum of each eigenvalue's absolute value, not |Σλ|.", 1.0),
-            ("a score of exactly ±1 for a head that is not a pure copier means numerator and "
-             "denominator are the same sum. The numerator is Σλ (its real part), the denominator "
-             "Σ|λ|, the sum of each eigenvalue's absolute value, not |Σλ|.", -1.0),
+            (same_sums, 1.0),
+            (same_sums, -1.0),
             ("the numerator is |Σλ|: keep the sign, Σλ is negative for a head that "
              "anti-copies.", float(eig.sum().abs() / eig.abs().sum())),
             ("only the real parts were summed in the denominator: use the absolute value "
@@ -158,24 +162,16 @@ def check_copying_score(copying_score: Callable) -> None:
             ("these are the eigenvalues of W_V @ W_O alone; the full OV circuit includes the "
              "embedding and unembedding (W_O @ W_U @ W_E @ W_V).", score_of(W_V @ W_O)),
         ]  # fmt: skip
-        otherwise = (
-            f"head {head}: got {{out:.4f}}, expected {expected:.4f}. Use the eigenvalues of "
-            "W_O @ W_U @ W_E @ W_V (d_head × d_head), the non-zero eigenvalues of the full OV "
-            "circuit."
-        )
-        out = call_learner(
-            ex,
-            copying_score,
-            model,
-            head,
-            withhold=[circuits.copying_score, circuits.ov_eigenvalues],
-        )
-        out = expect_float(ex, "copying_score", out)
-        diagnose_float(ex, out, expected, mistakes, otherwise.format(out=out))
+        expected = circuits.copying_score(model, 0, head)
+        cases.append(Case((model, head), expected, mistakes, f"head {head}"))
+    check_cases(
+        ex, copying_score, "copying_score", cases,
+        withhold=[circuits.copying_score, circuits.ov_eigenvalues], block_forward=True,
+    )  # fmt: skip
     passed(
         ex,
         "Σλ/Σ|λ| right for a copying head, an anti-copying head, a head with complex "
-        "eigenvalues and a random head (untied W_E and W_U).",
+        "eigenvalues and a random head, with eigenvalues drawn at check time.",
     )
 
 
@@ -184,10 +180,9 @@ def check_full_qk_circuit(full_qk_circuit: Callable) -> None:
     """Exercise 2.4: `full_qk_circuit(model, head) -> [d_vocab (query), d_vocab (key)]`, scaled by
     1/sqrt(d_head), each query's row centred."""
     ex = "Exercise 2.4 (full_qk_circuit)"
-    seed = draw_seed()
-    for i in range(2):
-        model = random_model(seed + i)
-        V = model.cfg.d_vocab
+    cases = []
+    for model in random_models(draw_seed()):
+        d_head, d_model = model.cfg.d_head, model.cfg.d_model
         for head in range(model.cfg.n_heads):
             with torch.no_grad():
                 raw = circuits.full_qk_circuit(model, 0, head, normalise=False)
@@ -199,17 +194,24 @@ def check_full_qk_circuit(full_qk_circuit: Callable) -> None:
                     "(rows).": raw - raw.mean(0, keepdim=True),
                     "the matrix is transposed: rows are query (destination) tokens, columns key "
                     "(source) tokens, W_E W_Q (W_E W_K)ᵀ.": expected.T,
-                    "the 1/sqrt(d_head) scale is missing.": expected * model.cfg.d_head**0.5,
+                    "the 1/sqrt(d_head) scale is missing.": expected * d_head**0.5,
                     "the scores are divided by d_head instead of sqrt(d_head).": (
-                        expected / model.cfg.d_head**0.5
+                        expected / d_head**0.5
+                    ),
+                    "the scores are divided by sqrt(d_model) instead of sqrt(d_head).": (
+                        expected * (d_head / d_model) ** 0.5
                     ),
                 }
-            out = call_learner(
-                ex, full_qk_circuit, model, head, withhold=[circuits.full_qk_circuit]
-            )
-            out = expect_tensor(ex, "full_qk_circuit", out, (V, V))
-            diagnose(ex, out, expected, mistakes, atol=1e-4, where=f"head {head}")
+            cases.append(Case((model, head), expected, mistakes, f"head {head}"))
+    check_cases(
+        ex, full_qk_circuit, "full_qk_circuit", cases,
+        withhold=[circuits.full_qk_circuit], block_forward=True,
+    )  # fmt: skip
     passed(ex, f"scaled, row-centred W_E W_Q W_Kᵀ W_Eᵀ for {heads_phrase(2)}.")
+
+
+def _top(scores: Tensor, k: int, largest: bool = True) -> frozenset[int]:
+    return frozenset(scores.topk(k, largest=largest).indices.tolist())
 
 
 @checker
@@ -217,45 +219,58 @@ def check_skip_trigrams(skip_trigrams: Callable) -> None:
     """Exercise 2.5: `skip_trigrams(model, head, source, k) -> (destinations, outputs)`."""
     ex = "Exercise 2.5 (skip_trigrams)"
     seed = draw_seed()
-    model = random_model(seed, n_heads=2)
+    (model,) = random_models(seed, 1, n_heads=2)
     V = model.cfg.d_vocab
     rng = generator(seed + 1)
+    cases = []
     for head in range(model.cfg.n_heads):
+        qk = circuits.full_qk_circuit(model, 0, head)
+        raw_qk = circuits.full_qk_circuit(model, 0, head, normalise=False)
+        ov = circuits.full_ov_circuit(model, 0, head)
         for k in (2, 3, 4):
             source = int(torch.randint(1, V, (), generator=rng))
-            exp_dests, exp_outs = circuits.skip_trigrams(model, 0, head, source, k)
-            qk = circuits.full_qk_circuit(model, 0, head)
-            ov = circuits.full_ov_circuit(model, 0, head)
-            out = call_learner(
-                ex, skip_trigrams, model, head, source, k, withhold=[circuits.skip_trigrams]
+            dests, outs = circuits.skip_trigrams(model, 0, head, source, k)
+            dest_mistakes = {
+                "the destinations were read from the source's row of the QK circuit: that is "
+                "where the source token, as a query, looks. A source is a key: read its column, "
+                "QK[:, source].": _top(qk[source], k),
+                "the destinations come from the QK circuit before each query's row was centred; "
+                "scores are comparable only within a query, so centre first.": _top(
+                    raw_qk[:, source], k
+                ),
+            }
+            out_mistakes = {
+                "the outputs were read from the source's column of the OV circuit; its row, "
+                "OV[source], is what attending to the source writes to the logits.": _top(
+                    ov[:, source], k
+                ),
+                "these are the outputs pushed down most; take the largest.": _top(
+                    ov[source], k, False
+                ),
+            }
+            cases.append(
+                (head, source, k, frozenset(dests), frozenset(outs), dest_mistakes, out_mistakes)
             )
-            if not isinstance(out, (tuple, list)) or len(out) != 2:
-                raise CheckFailed(ex, "skip_trigrams must return a pair (destinations, outputs).")
-            dests = expect_token_list(ex, "the destinations", out[0], k, V)
-            outs = expect_token_list(ex, "the outputs", out[1], k, V)
-            where = f"head {head}, source {source}, k = {k}"
-            if set(dests) != set(exp_dests):
-                if set(dests) == set(qk[source].topk(k).indices.tolist()):
-                    raise CheckFailed(
-                        ex,
-                        f"{where}: the destinations were read from the source's row of the QK "
-                        "circuit: that is where the source token, as a query, looks. A source "
-                        "is a key: read its column, QK[:, source].",
-                    )
-                raise CheckFailed(ex, f"{where}: destinations {dests}, expected {exp_dests}.")
-            if set(outs) != set(exp_outs):
-                if set(outs) == set(ov[:, source].topk(k).indices.tolist()):
-                    raise CheckFailed(
-                        ex,
-                        f"{where}: the outputs were read from the source's column of the OV "
-                        "circuit; its row, OV[source], is what attending to the source writes "
-                        "to the logits.",
-                    )
-                if set(outs) == set(ov[source].topk(k, largest=False).indices.tolist()):
-                    raise CheckFailed(
-                        ex, f"{where}: these are the outputs pushed down most; take the largest."
-                    )
-                raise CheckFailed(ex, f"{where}: outputs {outs}, expected {exp_outs}.")
+    for head, source, k, exp_dests, exp_outs, dest_mistakes, out_mistakes in cases:
+        out = call_learner(
+            ex, skip_trigrams, model, head, source, k,
+            withhold=[circuits.skip_trigrams], block_forward=True,
+        )  # fmt: skip
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise CheckFailed(ex, "skip_trigrams must return a pair (destinations, outputs).")
+        dests = expect_token_list(ex, "the destinations", out[0], k, V)
+        outs = expect_token_list(ex, "the outputs", out[1], k, V)
+        where = f"head {head}, source {source}, k = {k}"
+        for what, got, expected, mistakes in (
+            ("destinations", frozenset(dests), exp_dests, dest_mistakes),
+            ("outputs", frozenset(outs), exp_outs, out_mistakes),
+        ):
+            if got == expected:
+                continue
+            hits = [d for d, wrong in mistakes.items() if got == wrong and wrong != expected]
+            if len(hits) == 1:
+                raise CheckFailed(ex, f"{where}: your answer matches a common mistake: {hits[0]}")
+            raise CheckFailed(ex, f"{where}: {what} {sorted(got)}, expected {sorted(expected)}.")
     passed(ex, "top-k destinations (QK column) and outputs (OV row) for k = 2, 3, 4.")
 
 
@@ -265,65 +280,61 @@ def check_crossed_effect(
 ) -> None:
     """Exercise 2.6: `crossed_effect(model, contexts, where, source, dest, output) -> float`, the
     mean change of log P(output) after dest when source is written into each context. Checked on
-    the notebook's own model and language, with contexts and words drawn at check time."""
+    the notebook's own model and on a random model of the same vocabulary, with contexts and
+    words drawn at check time."""
     ex = "Exercise 2.6 (crossed_effect)"
     if not isinstance(model, AttnOnlyTransformer) or not isinstance(language, SkipTrigramLanguage):
         raise TypeError("call check_crossed_effect(crossed_effect, model, language)")
     seed = draw_seed()
     rng = generator(seed)
+    model = copy.deepcopy(model)  # the checker's own copy: nothing done later can change it
+    (random_model,) = random_models(seed, 1, d_vocab=language.d_vocab, n_ctx=model.cfg.n_ctx)
     ids = language.token_to_id
-    random_rule = [int(t) for t in torch.randint(1, language.d_vocab, (3,), generator=rng)]
-    triples = [(ids["keep"], ids["in"], ids["bay"]), (ids["keep"], ids["at"], ids["mind"]),
-               tuple(random_rule)]  # fmt: skip
-    for i, (source, dest, output) in enumerate(triples):
-        n, length = 40 + 10 * i, 6 + i
+    random_rule = tuple(int(t) for t in torch.randint(1, language.d_vocab, (3,), generator=rng))
+    runs = [(model, (ids["keep"], ids["in"], ids["bay"])), (model, (ids["keep"], ids["at"], ids["mind"])),
+            (model, random_rule), (random_model, random_rule)]  # fmt: skip
+    cases = []
+    for i, (m, (source, dest, output)) in enumerate(runs):
+        n, length = 40 + 10 * i, 6 + i % 3
         contexts, where = evals.filler_contexts(language, n, length, seed=seed + 1 + i)
-        ref = evals.skip_trigram_effect(model, contexts, where, source, dest, output)
-        with torch.no_grad():
-            with_source = contexts.clone()
-            with_source[torch.arange(n), where] = source
-            bos, end = torch.zeros(n, 1, dtype=torch.long), torch.full((n, 1), dest)
-            logits = {name: model(torch.cat([bos, c, end], 1)).double()
-                      for name, c in (("with", with_source), ("without", contexts))}  # fmt: skip
-            no_bos = {name: model(torch.cat([c, end], 1)).double()
-                      for name, c in (("with", with_source), ("without", contexts))}  # fmt: skip
-        lp = {name: x[:, -1].log_softmax(-1)[:, output] for name, x in logits.items()}
-        mistakes = [
-            ("the sign is flipped: take log P with the source minus log P without it.",
-             -ref.mean_change),
-            ("that is a change in probability; take the change in log-probability (nats).",
-             ref.mean_p_with - ref.mean_p_without),
-            ("that is the log of the ratio of mean probabilities; average the per-context "
-             "changes of log-probability instead.",
-             float(lp["with"].exp().mean().log() - lp["without"].exp().mean().log())),
-            ("that is the change of the raw logit; take log-probabilities (log_softmax) first.",
-             float((logits["with"][:, -1, output] - logits["without"][:, -1, output]).mean())),
-            ("that was read one position too early: the prediction after `dest` is at the last "
-             "position, [:, -1].",
-             float((logits["with"][:, -2].log_softmax(-1)[:, output]
-                    - logits["without"][:, -2].log_softmax(-1)[:, output]).mean())),
-            ("BOS is missing: every sequence the model reads starts with BOS (token 0).",
-             float((no_bos["with"][:, -1].log_softmax(-1)[:, output]
-                    - no_bos["without"][:, -1].log_softmax(-1)[:, output]).mean())),
-        ]  # fmt: skip
-        names = [language.token_labels[t] for t in (source, dest, output)]
-        out = call_learner(
-            ex,
-            crossed_effect,
-            model,
-            contexts,
-            where,
-            source,
-            dest,
-            output,
-            withhold=[evals.skip_trigram_effect, evals.continuation_effect],
-        )
-        out = expect_float(ex, "crossed_effect", out, "a float (nats)")
-        otherwise = (
-            f"for {names[0]} … {names[1]} → {names[2]} on {n} contexts of {length} words: got "
-            f"{out:+.4f} nats, expected {ref.mean_change:+.4f}. Build BOS + context + dest, with "
-            "and without the source at `where`, and compare log_softmax at the last position."
-        )
-        diagnose_float(ex, out, ref.mean_change, mistakes, otherwise, rel=1e-3, abs_tol=1e-4)
-    passed(ex, "exact on the notebook's model, for keep … in → bay, keep … at → mind and a "
-           "random triple of words.")  # fmt: skip
+        cases.append(_crossed_case(m, language, contexts, where, source, dest, output))
+    check_cases(
+        ex, crossed_effect, "crossed_effect", cases,
+        withhold=[evals.skip_trigram_effect, evals.continuation_effect], what="a float (nats)",
+    )  # fmt: skip
+    passed(ex, "exact on the notebook's model (keep … in → bay, keep … at → mind, a random "
+           "triple of words) and on a random model.")  # fmt: skip
+
+
+def _crossed_case(model, language, contexts, where, source, dest, output) -> Case:
+    """The reference and the common mistakes of Exercise 2.6 for one set of contexts."""
+    n = contexts.shape[0]
+    ref = evals.skip_trigram_effect(model, contexts, where, source, dest, output)
+    with torch.no_grad():
+        with_source = contexts.clone()
+        with_source[torch.arange(n), where] = source
+        bos, end = torch.zeros(n, 1, dtype=torch.long), torch.full((n, 1), dest)
+        logits = {name: model(torch.cat([bos, c, end], 1)).double()
+                  for name, c in (("with", with_source), ("without", contexts))}  # fmt: skip
+    lp = {name: x[:, -1].log_softmax(-1)[:, output] for name, x in logits.items()}
+    mistakes = [
+        ("the sign is flipped: take log P with the source minus log P without it.",
+         -ref.mean_change),
+        ("that is a change in probability; take the change in log-probability (nats).",
+         ref.mean_p_with - ref.mean_p_without),
+        ("that is the log of the ratio of mean probabilities; average the per-context "
+         "changes of log-probability instead.",
+         float(lp["with"].exp().mean().log() - lp["without"].exp().mean().log())),
+        ("that is the change of the raw logit; take log-probabilities (log_softmax) first.",
+         float((logits["with"][:, -1, output] - logits["without"][:, -1, output]).mean())),
+        ("that was read one position too early: the prediction after `dest` is at the last "
+         "position, [:, -1].",
+         float((logits["with"][:, -2].log_softmax(-1)[:, output]
+                - logits["without"][:, -2].log_softmax(-1)[:, output]).mean())),
+    ]  # fmt: skip
+    labels = language.token_labels
+    where_text = (f"{labels[source]} … {labels[dest]} → {labels[output]} on {n} contexts of "
+                  f"{contexts.shape[1]} words")  # fmt: skip
+    return Case(
+        (model, contexts, where, source, dest, output), ref.mean_change, mistakes, where_text
+    )

@@ -218,6 +218,7 @@ WIDGET_DRAWING_ERRORS = """() => [...document.querySelectorAll('.jp-Notebook .co
 
 def widget_problems(page, server) -> list[str]:
     problems = []
+    drawing_errors = list(page.evaluate(WIDGET_DRAWING_ERRORS))  # as first drawn
     for kind, selector in CONTROLS.items():
         controls = page.locator(selector)
         for index in range(controls.count()):
@@ -229,10 +230,11 @@ def widget_problems(page, server) -> list[str]:
                 return log_size(server.widget_error_log) > log_start
 
             problems += exercise_control(page, kind, controls.nth(index), name, callback_failed)
+            drawing_errors += page.evaluate(WIDGET_DRAWING_ERRORS)
     if page.locator(".jupyter-widgets-error-widget").count():
         problems.append("a widget failed to display ('Error displaying widget')")
     problems += [f"error in a widget's output:\n{t}" for t in page.evaluate(WIDGET_TRACEBACKS)]
-    problems += [f"a widget could not draw:\n{t}" for t in page.evaluate(WIDGET_DRAWING_ERRORS)]
+    problems += [f"a widget could not draw:\n{t}" for t in dict.fromkeys(drawing_errors)]
     return problems
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import checks, recipes
+from helpers import checks, circuits, recipes
 from helpers.checks import _base
 from tests.checks import test_bigrams, test_composition, test_induction, test_one_layer
 from tests.checks import test_residual_stream as ch00
@@ -121,3 +121,109 @@ def test_without_a_fixed_seed_each_check_draws_new_inputs():
 )
 def test_editing_the_inputs_in_place_changes_nothing_but_the_learners_copy(check, wrong):
     assert_rejects(check, wrong, diagnosis="")
+
+
+# ---- what the adversarial pass of the checkers found (and is now refused) ------------------------
+def _pattern_with_fixed_d_head(x, W_Q, W_K):
+    scores = (x @ W_Q) @ (x @ W_K).transpose(-1, -2) / 3**0.5  # d_head hard-coded
+    n = scores.shape[-1]
+    return scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf")).softmax(-1)
+
+
+def _counts_sized_by_the_tokens(tokens, d_vocab):
+    W = int(tokens.max()) + 1  # ignores d_vocab
+    return torch.bincount((tokens[:, :-1] * W + tokens[:, 1:]).flatten(), minlength=W * W).view(
+        W, W
+    )
+
+
+def _ov_from_the_cache(model, head):
+    _, cache = model.run_with_cache(torch.arange(model.cfg.d_vocab)[:, None])
+    return cache["blocks.0.attn.hook_result"][:, 0, head] @ model.W_U
+
+
+def _expansion_through_the_block(model, tokens, pattern):
+    resid = model.W_E[tokens]
+    pos = model.W_pos[: tokens.shape[1]].expand_as(resid)
+    return model.blocks[0](resid, pos, False) @ model.W_U
+
+
+def _ov_through_wrapped(model, head):
+    return circuits.full_ov_circuit.__wrapped__(model, 0, head)
+
+
+@pytest.mark.parametrize(
+    "check, answer, diagnosis",
+    [
+        (checks.check_attention_pattern, _pattern_with_fixed_d_head, "Exercise 0.1"),
+        (checks.check_count_bigrams, _counts_sized_by_the_tokens, "returned shape"),
+        (checks.check_full_ov_circuit, _ov_from_the_cache, "forward pass"),
+        (checks.check_path_expansion, _expansion_through_the_block, "forward pass"),
+        (checks.check_full_ov_circuit, _ov_through_wrapped, "__wrapped__"),
+        (
+            checks.check_k_composition_scores,
+            lambda m: circuits._composition_from_weights(
+                m.blocks[1].attn.W_Q,
+                m.blocks[1].attn.W_K,
+                m.blocks[1].attn.W_V,
+                m.blocks[1].attn.W_O,
+                m.blocks[0].attn.W_V,
+                m.blocks[0].attn.W_O,
+                "K",
+            ),
+            "calls the course's reference `circuits._composition_from_weights`",
+        ),  # fmt: skip
+        (
+            checks.check_empirical_log_probs,
+            lambda c: (c / c.sum(-1, keepdim=True)).clamp_min(1e-3).log(),
+            "",
+        ),
+    ],
+)
+def test_shortcuts_found_by_the_adversarial_pass_fail(check, answer, diagnosis):
+    for seed in range(8):
+        with checks.fixed_seed(seed), pytest.raises((checks.CheckFailed, AttributeError)) as info:
+            check(answer)
+        assert diagnosis in str(info.value)
+
+
+def test_a_constant_fails_even_on_a_degenerate_notebook_model():
+    ckpt = recipes.load("skip_trigrams_1l")
+    zeroed = ckpt.model
+    with torch.no_grad():
+        for p in zeroed.parameters():
+            p.zero_()
+    assert_rejects(
+        checks.check_crossed_effect, lambda *a: 0.0, zeroed, ckpt.language, diagnosis="expected"
+    )
+
+
+def test_correct_answers_in_other_reasonable_forms_pass():
+    with checks.fixed_seed(5):
+        checks.check_skip_trigrams(  # lists of 0-d tensors
+            lambda m, h, s, k: tuple(
+                list(x)
+                for x in (
+                    circuits.full_qk_circuit(m, 0, h)[:, s].topk(k).indices,
+                    circuits.full_ov_circuit(m, 0, h)[s].topk(k).indices,
+                )
+            )  # fmt: skip
+        )
+    for seed in range(40):  # W_E @ W_U, whatever sizes are drawn
+        with checks.fixed_seed(seed):
+            checks.check_zero_layer_circuit(lambda m: m.W_E @ m.W_U)
+
+
+def test_a_near_miss_of_the_copying_score_explains_float32_noise():
+    def full_circuit_in_float32(m, h):
+        e = torch.linalg.eigvals((m.W_E @ m.W_V[0, h] @ m.W_O[0, h] @ m.W_U).detach())
+        return float(e.sum().real / e.abs().sum())
+
+    messages = []
+    for seed in range(40):
+        with checks.fixed_seed(seed):
+            try:
+                checks.check_copying_score(full_circuit_in_float32)
+            except checks.CheckFailed as err:
+                messages.append(str(err))
+    assert all("rounding noise" in m for m in messages)

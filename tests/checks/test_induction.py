@@ -109,6 +109,17 @@ def _positional_shortcut(model, layout):
     a.W_O[0, :V, layout.output] = torch.eye(V)
 
 
+def _partial_previous(model, layout):
+    """A previous-token head for the first 20 positions only (the adversarial pass's answer)."""
+    n, V = 20, layout.d_vocab
+    pos = torch.arange(layout.position.start, layout.position.start + n)
+    a = model.blocks[0].attn
+    a.W_Q[0, pos, torch.arange(n)] = 50.0
+    a.W_K[0, pos[:-1], torch.arange(1, n)] = 50.0
+    a.W_V[0, layout.token, :V] = torch.eye(V)
+    a.W_O[0, :V, layout.previous] = torch.eye(V)
+
+
 def _cheat_unembedding(model, layout):
     model.unembed.W_U.zero_()
 
@@ -116,10 +127,11 @@ def _cheat_unembedding(model, layout):
 @pytest.mark.parametrize(
     "variant, diagnosis",
     [
-        ("no previous head", "Layer 0 puts only"),
+        ("no previous head", "Layer 0 puts as little as"),
+        ("partial previous head", "at every one"),
         ("keys read the token", "Layer 1 puts only"),
         ("writes to the token subspace", "check its OV"),
-        ("weak scores", "needs <= 0.25"),
+        ("weak scores", "needs <= 0.1"),
         ("positional shortcut", "Layer 1 puts only"),
         ("changes W_U", "only the heads' weights are yours to set"),
         ("the reference", "calls the course's reference `handmade.set_reference_weights`"),
@@ -129,6 +141,7 @@ def test_handmade_rejects(variant, diagnosis):
     prev, induction = _handmade_parts()
     args = {
         "no previous head": (lambda m, lay: None, induction),
+        "partial previous head": (_partial_previous, induction),
         "keys read the token": (prev, lambda m, lay: induction(m, lay, key=lay.token)),
         "writes to the token subspace": (prev, lambda m, lay: induction(m, lay, out=lay.token)),
         "weak scores": (prev, lambda m, lay: induction(m, lay, strength=0.5)),

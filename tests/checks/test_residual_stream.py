@@ -136,7 +136,9 @@ def _zero_everything_then_answer(model, tokens):
             "shortformer model the positional embedding never enters",
         ),
         (lambda m, t: m.W_E[t] @ m.W_U, "the positional part is missing"),
-        (lambda m, t: m(t), "model's full logits"),
+        (lambda m, t: m(t), "forward pass"),
+        (lambda m, t: m.run_with_cache(t)[1]["blocks.0.hook_resid_pre"] @ m.W_U, "forward pass"),
+        (lambda m, t: type(m)(m.cfg).forward(t), "forward pass"),
         (
             attribution.direct_path_logits,
             "calls the course's reference `attribution.direct_path_logits`",
