@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from helpers.models import AttnOnlyTransformer, HookedTransformerConfig
 from helpers.references import reference
@@ -117,3 +118,211 @@ def reference_model(layout: Layout = Layout()) -> AttnOnlyTransformer:
     model = blank_model(layout)
     set_reference_weights(model, layout)
     return model
+
+
+@reference
+@torch.no_grad()
+def set_zero_layer_weights(model: AttnOnlyTransformer, table: Tensor) -> None:
+    """Make a zero-layer model compute `table` `[d_vocab, d_vocab]` as well as its d_model allows:
+    W_E @ W_U becomes the table's best rank-d_model approximation (Eckart–Young: the truncated
+    SVD U_k S_k V_kᵀ), split as W_E = U_k √S_k, W_U = √S_k V_kᵀ."""
+    V, k = model.cfg.d_vocab, model.cfg.d_model
+    if model.cfg.n_layers != 0:
+        raise ValueError(f"needs a zero-layer model, got {model.cfg.n_layers} layers")
+    if table.shape != (V, V) or k > V:
+        raise ValueError(
+            f"needs a [{V}, {V}] table and d_model <= d_vocab, got {tuple(table.shape)}"
+        )
+    U, S, Vh = torch.linalg.svd(table.double())
+    root = S[:k].sqrt()
+    model.embed.W_E.copy_(U[:, :k] * root)
+    model.unembed.W_U.copy_(root[:, None] * Vh[:k])
+
+
+# ---- mystery models: hand-set circuits to reverse-engineer (chapters 02-04) ----------------------
+# Each is drawn from a seed, so a checker can build a new one at check time, and returns the truth
+# that was planted, so the reverse-engineering can be checked against it.
+
+
+def _random(shape: tuple[int, ...], rng: torch.Generator, scale: float = 0.1) -> Tensor:
+    return scale * torch.randn(*shape, generator=rng)
+
+
+def _orthonormal(n: int, rng: torch.Generator) -> Tensor:
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=rng, dtype=torch.float64))
+    return q.float()
+
+
+@dataclass(frozen=True)
+class MysteryHeads:
+    """A one-layer model whose heads were set by hand, and what was planted in each."""
+
+    model: AttnOnlyTransformer
+    kinds: tuple[str, ...]  # per head: "previous token", "copying", "anti-copying", "skip-trigrams"
+    rules: frozenset[tuple[int, int, int]]  # the skip-trigram head's (source, destination, output)
+    strengths: tuple[
+        float, ...
+    ]  # each rule's QK and OV strength, in the same order as sorted(rules)
+
+
+@torch.no_grad()
+def mystery_heads(seed: int) -> MysteryHeads:
+    """A one-layer model with four heads in a random order: a previous-token head (positions
+    only), a copying head, an anti-copying head, and a head carrying 2-4 skip-trigram rules of
+    different strengths. W_E and W_pos write orthogonal subspaces and W_U is untied; everything
+    not planted is small noise."""
+    rng = torch.Generator().manual_seed(seed)
+    V = int(torch.randint(12, 17, (), generator=rng))
+    n = int(torch.randint(8, 13, (), generator=rng))
+    d_head, d_model = 16, 64
+    cfg = HookedTransformerConfig(
+        n_layers=1, d_model=d_model, n_heads=4, d_head=d_head, n_ctx=n, d_vocab=V, seed=seed
+    )
+    model = AttnOnlyTransformer(cfg)
+    basis = _orthonormal(d_model, rng)
+    model.embed.W_E.copy_((torch.randn(V, V, generator=rng) + 3 * torch.eye(V)) @ basis[:V])
+    model.pos_embed.W_pos.copy_(torch.eye(n) @ basis[V : V + n] * 2.0)
+    model.unembed.W_U.copy_(torch.randn(d_model, V, generator=rng))
+    attn = model.blocks[0].attn
+    for p in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O):
+        p.copy_(_random(p.shape, rng))
+    kinds = ["previous token", "copying", "anti-copying", "skip-trigrams"]
+    order = torch.randperm(4, generator=rng).tolist()
+    kinds = tuple(kinds[i] for i in order)
+    E_inv, P_inv, U_inv = (torch.linalg.pinv(model.W_E), torch.linalg.pinv(model.W_pos),
+                           torch.linalg.pinv(model.W_U))  # fmt: skip
+    scale = d_head**0.5  # undo the 1/sqrt(d_head) of the attention scores
+    rules, strengths = frozenset(), ()
+    for head, kind in enumerate(kinds):
+        if kind == "previous token":  # score(i, j) large when j = i - 1, from positions alone
+            A = torch.zeros(n, d_head)
+            A[torch.arange(n), torch.arange(n)] = 1.0
+            B = torch.zeros(n, d_head)
+            B[torch.arange(n - 1), torch.arange(1, n)] = 1.0
+            attn.W_Q[head] = P_inv @ A * 12.0 * scale**0.5
+            attn.W_K[head] = P_inv @ B * 12.0 * scale**0.5
+        elif kind in ("copying", "anti-copying"):  # OV eigenvalues all positive (negative)
+            sign = 1.0 if kind == "copying" else -1.0
+            core = torch.diag(sign * (1.0 + 2.0 * torch.rand(d_head, generator=rng)))
+            mix = torch.randn(d_head, d_head, generator=rng) + 3 * torch.eye(d_head)
+            M = mix @ core @ torch.linalg.inv(mix)
+            B = model.W_U @ model.W_E @ attn.W_V[head]  # [d_model, d_head]
+            attn.W_O[head] = M @ torch.linalg.pinv(B)
+        else:  # skip-trigram rules: destination d attends to source s, which raises output o
+            count = int(torch.randint(2, min(4, (V - 1) // 3) + 1, (), generator=rng))
+            tokens = (torch.randperm(V - 1, generator=rng) + 1).tolist()
+            sources, dests, outputs = (
+                tokens[:count],
+                tokens[count : 2 * count],
+                tokens[2 * count : 3 * count],
+            )
+            strengths = tuple(float(x) for x in 4.0 + 6.0 * torch.rand(count, generator=rng))
+            A, B, C, D = (torch.zeros(V, d_head), torch.zeros(V, d_head), torch.zeros(V, d_head),
+                          torch.zeros(d_head, V))  # fmt: skip
+            for r, (s, d, o) in enumerate(zip(sources, dests, outputs, strict=True)):
+                A[d, r], B[s, r] = strengths[r] * scale, 1.0
+                C[s, r], D[r, o] = 1.0, strengths[r]
+            attn.W_Q[head], attn.W_K[head] = E_inv @ A, E_inv @ B
+            attn.W_V[head], attn.W_O[head] = E_inv @ C, D @ U_inv
+            noise = _random((d_head, d_model), rng, 0.02)
+            attn.W_O[head] += noise  # so that the OV circuit is not exactly rank-deficient
+            rules = frozenset(zip(sources, dests, outputs, strict=True))
+            order = sorted(range(count), key=lambda r: (sources[r], dests[r], outputs[r]))
+            strengths = tuple(strengths[r] for r in order)
+    model.eval()
+    return MysteryHeads(model, kinds, rules, strengths)
+
+
+@dataclass(frozen=True)
+class MysteryComposition:
+    """A two-layer model with planted composition: `wiring[h1]` is the (kind, layer-0 head) that
+    layer-1 head h1 reads, or None where it reads nothing in particular."""
+
+    model: AttnOnlyTransformer
+    wiring: dict[int, tuple[str, int] | None]
+
+
+@torch.no_grad()
+def mystery_composition(seed: int) -> MysteryComposition:
+    """Two layers of 3-4 heads with random weights, in which each layer-1 head but one reads one
+    layer-0 head's output through its queries, keys or values: its W_Q (W_K, W_V) is set to read
+    the subspace that the layer-0 head's W_O writes."""
+    rng = torch.Generator().manual_seed(seed)
+    n_heads = int(torch.randint(3, 5, (), generator=rng))
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=48, n_heads=n_heads, d_head=8, n_ctx=8, d_vocab=11, seed=seed
+    )
+    model = AttnOnlyTransformer(cfg)
+    a0, a1 = model.blocks[0].attn, model.blocks[1].attn
+    plain = int(torch.randint(n_heads, (), generator=rng))  # this one reads nothing in particular
+    wiring: dict[int, tuple[str, int] | None] = {}
+    for h1 in range(n_heads):
+        if h1 == plain:
+            wiring[h1] = None
+            continue
+        kind = "QKV"[int(torch.randint(3, (), generator=rng))]
+        h0 = int(torch.randint(n_heads, (), generator=rng))
+        mix = torch.randn(cfg.d_head, cfg.d_head, generator=rng) / cfg.d_head**0.5
+        reader = a0.W_O[h0].T @ mix  # [d_model, d_head]: reads what L0H{h0} writes
+        weight = {"Q": a1.W_Q, "K": a1.W_K, "V": a1.W_V}[kind]
+        weight[h1] = reader * weight[h1].norm() / reader.norm()
+        wiring[h1] = (kind, h0)
+    model.eval()
+    return MysteryComposition(model, wiring)
+
+
+@dataclass(frozen=True)
+class MysteryInduction:
+    """A two-layer induction circuit hidden among other heads, in a rotated residual stream."""
+
+    model: AttnOnlyTransformer
+    previous_token_head: tuple[int, int]
+    induction_heads: list[tuple[int, int]]
+
+
+@torch.no_grad()
+def mystery_induction(seed: int) -> MysteryInduction:
+    """The hand-made induction circuit (`set_reference_weights`), its previous-token head and one
+    or two copies of its induction head placed at random head indices of a model with 3-4 heads
+    per layer; the other heads attend by content or rest on BOS but write nothing. The residual
+    stream is then rotated by a random orthogonal matrix, applied to every weight that reads or
+    writes it: the behaviour is unchanged (no privileged basis), but no weight can be read by eye.
+    """
+    rng = torch.Generator().manual_seed(seed)
+    layout = Layout(d_vocab=int(torch.randint(9, 14, (), generator=rng)),
+                    n_ctx=int(torch.randint(19, 26, (), generator=rng)))  # fmt: skip
+    n_heads = int(torch.randint(3, 5, (), generator=rng))
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=layout.d_model, n_heads=n_heads, d_head=layout.d_head,
+        n_ctx=layout.n_ctx, d_vocab=layout.d_vocab, seed=seed,
+    )  # fmt: skip
+    source = reference_model(layout)
+    model = AttnOnlyTransformer(cfg)
+    for p in model.parameters():
+        p.zero_()
+    model.embed.W_E.copy_(source.W_E)
+    model.pos_embed.W_pos.copy_(source.W_pos)
+    model.unembed.W_U.copy_(source.W_U)
+    prev = int(torch.randint(n_heads, (), generator=rng))
+    count = int(torch.randint(1, 3, (), generator=rng))
+    induction = sorted(torch.randperm(n_heads, generator=rng)[:count].tolist())
+    for layer, heads in ((0, [prev]), (1, induction)):
+        theirs, mine = source.blocks[layer].attn, model.blocks[layer].attn
+        for head in range(n_heads):
+            if head in heads:  # the planted head, writing its share of the output
+                for name in ("W_Q", "W_K", "W_V", "W_O"):
+                    getattr(mine, name)[head] = getattr(theirs, name)[0]
+                mine.W_O[head] /= len(heads)
+            else:  # a distractor: random queries and keys (content or BOS), no output
+                mine.W_Q[head] = _random(mine.W_Q[head].shape, rng, 1.0)
+                mine.W_K[head] = _random(mine.W_K[head].shape, rng, 1.0)
+    R = _orthonormal(cfg.d_model, rng)  # the rotation: every read gets Rᵀ, every write R
+    model.embed.W_E.copy_(model.W_E @ R)
+    model.pos_embed.W_pos.copy_(model.W_pos @ R)
+    model.unembed.W_U.copy_(R.T @ model.W_U)
+    for block in model.blocks:
+        for name in ("W_Q", "W_K", "W_V"):
+            getattr(block.attn, name).copy_(R.T @ getattr(block.attn, name))
+        block.attn.W_O.copy_(block.attn.W_O @ R)
+    model.eval()
+    return MysteryInduction(model, (0, prev), [(1, h) for h in induction])

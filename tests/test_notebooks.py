@@ -1,10 +1,12 @@
-"""The notebooks themselves: stored without outputs, learner versions up to date, and each learner
-notebook's unfinished exercises fail with NotImplementedError and nothing else.
+"""The notebooks themselves: stored without outputs, learner versions up to date, each learner
+notebook's unfinished exercises fail with NotImplementedError and nothing else, the paper's claims
+tagged and asserted, the README's claims table what the notebooks print, and the exercises counted.
 
-nbval executes every notebook (solutions and learner versions) as part of the same pytest run;
-see `testpaths` and `addopts` in pyproject.toml.
+nbval executes every solution notebook as part of the same pytest run; the learner notebooks are
+executed here, once each (see `testpaths` and `addopts` in pyproject.toml).
 """
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,11 @@ LEARNER = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 sys.path.insert(0, str(ROOT / "tools"))
 import build_learner_notebooks as builder  # noqa: E402
+import claims  # noqa: E402
+
+# Claims 23-27 belong to chapter 05 and 29-31 to the residual-stream chapter work, when they exist.
+REQUIRED_CLAIMS = set(range(1, 23)) | {28}
+DIFFICULTY = re.compile(r"\*\*Difficulty\*\* ([●○]{5})")
 
 
 def test_there_are_notebooks_and_each_has_both_versions():
@@ -43,7 +50,9 @@ def test_learner_notebooks_are_up_to_date():
 
 
 @pytest.mark.parametrize("path", LEARNER, ids=lambda p: p.name)
-def test_learner_stubs_raise_not_implemented_and_nothing_else_fails(path):
+def test_learner_notebook_runs_and_prints_the_readmes_claims(path):
+    """Run All on the learner notebook: the stubs fail in their check cells with ExerciseNotDone
+    and nothing else fails; the claims it prints are the README table's rows."""
     nb = nbformat.read(path, as_version=4)
     exercises = [c for c in nb.cells if "exercise" in c.metadata.get("tags", [])]
     assert exercises and all("raise NotImplementedError" in c.source for c in exercises)
@@ -62,6 +71,83 @@ def test_learner_stubs_raise_not_implemented_and_nothing_else_fails(path):
         else:
             assert not errors, (index, cell.source, errors)
     assert checked == len(exercises)
+    printed = claims.claims_of(nb, path.name)  # learner and solution notebooks print the same
+    table = claims.readme_rows()
+    rows = claims.table(printed).splitlines()[2:]  # one per claim, in order
+    for number, row in zip(sorted(printed), rows, strict=True):
+        assert table.get(number) == row, (
+            f"README.md's row for claim {number} is out of date; run `python tools/claims.py`.\n"
+            f"README:   {table.get(number)}\nnotebook: {row}"
+        )
+
+
+def _tags(path: Path) -> dict[int, list]:
+    found: dict[int, list] = {}
+    for cell in nbformat.read(path, as_version=4).cells:
+        for n in claims.claim_tags(cell):
+            found.setdefault(n, []).append(cell)
+    return found
+
+
+def test_every_claim_is_asserted_in_a_tagged_cell_and_listed_in_the_readme():
+    tagged: dict[int, str] = {}
+    for path in SOLUTIONS:
+        for n, cells in _tags(path).items():
+            assert n not in tagged, f"claim {n} is tagged in {tagged[n]} and in {path.name}"
+            assert len(cells) == 1, f"claim {n} is tagged in {len(cells)} cells of {path.name}"
+            (cell,) = cells
+            assert cell.cell_type == "code" and "assert " in cell.source, (
+                f"claim-{n} cell asserts nothing"
+            )
+            assert f'"Claim {n} ✔' in cell.source or f"'Claim {n} ✔" in cell.source
+            tagged[n] = path.name
+    assert REQUIRED_CLAIMS <= set(tagged), (
+        f"claims not asserted anywhere: {sorted(REQUIRED_CLAIMS - set(tagged))}"
+    )
+    assert set(claims.readme_rows()) == set(tagged), (
+        "README's claims table lists other claims than the notebooks tag"
+    )
+    for n, name in tagged.items():
+        assert f"(notebooks/solutions/{name})" in claims.readme_rows()[n]
+
+
+def _exercises(path: Path) -> list[tuple[str, str]]:
+    """(exercise id, difficulty) for every exercise heading of a notebook."""
+    found = []
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type == "markdown" and (
+            m := re.search(r"### Exercise (\d+\.\d+)", cell.source)
+        ):
+            difficulty = DIFFICULTY.search(cell.source)
+            assert difficulty, f"{path.name}: Exercise {m.group(1)} has no difficulty line"
+            found.append((m.group(1), difficulty.group(1)))
+    return found
+
+
+def test_exercise_counts_and_difficulty():
+    per_chapter = {path.name[:2]: _exercises(path) for path in SOLUTIONS}
+    for chapter in ("00", "01", "02", "03", "04"):
+        ids = [i for i, _ in per_chapter[chapter]]
+        assert len(ids) >= 6, f"chapter {chapter} has {len(ids)} exercises"
+        assert ids == [f"{int(chapter)}.{k}" for k in range(1, len(ids) + 1)], (
+            f"chapter {chapter} numbers: {ids}"
+        )
+    everything = [d for exercises in per_chapter.values() for _, d in exercises]
+    assert len(everything) >= 40
+    assert sum(d.count("●") >= 4 for d in everything) >= 8
+
+
+@pytest.mark.parametrize("path", LEARNER, ids=lambda p: p.name)
+def test_each_solution_follows_its_check(path):
+    cells = nbformat.read(path, as_version=4).cells
+    for i, cell in enumerate(cells):
+        if "exercise" in cell.metadata.get("tags", []):
+            assert "check" in cells[i + 1].metadata.get("tags", []), (
+                f"cell {i}: no check right after"
+            )
+            assert "solution" in cells[i + 2].metadata.get("tags", []), (
+                f"cell {i}: no solution after the check"
+            )
 
 
 def test_stubbing_rules():
@@ -80,3 +166,14 @@ def test_stubbing_rules():
     ]:
         with pytest.raises(builder.SourceError, match=message):
             builder.stub_solution(bad, "Exercise 9.1", "test")
+
+
+def test_an_exercise_without_a_check_is_refused():
+    nb = nbformat.v4.new_notebook()
+    exercise = nbformat.v4.new_code_cell(
+        "def f():\n    # BEGIN SOLUTION\n    return 1\n    # END SOLUTION"
+    )
+    exercise.metadata["tags"] = ["exercise"]
+    nb.cells = [nbformat.v4.new_markdown_cell("### Exercise 9.1"), exercise]
+    with pytest.raises(builder.SourceError, match="has no check cell"):
+        builder.learner_version(nb, "test.ipynb")

@@ -1,22 +1,28 @@
-"""Checkers of chapter 01: bigram counts, log-probabilities, the zero-layer circuit."""
+"""Checkers of chapter 01: bigram counts, log-probabilities, the zero-layer circuit, the entropy
+rate, the expected loss of a table, the best rank-k approximation."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
-from helpers import attribution, circuits
+from helpers import attribution, circuits, handmade
 from helpers.checks._base import (
     Case,
+    CheckFailed,
+    call_learner,
     check_cases,
     checker,
+    diagnose,
     draw_seed,
     generator,
     passed,
     random_models,
 )
-from helpers.data import BigramLanguage, next_token_counts
+from helpers.data import BigramLanguage, next_token_counts, stationary_distribution
+from helpers.data import entropy_rate as data_entropy_rate
 
 
 @checker
@@ -112,3 +118,124 @@ def check_zero_layer_circuit(zero_layer_circuit: Callable) -> None:
         atol=1e-5,
     )
     passed(ex, "W_E @ W_U, row = current token, for two random zero-layer models.")
+
+
+@checker
+def check_entropy_rate(entropy_rate: Callable) -> None:
+    """Exercise 1.4: `entropy_rate(P) -> float`, nats per step of the Markov chain with
+    row-stochastic transition matrix P: its stationary distribution π (π P = π), then
+    H = -Σ_i π_i Σ_j P_ij log P_ij."""
+    ex = "Exercise 1.4 (entropy_rate)"
+    seed = draw_seed()
+    cases = []
+    for i, n in enumerate((4, 7, 10)):
+        P = BigramLanguage(n_states=n, scale=1.0 + i, seed=seed + i).transition_matrix
+        pi = stationary_distribution(P)
+        rows = -(P * P.log()).sum(-1)  # the entropy of each row
+        H = float(pi @ rows)
+        mistakes = [
+            ("each row's entropy was averaged uniformly: weight row i by π_i, the stationary "
+             "distribution (the left eigenvector of P with eigenvalue 1, π P = π).", float(rows.mean())),
+            ("that is in bits (log base 2); the course works in nats (natural log).", H / math.log(2)),
+            ("the sign is flipped: an entropy is -Σ p log p >= 0.", -H),
+            ("that is the entropy of the stationary distribution alone, -Σ π log π; the entropy "
+             "rate is the average uncertainty of the next state, Σ_i π_i H(P_i).",
+             float(-(pi * pi.log()).sum())),
+        ]  # fmt: skip
+        cases.append(Case((P.clone(),), H, mistakes, f"{n} states"))
+    check_cases(
+        ex, entropy_rate, "entropy_rate", cases,
+        withhold=[data_entropy_rate, stationary_distribution], what="a float (nats)",
+    )  # fmt: skip
+    passed(ex, "right for three random chains.")
+
+
+@checker
+def check_expected_loss(expected_loss: Callable) -> None:
+    """Exercise 1.5: `expected_loss(logits, P, pi) -> float`, the cross-entropy (nats) of
+    predicting a Markov chain's next state with the fixed table `logits[current, next]`."""
+    ex = "Exercise 1.5 (expected_loss)"
+    seed = draw_seed()
+    cases = []
+    for i, n in enumerate((5, 8)):
+        P = BigramLanguage(n_states=n, seed=seed + i).transition_matrix
+        pi = stationary_distribution(P)
+        logits = torch.randn(n, n, generator=generator(seed + 10 + i), dtype=torch.float64) * 2
+        log_q = logits.log_softmax(-1)
+        loss = circuits.expected_loss(logits, P, pi)
+        mistakes = [
+            ("the logits were used as log-probabilities: apply log_softmax over each row first.",
+             float(-(pi[:, None] * P * logits).sum())),
+            ("the softmax ran over the current token (dim=0); each row (a current token) is a "
+             "distribution over next tokens.", float(-(pi[:, None] * P * logits.log_softmax(0)).sum())),
+            ("the rows were averaged uniformly: weight row i by π_i, how often the chain is in "
+             "state i.", float(-(P * log_q).sum(-1).mean())),
+            ("the sign is flipped: cross-entropy is -Σ π_i P_ij log q_ij >= 0.",
+             float((pi[:, None] * P * log_q).sum())),
+        ]  # fmt: skip
+        cases.append(Case((logits, P, pi), loss, mistakes, f"{n} states"))
+    check_cases(
+        ex, expected_loss, "expected_loss", cases,
+        withhold=[circuits.expected_loss], what="a float (nats)",
+    )  # fmt: skip
+    passed(ex, "right for two random chains and logit tables.")
+
+
+@checker
+def check_best_rank_k(best_rank_k: Callable) -> None:
+    """Exercise 1.6: `best_rank_k(M, k) -> Tensor`, the best rank-k approximation of M in
+    Frobenius norm (Eckart–Young: its truncated SVD)."""
+    ex = "Exercise 1.6 (best_rank_k)"
+    seed = draw_seed()
+    cases = []
+    for i, (shape, k) in enumerate((((7, 7), 2), ((9, 6), 3), ((6, 10), 4))):
+        M = torch.randn(*shape, generator=generator(seed + i), dtype=torch.float64)
+        U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+        mistakes = {
+            "these are the k *smallest* singular directions; Eckart–Young keeps the largest (the "
+            "first k: torch.linalg.svd sorts them in descending order).": (U[:, -k:] * S[-k:])
+            @ Vh[-k:],
+            "the singular values were applied twice (U S and S Vᵀ): multiply them in once.": (
+                U[:, :k] * S[:k] ** 2
+            )
+            @ Vh[:k],
+            "that keeps k + 1 directions.": (U[:, : k + 1] * S[: k + 1]) @ Vh[: k + 1],
+            "the singular values are missing: U_k S_k V_kᵀ.": U[:, :k] @ Vh[:k],
+        }
+        expected = circuits.best_rank_k(M, k)
+        cases.append(Case((M, k), expected, mistakes, f"a {shape[0]}×{shape[1]} matrix, k = {k}"))
+    check_cases(ex, best_rank_k, "best_rank_k", cases, withhold=[circuits.best_rank_k], atol=1e-6)
+    passed(ex, "the truncated SVD for three random matrices and ranks.")
+
+
+@checker
+def check_set_zero_layer_weights(set_zero_layer_weights: Callable) -> None:
+    """Exercise 1.7: `set_zero_layer_weights(model, table)` sets a zero-layer model's W_E and W_U
+    (in place) so that W_E @ W_U is the table's best rank-d_model approximation."""
+    ex = "Exercise 1.7 (set_zero_layer_weights)"
+    seed = draw_seed()
+    for i, (V, k) in enumerate(((9, 3), (12, 5))):
+        model = random_models(seed + i, 1, n_layers=0, n_heads=0, d_vocab=V, d_model=k)[0]
+        table = torch.randn(V, V, generator=generator(seed + 10 + i))
+        U, S, Vh = torch.linalg.svd(table.double())
+        expected = circuits.best_rank_k(table.double(), k)
+        mistakes = {
+            "W_E @ W_U keeps the k smallest singular directions; Eckart–Young keeps the largest.": (
+                (U[:, -k:] * S[-k:]) @ Vh[-k:]
+            ),
+            "the singular values went in twice (W_E = U S and W_U = S Vᵀ): split them, e.g. √S "
+            "into each, or S into one of the two.": (U[:, :k] * S[:k] ** 2) @ Vh[:k],
+            "W_E @ W_U is the transpose of the approximation: row = current token (W_E), "
+            "column = next token (W_U).": expected.T,
+        }
+        W_pos = model.W_pos.detach().clone()
+        with torch.no_grad():
+            call_learner(
+                ex, set_zero_layer_weights, model, table.clone(),
+                withhold=[handmade.set_zero_layer_weights, circuits.best_rank_k], clone=False,
+            )  # fmt: skip
+        if not torch.equal(model.W_pos.detach(), W_pos):
+            raise CheckFailed(ex, "only W_E and W_U are yours to set; W_pos changed.")
+        product = (model.W_E @ model.W_U).detach()
+        diagnose(ex, product, expected, mistakes, atol=1e-4, where=f"d_vocab {V}, d_model {k}")
+    passed(ex, "W_E @ W_U is the truncated SVD, for two random tables and widths.")

@@ -1,14 +1,30 @@
-"""Checkers of chapter 03: K-composition scores, virtual heads."""
+"""Checkers of chapter 03: composition scores and their random baseline, virtual heads, frozen
+patterns, term importance, path ablation, and a model's wiring reverse-engineered."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
+from torch import Tensor
 
-from helpers import circuits
-from helpers.checks._base import Case, check_cases, checker, draw_seed, passed, random_models
-from helpers.models import AttnOnlyTransformer
+from helpers import circuits, evals, handmade
+from helpers.checks._base import (
+    Case,
+    CheckFailed,
+    call_learner,
+    check_cases,
+    checker,
+    diagnose,
+    draw_seed,
+    expect_float,
+    generator,
+    passed,
+    random_models,
+    random_tokens,
+)
+from helpers.circuits import two_layer
+from helpers.models import AttnOnlyTransformer, next_token_loss
 
 
 def two_layer_models(seed: int) -> list[AttnOnlyTransformer]:
@@ -16,43 +32,115 @@ def two_layer_models(seed: int) -> list[AttnOnlyTransformer]:
     return random_models(seed, n_layers=2)
 
 
+_WHAT_EACH_READS = {
+    "Q": "the later head's queries read the earlier head's output: ‖OV₀ · QK₁‖",
+    "K": "its keys read it: ‖OV₀ · QK₁ᵀ‖",
+    "V": "its values read it: ‖OV₀ · OV₁‖",
+}
+
+
 @checker
-def check_k_composition_scores(k_composition_scores: Callable) -> None:
-    """Exercise 3.1: `k_composition_scores(model) -> [layer-0 head, layer-1 head]`."""
-    ex = "Exercise 3.1 (k_composition_scores)"
+def check_composition_scores(composition_scores: Callable) -> None:
+    """Exercise 3.1: `composition_scores(model, kind) -> [layer-0 head, layer-1 head]`, for
+    kind "Q", "K" or "V"."""
+    ex = "Exercise 3.1 (composition_scores)"
     cases = []
     for model in two_layer_models(draw_seed()):
         H = model.cfg.n_heads
         a0, a1 = model.blocks[0].attn, model.blocks[1].attn
         with torch.no_grad():
-            expected = circuits.composition_scores(model, "K")
-            OV, QK = a0.W_V @ a0.W_O, a1.W_Q @ a1.W_K.transpose(-1, -2)
-            unnormalised = (OV[:, None] @ QK.transpose(-1, -2)[None]).flatten(-2).norm(dim=-1)
-            mistakes = {
-                "these are Q-composition scores (OV of the earlier head times QK of the later "
-                "head); keys read the earlier head through QKᵀ.": circuits.composition_scores(
-                    model, "Q"
-                ),
-                "these are V-composition scores.": circuits.composition_scores(model, "V"),
-                "the axes are swapped: rows are layer-0 (earlier) heads, columns layer-1 heads.": (
-                    expected.T
-                ),
-                "the score is not normalised: divide ‖product‖ by ‖OV‖ · ‖QK‖ (Frobenius "
-                "norms).": unnormalised,
-            }
-        cases.append(Case((model,), expected, mistakes, f"a model with {H} heads per layer"))
+            OV0, OV1 = a0.W_V @ a0.W_O, a1.W_V @ a1.W_O
+            QK1 = a1.W_Q @ a1.W_K.transpose(-1, -2)
+            reads = {"Q": QK1, "K": QK1.transpose(-1, -2), "V": OV1}
+            for kind in circuits.COMPOSITION_KINDS:
+                expected = circuits.composition_scores(model, kind)
+                unnormalised = (OV0[:, None] @ reads[kind][None]).flatten(-2).norm(dim=-1)
+                mistakes = {
+                    f"these are {other}-composition scores; for {kind}, {_WHAT_EACH_READS[kind]}.": (
+                        circuits.composition_scores(model, other)
+                    )
+                    for other in circuits.COMPOSITION_KINDS
+                    if other != kind
+                }
+                mistakes |= {
+                    "the axes are swapped: rows are layer-0 (earlier) heads, columns layer-1 "
+                    "heads.": expected.T,
+                    "the score is not normalised: divide ‖product‖ by the product of the two "
+                    "factors' Frobenius norms.": unnormalised,
+                    "the earlier head's OV is transposed (W_O @ W_V has the wrong shape; "
+                    "(W_V @ W_O)ᵀ reads the wrong side): in the row convention it writes x @ W_V @ "
+                    "W_O.": two_layer._frobenius_composition(
+                        OV0.transpose(-1, -2)[:, None], reads[kind][None]
+                    ),
+                }
+                where = f"{kind}-composition, a model with {H} heads per layer"
+                cases.append(Case((model, kind), expected, mistakes, where))
     check_cases(
-        ex, k_composition_scores, "k_composition_scores", cases, atol=1e-5, block_forward=True,
-        withhold=[circuits.composition_scores, circuits._composition_from_weights,
-                  circuits._frobenius_composition],
+        ex, composition_scores, "composition_scores", cases, atol=1e-5, block_forward=True,
+        withhold=[circuits.composition_scores, two_layer._composition_from_weights,
+                  two_layer._frobenius_composition],
     )  # fmt: skip
-    passed(ex, "‖OV₀ QK₁ᵀ‖ / (‖OV₀‖ ‖QK₁‖) for every pair of heads of two random test models.")
+    passed(ex, "Q-, K- and V-composition for every pair of heads of two random test models.")
+
+
+@checker
+def check_composition_baseline(composition_baseline: Callable) -> None:
+    """Exercise 3.2: `composition_baseline(d_model, d_head, n_samples, seed) -> (mean, std)` of
+    the composition score of random pairs of heads with these shapes. Random draws differ, so
+    this checks the statistics: the mean within five standard errors of the course's, the
+    standard deviation within 25 %, the same seed giving the same answer and another seed not."""
+    ex = "Exercise 3.2 (composition_baseline)"
+    seed = draw_seed()
+    shapes = [(32, 4, 400), (48, 12, 300), (20, 5, 500)]
+    references = [
+        circuits.random_composition_baseline(D, d, 4000, seed + i)
+        for i, (D, d, _) in enumerate(shapes)
+    ]
+    for i, ((D, d, n), (mean, std)) in enumerate(zip(shapes, references, strict=True)):
+        out = call_learner(
+            ex, composition_baseline, D, d, n, seed + 100 + i,
+            withhold=[circuits.random_composition_baseline, circuits.composition_baseline],
+        )  # fmt: skip
+        got = _mean_std(ex, out)
+        again = _mean_std(ex, call_learner(ex, composition_baseline, D, d, n, seed + 100 + i))
+        other = _mean_std(ex, call_learner(ex, composition_baseline, D, d, n, seed + 200 + i))
+        where = f"d_model {D}, d_head {d}, {n} samples"
+        if got != again:
+            raise CheckFailed(
+                ex,
+                f"{where}: the same seed gave a different answer; draw from a torch.Generator seeded with `seed`.",
+            )
+        if got == other:
+            raise CheckFailed(
+                ex, f"{where}: another seed gave the same answer; use the `seed` argument."
+            )
+        if got[0] > 5 * mean or got[0] < mean / 5:
+            raise CheckFailed(
+                ex, f"{where}: a mean score of {got[0]:.3g} is far from the random baseline "
+                f"({mean:.3f}, about 1/sqrt(d_model) = {D ** -0.5:.3f}): is each score divided by "
+                "the two matrices' Frobenius norms?",
+            )  # fmt: skip
+        tolerance = 5 * std / n**0.5
+        if abs(got[0] - mean) > tolerance or not 0.75 * std <= got[1] <= 1.25 * std:
+            raise CheckFailed(
+                ex, f"{where}: mean {got[0]:.4f} ± std {got[1]:.4f}; random heads of these shapes "
+                f"give {mean:.4f} ± {std:.4f} (the mean within ±{tolerance:.4f} is expected). Draw "
+                "W_Q, W_K, W_V [d_model, d_head] and W_O [d_head, d_model] from a normal "
+                "distribution for each of the two heads, n_samples times.",
+            )  # fmt: skip
+    passed(ex, "the random baseline's mean and spread for three shapes, seeded.")
+
+
+def _mean_std(ex: str, out: object) -> tuple[float, float]:
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise CheckFailed(ex, "composition_baseline must return a pair (mean, std).")
+    return expect_float(ex, "the mean", out[0]), expect_float(ex, "the std", out[1])
 
 
 @checker
 def check_virtual_head_ov(virtual_head_ov: Callable) -> None:
-    """Exercise 3.2: `virtual_head_ov(model, head0, head1) -> [d_vocab (source), d_vocab (output)]`."""
-    ex = "Exercise 3.2 (virtual_head_ov)"
+    """Exercise 3.3: `virtual_head_ov(model, head0, head1) -> [d_vocab (source), d_vocab (output)]`."""
+    ex = "Exercise 3.3 (virtual_head_ov)"
     cases = []
     for model in two_layer_models(draw_seed()):
         H = model.cfg.n_heads
@@ -80,3 +168,168 @@ def check_virtual_head_ov(virtual_head_ov: Callable) -> None:
         withhold=[circuits.virtual_head_ov_circuit, circuits.full_ov_circuit],
     )  # fmt: skip
     passed(ex, "W_E OV₀ OV₁ W_U for every pair of heads of two random test models.")
+
+
+def _patterns(model: AttnOnlyTransformer, tokens: Tensor) -> dict[int, Tensor]:
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    return {
+        layer: cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(model.cfg.n_layers)
+    }
+
+
+def _with_hooks(model: AttnOnlyTransformer, tokens: Tensor, hooks) -> Tensor:
+    with torch.no_grad():
+        return model.run_with_hooks(tokens, hooks)
+
+
+@checker
+def check_run_with_frozen_patterns(run_with_frozen_patterns: Callable) -> None:
+    """Exercise 3.4: `run_with_frozen_patterns(model, tokens, patterns) -> logits`, with the
+    attention pattern of every layer in `patterns` (a dict layer -> `[batch, head, query, key]`)
+    replaced by the given one through a hook."""
+    ex = "Exercise 3.4 (run_with_frozen_patterns)"
+    seed = draw_seed()
+    cases = []
+    for i, model in enumerate(two_layer_models(seed)):
+        tokens = random_tokens(model, seed + 10 + i, batch=2)
+        recorded = _patterns(model, random_tokens(model, seed + 20 + i, batch=2))  # another input
+        for layers in ([0, 1], [1], [0]):
+            patterns = {layer: recorded[layer] for layer in layers}
+
+            def frozen(hook_name: str, chosen, patterns=patterns) -> list:
+                return [(f"blocks.{layer}.attn.{hook_name}", lambda x, hook, p=patterns[layer]: p)
+                        for layer in chosen]  # fmt: skip
+
+            expected = evals.run_with_frozen_patterns(model, tokens, patterns)
+            mistakes = {
+                "the logits are the model's own: the patterns were not used (a hook must return "
+                "the replacement, on blocks.{layer}.attn.hook_pattern).": _with_hooks(
+                    model, tokens, []
+                ),
+                "the patterns went into hook_attn_scores, where the softmax runs on them again: "
+                "replace hook_pattern, which is after the softmax.": _with_hooks(
+                    model, tokens, frozen("hook_attn_scores", layers)
+                ),
+            }
+            if len(layers) == 2:
+                mistakes["only layer 0 was frozen: freeze every layer in `patterns`."] = (
+                    evals.run_with_frozen_patterns(model, tokens, {0: patterns[0]})
+                )
+            cases.append(
+                Case((model, tokens, patterns), expected.detach(), mistakes, f"layers {layers}")
+            )
+    check_cases(
+        ex, run_with_frozen_patterns, "run_with_frozen_patterns", cases,
+        withhold=[evals.run_with_frozen_patterns, evals.term_importance],
+    )  # fmt: skip
+    passed(ex, "the logits with any set of frozen layers, for two random two-layer models.")
+
+
+@checker
+def check_term_importance(term_importance: Callable) -> None:
+    """Exercise 3.5: `term_importance(model, tokens) -> (order_0, order_1, order_2)`, the loss
+    of the path expansion truncated at each order, with the attention patterns frozen to those of
+    the full model on `tokens` (shortformer models without biases)."""
+    ex = "Exercise 3.5 (term_importance)"
+    seed = draw_seed()
+    cases = []
+    for i, model in enumerate(two_layer_models(seed)):
+        tokens = random_tokens(model, seed + 10 + i, batch=4)
+        ref = evals.term_importance(model, tokens)
+        expected = torch.tensor([ref.order_0, ref.order_1, ref.order_2], dtype=torch.float64)
+        with torch.no_grad():
+            x0 = model.W_E[tokens]
+            pos = model.W_pos[: tokens.shape[1]]
+            # order 1 with layer 1's pattern recomputed from the embeddings instead of frozen
+            recomputed = model.blocks[1].attn(x0 + pos, x0)
+            l0 = model.blocks[0].attn(
+                x0 + pos, x0
+            )  # layer 0 reads x0: its patterns are the real ones
+            unfrozen = float(next_token_loss((x0 + l0 + recomputed) @ model.W_U, tokens))
+        mistakes = {
+            "order 1 lets layer 1 read layer 0's output (that is order 2): at order 1 every head "
+            "reads the embeddings alone.": torch.tensor([ref.order_0, ref.order_2, ref.order_2]),
+            "at order 1, layer 1's attention pattern was recomputed from the embeddings: freeze it "
+            "to the full model's pattern (only V-composition is being removed).": torch.tensor(
+                [ref.order_0, unfrozen, ref.order_2]
+            ),
+            "the orders are in the wrong order: return (order 0, order 1, order 2), the losses "
+            "with more and more terms.": torch.tensor([ref.order_2, ref.order_1, ref.order_0]),
+        }
+        cases.append((model, tokens, expected, {d: m.double() for d, m in mistakes.items()}))
+    for model, tokens, expected, mistakes in cases:
+        out = call_learner(ex, term_importance, model, tokens, withhold=[evals.term_importance])
+        if not isinstance(out, (tuple, list)) or len(out) != 3:
+            raise CheckFailed(
+                ex, "term_importance must return three losses (order_0, order_1, order_2)."
+            )
+        got = torch.tensor(
+            [expect_float(ex, f"order_{k}", v) for k, v in enumerate(out)], dtype=torch.float64
+        )
+        diagnose(ex, got, expected, mistakes, atol=1e-4)
+    passed(ex, "the losses of the path expansion at orders 0, 1 and 2, for two random models.")
+
+
+@checker
+def check_path_ablation(path_ablation: Callable) -> None:
+    """Exercise 3.6: `path_ablation(model, tokens, sender, receiver) -> logits`, with the output of
+    the layer-0 head `sender` removed from one input of every layer-1 head: its queries ("q"),
+    keys ("k") or values ("v") only."""
+    ex = "Exercise 3.6 (path_ablation)"
+    seed = draw_seed()
+    cases = []
+    for i, model in enumerate(two_layer_models(seed)):
+        tokens = random_tokens(model, seed + 10 + i, batch=2)
+        sender = (0, int(torch.randint(model.cfg.n_heads, (), generator=generator(seed + i))))
+        for receiver in ("q", "k", "v"):
+            expected = evals.run_with_path_ablation(model, tokens, sender, receiver, layer=1)
+            mistakes = {
+                "the head was removed from everything downstream (its output zeroed): remove it "
+                "from one input of layer 1 only.": evals.run_with_ablation(model, tokens, [sender]),
+            }
+            for other in "qkv".replace(receiver, ""):
+                mistakes[
+                    f"the head was removed from the {other!r} input, not from {receiver!r}."
+                ] = evals.run_with_path_ablation(model, tokens, sender, other, layer=1)
+            where = f"sender L0H{sender[1]}, receiver {receiver!r}"
+            cases.append(Case((model, tokens, sender, receiver), expected, mistakes, where))
+    check_cases(
+        ex, path_ablation, "path_ablation", cases,
+        withhold=[evals.run_with_path_ablation, evals.run_with_ablation],
+    )  # fmt: skip
+    passed(ex, "one path removed at a time (queries, keys, values), for two random models.")
+
+
+@checker
+def check_composition_map(composition_map: Callable) -> None:
+    """Exercise 3.7: `composition_map(model, threshold) -> {layer-1 head: (kind, layer-0 head) or
+    None}`, on mystery models drawn at check time whose wiring was planted by hand."""
+    ex = "Exercise 3.7 (composition_map)"
+    seed = draw_seed()
+    cases = []
+    for i in range(2):
+        mystery = handmade.mystery_composition(seed + i)
+        for threshold in (2.0, 3.0):
+            truth = circuits.composition_map(mystery.model, threshold)
+            cases.append((mystery, threshold, truth))
+    for mystery, threshold, truth in cases:
+        out = call_learner(
+            ex, composition_map, mystery.model, threshold,
+            withhold=[circuits.composition_map], block_forward=True,
+        )  # fmt: skip
+        if not isinstance(out, dict):
+            raise CheckFailed(ex, f"composition_map must return a dict, got {type(out).__name__}.")
+        got = {int(h): (None if v is None else (str(v[0]), int(v[1]))) for h, v in out.items()}
+        if got != truth:
+            wrong = {
+                h: (got.get(h, "missing"), truth[h])
+                for h in truth
+                if got.get(h, "missing") != truth[h]
+            }
+            lines = [f"L1H{h}: you found {g}, expected {t}" for h, (g, t) in wrong.items()]
+            raise CheckFailed(
+                ex, f"a mystery model, threshold {threshold}: " + "; ".join(lines)
+                + ". Compare each (kind, layer-0 head) by its score divided by the random "
+                "baseline's mean; keep the largest if it reaches the threshold.",
+            )  # fmt: skip
+    passed(ex, "the planted wiring of two mystery models, at thresholds 2 and 3.")

@@ -1,4 +1,5 @@
-"""Checkers of chapter 04: head scores and the hand-made induction head."""
+"""Checkers of chapter 04: head scores, ablations through hooks, the K-composition and OV circuits of
+induction heads, the hand-made induction head, and an induction circuit found in a mystery model."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from helpers import evals, handmade
+from helpers import circuits, evals, handmade
 from helpers.checks._base import (
     Case,
     CheckFailed,
@@ -20,6 +21,8 @@ from helpers.checks._base import (
     expect_float,
     generator,
     passed,
+    random_models,
+    random_tokens,
 )
 from helpers.data import repeated_random_tokens
 
@@ -73,9 +76,9 @@ def _induction_reference(pattern: Tensor, length: int, shift: int, how: str = "s
 
 @checker
 def check_induction_score(induction_score: Callable) -> None:
-    """Exercise 4.2: `induction_score(pattern, length) -> float`, for patterns on BOS + blocks of
+    """Exercise 4.3: `induction_score(pattern, length) -> float`, for patterns on BOS + blocks of
     `length` repeated tokens."""
-    ex = "Exercise 4.2 (induction_score)"
+    ex = "Exercise 4.3 (induction_score)"
     seed = draw_seed()
     averaged = False
     cases = []
@@ -139,12 +142,12 @@ def _handmade_measures(model, tokens: Tensor, length: int) -> tuple[float, float
 def check_handmade_induction(
     set_previous_token_head: Callable, set_induction_head: Callable
 ) -> None:
-    """Exercise 4.3: the learner's functions fill the heads of `handmade.blank_model(layout)`;
+    """Exercise 4.7: the learner's functions fill the heads of `handmade.blank_model(layout)`;
     the model must then be a previous-token head followed by an induction head, on a layout and
     repeat lengths drawn at check time: at every position layer 0 attends to the previous one
     (>= 0.8), layer 1 scores >= 0.8 on prefix matching, and the loss on repeats is <= 0.1 x the
     loss on fresh tokens (the course's solution: about 1.0, 1.0 and 0.001)."""
-    ex = "Exercise 4.3 (a hand-made induction head)"
+    ex = "Exercise 4.7 (a hand-made induction head)"
     seed = draw_seed()
     rng = generator(seed)
     d_vocab = int(torch.randint(9, 15, (), generator=rng))
@@ -218,3 +221,212 @@ def check_handmade_induction(
             "copy the attended position's token (token subspace) into the output subspace."
         )
     raise CheckFailed(ex, "\n".join(lines))
+
+
+@checker
+def check_duplicate_token_score(duplicate_token_score: Callable) -> None:
+    """Exercise 4.2: `duplicate_token_score(pattern, length) -> float`: on BOS + blocks of `length`
+    repeated tokens, the attention each query in a repeated block pays to the earlier occurrences
+    of its own token (summed over them), averaged over queries and batch."""
+    ex = "Exercise 4.2 (duplicate_token_score)"
+    seed = draw_seed()
+    cases = []
+    for i, (length, repeats) in enumerate(((5, 3), (4, 4), (6, 2))):
+        pattern = _random_patterns(seed + i, 1 + length * repeats)
+        expected = _induction_reference(pattern, length, shift=0)
+        mistakes = [
+            ("this is the induction score: the token *after* each earlier copy (key + 1). A "
+             "duplicate-token head attends to the earlier copies themselves.",
+             _induction_reference(pattern, length, shift=1)),
+            ("only the most recent earlier copy was counted; sum over every earlier copy.",
+             _induction_reference(pattern, length, 0, "latest")),
+            ("this looks one position too early (key - 1).", _induction_reference(pattern, length, -1)),
+        ]  # fmt: skip
+        cases.append(
+            Case((pattern, length), expected, mistakes, f"length {length}, {repeats} repeats")
+        )
+    check_cases(
+        ex, duplicate_token_score, "duplicate_token_score", cases,
+        withhold=[evals.earlier_occurrence_mask, evals.duplicate_token_scores],
+    )  # fmt: skip
+    passed(ex, "right for three lengths and numbers of repeats.")
+
+
+@checker
+def check_ablate_heads(ablate_heads: Callable) -> None:
+    """Exercise 4.4: `ablate_heads(model, tokens, heads, kind) -> logits` with the output of each
+    (layer, head) in `heads` replaced, through a hook on `hook_result`, by zero (kind "zero") or by
+    its mean over the batch and positions of `tokens` (kind "mean")."""
+    ex = "Exercise 4.4 (ablate_heads)"
+    seed = draw_seed()
+    cases = []
+    for i, model in enumerate(random_models(seed, n_layers=2)):
+        tokens = random_tokens(model, seed + 10 + i, batch=3)
+        rng = generator(seed + 20 + i)
+        h = [int(t) for t in torch.randint(model.cfg.n_heads, (2,), generator=rng)]
+        for heads in ([(0, h[0])], [(1, h[1])], [(0, h[0]), (1, h[1])]):
+            _, cache = model.run_with_cache(tokens)
+            for kind in ("zero", "mean"):
+                expected = evals.run_with_ablation(model, tokens, heads, kind=kind)
+                mistakes = {
+                    f"kind {kind!r}: that is the other kind of ablation.": evals.run_with_ablation(
+                        model, tokens, heads, kind="mean" if kind == "zero" else "zero"
+                    ),
+                    "every head of the layer was ablated, not only the chosen ones.": (
+                        evals.run_with_ablation(
+                            model,
+                            tokens,
+                            [
+                                (layer, j)
+                                for layer in {l_ for l_, _ in heads}
+                                for j in range(model.cfg.n_heads)
+                            ],
+                            kind=kind,
+                        )  # fmt: skip
+                    ),
+                }
+                if kind == "mean":
+                    mistakes["the mean was taken over the batch only: average each head's output "
+                             "over the batch *and* the positions."] = _mean_over(
+                        model, tokens, heads, cache, dims=(0,))  # fmt: skip
+                    mistakes["the mean was taken over the positions only: average over the batch "
+                             "too."] = _mean_over(model, tokens, heads, cache, dims=(1,))  # fmt: skip
+                where = f"{kind} ablation of {', '.join(f'L{a}H{b}' for a, b in heads)}"
+                cases.append(Case((model, tokens, heads, kind), expected, mistakes, where))
+    check_cases(ex, ablate_heads, "ablate_heads", cases, withhold=[evals.run_with_ablation])
+    passed(ex, "zero and mean ablation of one and two heads, for two random models.")
+
+
+def _mean_over(model, tokens, heads, cache, dims) -> Tensor:
+    """Mean ablation with the mean over `dims` of `[batch, pos]` only (a common mistake)."""
+    hooks = []
+    for layer in sorted({layer for layer, _ in heads}):
+        chosen = [h for l_, h in heads if l_ == layer]
+        mean = cache[f"blocks.{layer}.attn.hook_result"].mean(dim=dims, keepdim=True)
+
+        def ablate(result, hook, chosen=chosen, mean=mean):
+            result = result.clone()
+            result[:, :, chosen] = mean.expand_as(result)[:, :, chosen]
+            return result
+
+        hooks.append((f"blocks.{layer}.attn.hook_result", ablate))
+    with torch.no_grad():
+        return model.run_with_hooks(tokens, hooks)
+
+
+@checker
+def check_k_composition_circuit(k_composition_circuit: Callable) -> None:
+    """Exercise 4.5: `k_composition_circuit(model, prev_head, induction_head) -> [d_vocab (query
+    token), d_vocab (key's previous token)]`, for the layer-0 head `prev_head` and the layer-1
+    head `induction_head`: (W_E W_Q¹)(W_E W_V⁰ W_O⁰ W_K¹)ᵀ / sqrt(d_head)."""
+    ex = "Exercise 4.5 (k_composition_circuit)"
+    cases = []
+    for model in random_models(draw_seed(), n_layers=2):
+        a1 = model.blocks[1].attn
+        H, d = model.cfg.n_heads, model.cfg.d_head
+        for p in range(H):
+            for h in range(H):
+                with torch.no_grad():
+                    expected = circuits.k_composition_circuit(model, (0, p), (1, h))
+                    queries = model.W_E @ a1.W_Q[h]
+                    mistakes = {
+                        "the matrix is transposed: rows are query tokens, columns the previous "
+                        "token of the key position.": expected.T,
+                        "the previous-token head is missing: that is the layer-1 head's plain "
+                        "token-token QK circuit (keys read W_E @ W_V⁰ @ W_O⁰ first).": (
+                            queries @ (model.W_E @ a1.W_K[h]).T / d**0.5
+                        ),
+                        "the previous-token head went into the queries (that is Q-composition); "
+                        "K-composition is in the keys.": circuits.q_composition_circuit(
+                            model, (0, p), (1, h)
+                        ),
+                        "the 1/sqrt(d_head) scale is missing.": expected * d**0.5,
+                    }
+                cases.append(Case((model, p, h), expected, mistakes, f"L0H{p} → L1H{h}"))
+    check_cases(
+        ex, k_composition_circuit, "k_composition_circuit", cases, block_forward=True,
+        withhold=[circuits.k_composition_circuit, circuits.q_composition_circuit],
+    )  # fmt: skip
+    passed(ex, "the K-composition term of the QK circuit for every pair of heads of two models.")
+
+
+@checker
+def check_combined_ov_circuit(combined_ov_circuit: Callable) -> None:
+    """Exercise 4.6: `combined_ov_circuit(model, heads) -> [d_vocab (source), d_vocab (output)]`,
+    the sum of the full OV circuits of the (layer, head) pairs in `heads`: what they write
+    together when all attend to the same token."""
+    ex = "Exercise 4.6 (combined_ov_circuit)"
+    seed = draw_seed()
+    cases = []
+    for i, model in enumerate(random_models(seed, n_layers=2)):
+        rng = generator(seed + i)
+        H = model.cfg.n_heads
+        picks = torch.randperm(H, generator=rng)[:2].tolist()
+        for heads in (
+            [(1, picks[0])],
+            [(1, picks[0]), (1, picks[1])],
+            [(0, picks[1]), (1, picks[0])],
+        ):
+            with torch.no_grad():
+                circuits_ = [circuits.full_ov_circuit(model, layer, h) for layer, h in heads]
+                expected = torch.stack(circuits_).sum(0)
+                mistakes = {
+                    "the circuits were averaged: heads that attend to the same token add their "
+                    "outputs.": expected / len(heads),
+                    "the circuit is transposed: rows are source tokens, columns outputs.": expected.T,
+                    "only the first head was used.": circuits_[0],
+                }
+                if len(heads) == 2:
+                    mistakes["the two OV matrices were multiplied (a virtual head); heads in one "
+                             "layer act side by side: add them."] = (
+                        model.W_E @ _ov(model, *heads[0]) @ _ov(model, *heads[1]) @ model.W_U
+                    )  # fmt: skip
+            where = f"heads {', '.join(f'L{a}H{b}' for a, b in heads)}"
+            cases.append(Case((model, heads), expected, mistakes, where))
+    check_cases(
+        ex, combined_ov_circuit, "combined_ov_circuit", cases, block_forward=True,
+        withhold=[circuits.virtual_head_ov_circuit],
+    )  # fmt: skip
+    passed(ex, "the summed OV circuit of one and two heads, for two random models.")
+
+
+def _ov(model, layer: int, head: int) -> Tensor:
+    attn = model.blocks[layer].attn
+    return attn.W_V[head] @ attn.W_O[head]
+
+
+@checker
+def check_find_induction_circuit(find_induction_circuit: Callable) -> None:
+    """Exercise 4.8: `find_induction_circuit(model) -> (previous_token_head, induction_heads)` for
+    a two-layer model: the layer-0 head with the highest previous-token score, and the sorted
+    list of layer-1 heads with an induction score of at least 0.5, both as (layer, head), on
+    mystery models drawn at check time (the circuit hidden at random heads, the residual stream
+    rotated)."""
+    ex = "Exercise 4.8 (find_induction_circuit)"
+    seed = draw_seed()
+    mysteries = [handmade.mystery_induction(seed + i) for i in range(3)]
+    for i, mystery in enumerate(mysteries):
+        out = call_learner(
+            ex, find_induction_circuit, mystery.model, withhold=[evals.find_induction_circuit]
+        )
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise CheckFailed(
+                ex, "find_induction_circuit must return (previous_token_head, induction_heads)."
+            )
+        prev, induction = out
+        try:
+            prev = tuple(int(x) for x in prev)
+            induction = sorted(tuple(int(x) for x in h) for h in induction)
+        except (TypeError, ValueError):
+            raise CheckFailed(ex, "heads must be (layer, head) pairs of ints.") from None
+        where = f"mystery model {i + 1} ({mystery.model.cfg.n_heads} heads per layer)"
+        if prev != mystery.previous_token_head:
+            raise CheckFailed(ex, f"{where}: previous-token head {prev}, but the planted one is elsewhere: "
+                              "score every layer-0 head on repeated random tokens (Exercise 4.1).")  # fmt: skip
+        if induction != sorted(mystery.induction_heads):
+            raise CheckFailed(
+                ex, f"{where}: induction heads {induction}, expected {len(mystery.induction_heads)} "
+                "head(s) in layer 1. Score every layer-1 head with the prefix-matching score on "
+                "repeated random tokens (Exercise 4.3) and keep those scoring >= 0.5.",
+            )  # fmt: skip
+    passed(ex, "the hidden circuit of three mystery models, whatever the rotation and placement.")

@@ -1,14 +1,17 @@
-"""Checkers of chapter 02: OV and QK circuits, copying score, skip-trigrams, the bug."""
+"""Checkers of chapter 02: OV and QK circuits, their diagonal and positional parts, the copying
+score, skip-trigrams and their ranking, the bug, and a head reverse-engineered."""
 
 from __future__ import annotations
 
 import copy
+import math
+import operator
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from helpers import attribution, circuits, evals
+from helpers import attribution, circuits, evals, handmade
 from helpers.checks._base import (
     Case,
     CheckFailed,
@@ -16,6 +19,7 @@ from helpers.checks._base import (
     check_cases,
     checker,
     draw_seed,
+    expect_float,
     expect_token_list,
     generator,
     heads_phrase,
@@ -63,11 +67,11 @@ def check_full_ov_circuit(full_ov_circuit: Callable) -> None:
 
 @checker
 def check_path_expansion(path_expansion_logits: Callable) -> None:
-    """Exercise 2.2: `path_expansion_logits(model, tokens, pattern) -> [batch, pos, d_vocab]`,
+    """Exercise 2.3: `path_expansion_logits(model, tokens, pattern) -> [batch, pos, d_vocab]`,
     the logits rebuilt from the direct path and each head's full OV circuit, with the heads'
     attention patterns `[batch, head, query_pos, key_pos]` given. The model's forward pass is
     not available to the answer."""
-    ex = "Exercise 2.2 (path_expansion_logits)"
+    ex = "Exercise 2.3 (path_expansion_logits)"
     seed = draw_seed()
     cases = []
     for i, model in enumerate(random_models(seed)):
@@ -130,8 +134,8 @@ def _with_spectra(seed: int) -> AttnOnlyTransformer:
 
 @checker
 def check_copying_score(copying_score: Callable) -> None:
-    """Exercise 2.3: `copying_score(model, head) -> float`, Σλ/Σ|λ| of the full OV circuit."""
-    ex = "Exercise 2.3 (copying_score)"
+    """Exercise 2.4: `copying_score(model, head) -> float`, Σλ/Σ|λ| of the full OV circuit."""
+    ex = "Exercise 2.4 (copying_score)"
     model = _with_spectra(draw_seed())
     same_sums = (
         "a score of exactly ±1 for a head that is not a pure copier means numerator and "
@@ -177,9 +181,9 @@ def check_copying_score(copying_score: Callable) -> None:
 
 @checker
 def check_full_qk_circuit(full_qk_circuit: Callable) -> None:
-    """Exercise 2.4: `full_qk_circuit(model, head) -> [d_vocab (query), d_vocab (key)]`, scaled by
+    """Exercise 2.5: `full_qk_circuit(model, head) -> [d_vocab (query), d_vocab (key)]`, scaled by
     1/sqrt(d_head), each query's row centred."""
-    ex = "Exercise 2.4 (full_qk_circuit)"
+    ex = "Exercise 2.5 (full_qk_circuit)"
     cases = []
     for model in random_models(draw_seed()):
         d_head, d_model = model.cfg.d_head, model.cfg.d_model
@@ -216,8 +220,8 @@ def _top(scores: Tensor, k: int, largest: bool = True) -> frozenset[int]:
 
 @checker
 def check_skip_trigrams(skip_trigrams: Callable) -> None:
-    """Exercise 2.5: `skip_trigrams(model, head, source, k) -> (destinations, outputs)`."""
-    ex = "Exercise 2.5 (skip_trigrams)"
+    """Exercise 2.7: `skip_trigrams(model, head, source, k) -> (destinations, outputs)`."""
+    ex = "Exercise 2.7 (skip_trigrams)"
     seed = draw_seed()
     (model,) = random_models(seed, 1, n_heads=2)
     V = model.cfg.d_vocab
@@ -278,11 +282,11 @@ def check_skip_trigrams(skip_trigrams: Callable) -> None:
 def check_crossed_effect(
     crossed_effect: Callable, model: AttnOnlyTransformer, language: SkipTrigramLanguage
 ) -> None:
-    """Exercise 2.6: `crossed_effect(model, contexts, where, source, dest, output) -> float`, the
+    """Exercise 2.9: `crossed_effect(model, contexts, where, source, dest, output) -> float`, the
     mean change of log P(output) after dest when source is written into each context. Checked on
     the notebook's own model and on a random model of the same vocabulary, with contexts and
     words drawn at check time."""
-    ex = "Exercise 2.6 (crossed_effect)"
+    ex = "Exercise 2.9 (crossed_effect)"
     if not isinstance(model, AttnOnlyTransformer) or not isinstance(language, SkipTrigramLanguage):
         raise TypeError("call check_crossed_effect(crossed_effect, model, language)")
     seed = draw_seed()
@@ -338,3 +342,225 @@ def _crossed_case(model, language, contexts, where, source, dest, output) -> Cas
     return Case(
         (model, contexts, where, source, dest, output), ref.mean_change, mistakes, where_text
     )
+
+
+@checker
+def check_diagonal_top1(diagonal_top1: Callable) -> None:
+    """Exercise 2.2: `diagonal_top1(M, ignore) -> float`, the fraction of rows (those not in
+    `ignore`) whose largest entry (over the columns not in `ignore`) is on the diagonal."""
+    ex = "Exercise 2.2 (diagonal_top1)"
+    seed = draw_seed()
+    cases = []
+    for i, (n, ignore) in enumerate(((9, [0]), (12, [0, 5]), (7, []))):
+        M = torch.randn(n, n, generator=generator(seed + i)) + 1.5 * torch.eye(n)
+        M[ignore, :] += 5.0  # ignored rows and columns would change the answer
+        M[:, ignore] += 3.0
+        keep = [j for j in range(n) if j not in ignore]
+        sub = M[keep][:, keep]
+        expected = circuits.diagonal_top1_accuracy(M, ignore=ignore)
+        mistakes = [
+            ("the argmax ran over each column (dim=0): a row's largest entry is over dim=-1.",
+             float((sub.argmax(0) == torch.arange(len(keep))).float().mean())),
+            ("the rows and columns in `ignore` were kept.",
+             float((M.argmax(-1) == torch.arange(n)).float().mean())),
+            ("only the ignored rows were dropped: drop the ignored columns too (a token that is "
+             "never predicted must not win a row).",
+             float((M[keep].argmax(-1) == torch.tensor(keep)).float().mean())),
+            ("that counts rows whose diagonal entry is positive; the diagonal must be the row's "
+             "largest entry.", float((sub.diagonal() > 0).float().mean())),
+        ]  # fmt: skip
+        cases.append(Case((M, ignore), expected, mistakes, f"a {n}×{n} matrix, ignore={ignore}"))
+    check_cases(
+        ex, diagonal_top1, "diagonal_top1", cases, withhold=[circuits.diagonal_top1_accuracy]
+    )
+    passed(ex, "right for three random matrices, with and without ignored tokens.")
+
+
+@checker
+def check_positional_pattern(positional_pattern: Callable) -> None:
+    """Exercise 2.6: `positional_pattern(model, head) -> [n_ctx (query), n_ctx (key)]`, a layer-0
+    head's attention pattern from positions alone: softmax over keys of the causally masked
+    `W_pos W_Q (W_pos W_K)ᵀ / sqrt(d_head)`."""
+    ex = "Exercise 2.6 (positional_pattern)"
+    cases = []
+    for model in random_models(draw_seed()):
+        n, d_head = model.cfg.n_ctx, model.cfg.d_head
+        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        for head in range(model.cfg.n_heads):
+            with torch.no_grad():
+                Q, K = model.W_pos @ model.W_Q[0, head], model.W_pos @ model.W_K[0, head]
+                scores = Q @ K.T / d_head**0.5
+                masked = scores.masked_fill(~causal, float("-inf"))
+                mistakes = {
+                    "no causal mask: a query position may only attend to key positions up to its "
+                    "own.": scores.softmax(-1),
+                    "the 1/sqrt(d_head) scale is missing.": (masked * d_head**0.5).softmax(-1),
+                    "the softmax ran over query positions (dim=0).": masked.softmax(0),
+                    "these are token embeddings (W_E): the positional pattern comes from W_pos.": (
+                        (model.W_E @ model.W_Q[0, head] @ (model.W_E @ model.W_K[0, head]).T)[
+                            :n, :n
+                        ]
+                        / d_head**0.5
+                    )
+                    .masked_fill(~causal, float("-inf"))
+                    .softmax(-1)
+                    if model.cfg.d_vocab >= n
+                    else torch.zeros(n, n),
+                    "these are the masked scores before the softmax.": masked,
+                }
+            expected = circuits.positional_pattern(model, 0, head)
+            cases.append(Case((model, head), expected, mistakes, f"head {head}"))
+    check_cases(
+        ex, positional_pattern, "positional_pattern", cases, block_forward=True,
+        withhold=[circuits.positional_pattern, circuits.positional_qk_circuit],
+    )  # fmt: skip
+    passed(ex, f"the position-only attention pattern for {heads_phrase(2)}.")
+
+
+@checker
+def check_top_skip_trigrams(top_skip_trigrams: Callable) -> None:
+    """Exercise 2.8: `top_skip_trigrams(model, head, n) -> list of (source, destination, output)`,
+    the n strongest by QK[d, s] · OV'[s, o] (row-centred QK, OV with each row centred, both
+    positive), strongest first, BOS (token 0) taking no part."""
+    ex = "Exercise 2.8 (top_skip_trigrams)"
+    seed = draw_seed()
+    cases = []
+    for model in random_models(seed, n_heads=2):
+        for head in range(model.cfg.n_heads):
+            qk = circuits.full_qk_circuit(model, 0, head)
+            ov = circuits.full_ov_circuit(model, 0, head)
+            for n in (3, 6):
+                expected = circuits.top_skip_trigrams(model, 0, head, n, ignore=[0])
+                mistakes = {
+                    "the QK circuit was read as [source, destination]: its rows are destinations "
+                    "(queries), its columns sources (keys), so the strength uses QK[d, s].": _ranked(
+                        qk.T.T, ov, n, centre=True, clamp=True
+                    ),
+                    "the OV rows were not centred: softmax ignores a constant added to all "
+                    "logits, so subtract each row's mean first.": _ranked(
+                        qk.T, ov, n, centre=False, clamp=True
+                    ),
+                    "negative × negative was counted as strong: keep only pairs where both QK and "
+                    "OV' are positive.": _ranked(qk.T, ov, n, centre=True, clamp=False),
+                    "BOS (token 0) took part: it is never a real source, destination or output.": (
+                        _ranked(qk.T, ov, n, centre=True, clamp=True, drop_bos=False)
+                    ),
+                }
+                cases.append((model, head, n, expected, mistakes))
+    for model, head, n, expected, mistakes in cases:
+        out = call_learner(
+            ex, top_skip_trigrams, model, head, n,
+            withhold=[circuits.top_skip_trigrams], block_forward=True,
+        )  # fmt: skip
+        got = _as_triples(ex, out, n, model.cfg.d_vocab)
+        if got == expected:
+            continue
+        where = f"head {head}, n = {n}"
+        hits = [d for d, wrong in mistakes.items() if got == wrong and wrong != expected]
+        if len(hits) == 1:
+            raise CheckFailed(ex, f"{where}: your answer matches a common mistake: {hits[0]}")
+        if sorted(got) == sorted(expected):
+            raise CheckFailed(
+                ex, f"{where}: the right skip-trigrams in the wrong order: strongest first."
+            )
+        raise CheckFailed(ex, f"{where}: got {got}, expected {expected}.")
+    passed(ex, "the strongest skip-trigrams, in order, for every head of two random models.")
+
+
+def _ranked(qk_sd: Tensor, ov: Tensor, n: int, centre: bool, clamp: bool, drop_bos: bool = True):
+    """A (possibly mistaken) ranking of skip-trigrams from a `[source, destination]` QK."""
+    V = ov.shape[0]
+    if centre:
+        ov = ov - ov.mean(-1, keepdim=True)
+    a, b = (qk_sd.clamp_min(0), ov.clamp_min(0)) if clamp else (qk_sd, ov)
+    strength = a[:, :, None] * b[:, None, :]
+    if drop_bos:
+        strength[0] = strength[:, 0] = strength[:, :, 0] = 0.0
+    if not clamp:
+        strength = strength.clamp_min(0)
+    values, flat = strength.flatten().topk(n)
+    return [
+        (i // (V * V), i // V % V, i % V)
+        for i, v in zip(flat.tolist(), values.tolist(), strict=True)
+        if v > 0
+    ]
+
+
+def _as_triples(ex: str, out: object, n: int, d_vocab: int) -> list[tuple[int, int, int]]:
+    """The learner's list of (source, destination, output) triples, as ints, or a CheckFailed."""
+    if not isinstance(out, (list, tuple)):
+        raise CheckFailed(
+            ex, f"return a list of (source, destination, output) triples, got {type(out).__name__}."
+        )
+    triples = []
+    for item in out:
+        ids = item.tolist() if isinstance(item, Tensor) else item
+        if not isinstance(ids, (list, tuple)) or len(ids) != 3:
+            raise CheckFailed(
+                ex,
+                f"each skip-trigram must be a (source, destination, output) triple, got {item!r}.",
+            )
+        try:
+            triple = tuple(operator.index(t) for t in ids)
+        except TypeError:
+            raise CheckFailed(ex, f"a skip-trigram must hold token ids, got {item!r}.") from None
+        if not all(0 <= t < d_vocab for t in triple):
+            raise CheckFailed(ex, f"token ids must be in 0..{d_vocab - 1}, got {item!r}.")
+        triples.append(triple)
+    if len(triples) != n:
+        raise CheckFailed(ex, f"return n = {n} skip-trigrams, got {len(triples)}.")
+    return triples
+
+
+@checker
+def check_describe_head(describe_head: Callable) -> None:
+    """Exercise 2.10: `describe_head(model, head, threshold) -> (previous_token, copying, rules)`
+    for a layer-0 head, on mystery models drawn at check time whose heads were set by hand (a
+    previous-token head, a copying head, an anti-copying head, a head carrying skip-trigram
+    rules, in a random order)."""
+    ex = "Exercise 2.10 (describe_head)"
+    seed = draw_seed()
+    cases = []
+    for i in range(2):
+        mystery = handmade.mystery_heads(seed + i)
+        for head in range(mystery.model.cfg.n_heads):
+            for threshold in (3.0, 6.0):
+                truth = circuits.describe_head(mystery.model, 0, head, threshold)
+                cases.append((mystery, head, threshold, truth))
+    for mystery, head, threshold, truth in cases:
+        out = call_learner(
+            ex, describe_head, mystery.model, head, threshold,
+            withhold=[circuits.describe_head], block_forward=True,
+        )  # fmt: skip
+        where = f"a mystery model's head {head} ({mystery.kinds[head]}), threshold {threshold}"
+        if not isinstance(out, (tuple, list)) or len(out) != 3:
+            raise CheckFailed(ex, "describe_head must return (previous_token, copying, rules).")
+        previous, copying = (
+            expect_float(ex, name, v)
+            for name, v in zip(("previous_token", "copying"), out[:2], strict=True)
+        )
+        rules = out[2]
+        if not isinstance(rules, (set, frozenset, list, tuple)):
+            raise CheckFailed(
+                ex,
+                f"rules must be a set of (source, destination, output), got {type(rules).__name__}.",
+            )
+        rules = {tuple(int(t) for t in rule) for rule in rules}
+        if not math.isclose(previous, truth.previous_token, abs_tol=1e-3):
+            raise CheckFailed(
+                ex, f"{where}: previous_token {previous:.3f}, expected {truth.previous_token:.3f}. "
+                "Average the diagonal just below the main one (offset -1) of the position-only "
+                "pattern (Exercise 2.6), over its query positions 1.."
+            )  # fmt: skip
+        if not math.isclose(copying, truth.copying, abs_tol=1e-3):
+            raise CheckFailed(
+                ex,
+                f"{where}: copying {copying:.3f}, expected {truth.copying:.3f} (Exercise 2.4's score).",
+            )
+        if rules != set(truth.rules):
+            missing, extra = sorted(set(truth.rules) - rules), sorted(rules - set(truth.rules))
+            raise CheckFailed(
+                ex, f"{where}: rules missing {missing}, rules that should not be there {extra}."
+            )
+    passed(ex, "the previous-token attention, copying score and rules of every head of two mystery "
+           "models, at two thresholds.")  # fmt: skip

@@ -11,6 +11,7 @@ from helpers.data._common import (
     BOS,
     Language,
     bigram_state_labels,
+    entropy_rate,
     next_token_counts,
     stationary_distribution,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "PROBE_LENGTH",
     "PROBE_REPEATS",
     "next_token_counts",
+    "entropy_rate",
     "stationary_distribution",
     "bigram_state_labels",
     "SKIP_TRIGRAM_RULES",

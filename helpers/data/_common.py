@@ -125,6 +125,7 @@ def bigram_state_labels(n: int) -> list[str]:
     return [f"t{i}" for i in range(1, n + 1)]
 
 
+@reference
 def stationary_distribution(P: Tensor) -> Tensor:
     """π with π P = π and Σπ = 1, for a row-stochastic matrix P with all entries > 0."""
     if not torch.isfinite(P).all():  # eig crashes the process on NaN and hangs on inf
@@ -133,6 +134,16 @@ def stationary_distribution(P: Tensor) -> Tensor:
     i = int(torch.argmin((evals - 1).abs()))
     pi = evecs[:, i].real
     return pi / pi.sum()
+
+
+@reference
+def entropy_rate(P: Tensor) -> float:
+    """The entropy rate of a Markov chain with row-stochastic transition matrix P (all entries
+    > 0): H = -Σ_i π_i Σ_j P_ij log P_ij in nats per step, with π its stationary distribution.
+    The lowest average loss any model can reach on predicting the chain's next state."""
+    P = P.double()
+    pi = stationary_distribution(P)
+    return float(-(pi[:, None] * P * P.log()).sum())
 
 
 @reference

@@ -10,6 +10,7 @@ from helpers.data._common import (
     Language,
     _check_positive_int,
     bigram_state_labels,
+    entropy_rate,
     stationary_distribution,
 )
 
@@ -67,9 +68,8 @@ class BigramLanguage(Language):
         return out
 
     def entropy_rate(self) -> float:
-        """H = -Σ_i π_i Σ_j P_ij log P_ij, in nats per token."""
-        P = self.transition_matrix
-        return float(-(self.stationary[:, None] * P * P.log()).sum())
+        """H = -Σ_i π_i Σ_j P_ij log P_ij, in nats per token (`entropy_rate`)."""
+        return entropy_rate(self.transition_matrix)
 
     def _sample(self, batch_size: int, n_ctx: int, gen: torch.Generator) -> Tensor:
         """BOS, then n_ctx - 1 steps of the chain; vectorised over the batch (one draw per

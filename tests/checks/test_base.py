@@ -7,6 +7,7 @@ import torch
 
 from helpers import checks, circuits, recipes
 from helpers.checks import _base
+from helpers.circuits import two_layer
 from tests.checks import test_bigrams, test_composition, test_induction, test_one_layer
 from tests.checks import test_residual_stream as ch00
 from tests.checks.conftest import assert_rejects
@@ -63,7 +64,7 @@ REFERENCE_ANSWERS = [
         lambda m, h: (lambda s: s - s.mean(-1, keepdim=True))(test_one_layer._qk(m, h)),
     ),
     (checks.check_skip_trigrams, test_one_layer._trigrams()),
-    (checks.check_k_composition_scores, test_composition._kcomp),
+    (checks.check_composition_scores, test_composition.comp_reference),
     (checks.check_virtual_head_ov, test_composition._virtual),
     (checks.check_previous_token_score, lambda p: p.diagonal(-1, -2, -1).mean()),
     (checks.check_induction_score, test_induction._induction()),
@@ -111,8 +112,8 @@ def test_without_a_fixed_seed_each_check_draws_new_inputs():
         (checks.check_copying_score, lambda m, h: (m.blocks[0].attn.W_O.data.zero_(), 0.0)[1]),
         (checks.check_induction_score, lambda p, length: (p.zero_(), 0.0)[1]),
         (
-            checks.check_k_composition_scores,
-            lambda m: (
+            checks.check_composition_scores,
+            lambda m, kind: (
                 m.blocks[0].attn.W_O.data.zero_(),
                 torch.zeros(m.cfg.n_heads, m.cfg.n_heads),
             )[1],
@@ -161,8 +162,8 @@ def _ov_through_wrapped(model, head):
         (checks.check_path_expansion, _expansion_through_the_block, "forward pass"),
         (checks.check_full_ov_circuit, _ov_through_wrapped, "__wrapped__"),
         (
-            checks.check_k_composition_scores,
-            lambda m: circuits._composition_from_weights(
+            checks.check_composition_scores,
+            lambda m, kind: two_layer._composition_from_weights(
                 m.blocks[1].attn.W_Q,
                 m.blocks[1].attn.W_K,
                 m.blocks[1].attn.W_V,

@@ -1,10 +1,12 @@
 """Checkers of chapter 01."""
 
+import math
+
 import pytest
 import torch
 
-from helpers import checks, circuits
-from helpers.data import next_token_counts
+from helpers import checks, circuits, handmade
+from helpers.data import BigramLanguage, next_token_counts
 from tests.checks.conftest import assert_accepts, assert_rejects
 
 
@@ -30,7 +32,7 @@ def test_count_bigrams_accepts_reference():
         (lambda t, V: counts_reference(t, V)[1:, 1:], "returned shape"),
         (lambda t, V: counts_reference(t[:, :3], V), "matches none"),
         (lambda t, V: torch.ones(6, 6, dtype=torch.long), "Exercise 1.1"),  # a constant
-        (next_token_counts, "calls the course's reference `data._common.next_token_counts`"),
+        (next_token_counts, "calls the course's reference `data.next_token_counts`"),
         (lambda t, V: (t.zero_(), counts_reference(t, V))[1], "matches none"),
     ],
 )
@@ -89,3 +91,159 @@ def test_zero_layer_circuit_accepts_reference():
 )
 def test_zero_layer_circuit_rejects(wrong, diagnosis):
     assert_rejects(checks.check_zero_layer_circuit, wrong, diagnosis=diagnosis)
+
+
+# ---- 1.4 entropy rate ----------------------------------------------------------------------------
+def _stationary(P):
+    evals, evecs = torch.linalg.eig(P.T)
+    pi = evecs[:, (evals - 1).abs().argmin()].real
+    return pi / pi.sum()
+
+
+def entropy_reference(P):
+    pi = _stationary(P)
+    return float(-(pi[:, None] * P * P.log()).sum())
+
+
+def test_entropy_rate_accepts_reference_and_power_iteration():
+    assert_accepts(checks.check_entropy_rate, entropy_reference)
+
+    def by_power_iteration(P):
+        pi = torch.full((P.shape[0],), 1 / P.shape[0], dtype=P.dtype)
+        for _ in range(2000):
+            pi = pi @ P
+        return float(-(pi[:, None] * P * P.log()).sum())
+
+    assert_accepts(checks.check_entropy_rate, by_power_iteration)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda P: float(-(P * P.log()).sum(-1).mean()), "averaged uniformly"),
+        (lambda P: entropy_reference(P) / math.log(2), "in bits"),
+        (lambda P: -entropy_reference(P), "sign is flipped"),
+        (
+            lambda P: float(-(_stationary(P) * _stationary(P).log()).sum()),
+            "entropy of the stationary distribution alone",
+        ),
+        (lambda P: BigramLanguage(P.shape[0]).entropy_rate(), "Exercise 1.4"),  # another chain
+    ],
+)
+def test_entropy_rate_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_entropy_rate, wrong, diagnosis=diagnosis)
+
+
+# ---- 1.5 expected loss ----------------------------------------------------------------------------
+def loss_reference(logits, P, pi):
+    return float(-(pi[:, None] * P * logits.log_softmax(-1)).sum())
+
+
+def test_expected_loss_accepts_reference():
+    assert_accepts(checks.check_expected_loss, loss_reference)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda L, P, pi: float(-(pi[:, None] * P * L).sum()), "used as log-probabilities"),
+        (lambda L, P, pi: float(-(pi[:, None] * P * L.log_softmax(0)).sum()), "dim=0"),
+        (lambda L, P, pi: float(-(P * L.log_softmax(-1)).sum(-1).mean()), "averaged uniformly"),
+        (lambda L, P, pi: -loss_reference(L, P, pi), "sign is flipped"),
+        (lambda L, P, pi: circuits.expected_loss(L, P, pi), "reference"),
+    ],
+)
+def test_expected_loss_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_expected_loss, wrong, diagnosis=diagnosis)
+
+
+# ---- 1.6 best rank-k ----------------------------------------------------------------------------
+def rank_k_reference(M, k):
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    return (U[:, :k] * S[:k]) @ Vh[:k]
+
+
+def test_best_rank_k_accepts_reference():
+    assert_accepts(checks.check_best_rank_k, rank_k_reference)
+
+
+def _rank_k(kind):
+    def fn(M, k):
+        U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+        if kind == "smallest":
+            return (U[:, -k:] * S[-k:]) @ Vh[-k:]
+        if kind == "twice":
+            return (U[:, :k] * S[:k] ** 2) @ Vh[:k]
+        if kind == "k+1":
+            return (U[:, : k + 1] * S[: k + 1]) @ Vh[: k + 1]
+        return U[:, :k] @ Vh[:k]
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    "kind, diagnosis",
+    [
+        ("smallest", "*smallest*"),
+        ("twice", "applied twice"),
+        ("k+1", "k + 1"),
+        ("no S", "singular values are missing"),
+    ],
+)
+def test_best_rank_k_rejects(kind, diagnosis):
+    assert_rejects(checks.check_best_rank_k, _rank_k(kind), diagnosis=diagnosis)
+
+
+def test_best_rank_k_refuses_fixed_k_and_the_reference():
+    assert_rejects(checks.check_best_rank_k, lambda M, k: rank_k_reference(M, 2), diagnosis="k = 3")
+    assert_rejects(checks.check_best_rank_k, circuits.best_rank_k, diagnosis="reference")
+
+
+# ---- 1.7 a zero-layer model set by hand ---------------------------------------------------------------
+def set_weights_reference(model, table, *, kind="split"):
+    k = model.cfg.d_model
+    U, S, Vh = torch.linalg.svd(table)
+    if kind == "smallest":
+        U, S, Vh = U[:, -k:], S[-k:], Vh[-k:]
+    else:
+        U, S, Vh = U[:, :k], S[:k], Vh[:k]
+    W_E, W_U = (U * S, S[:, None] * Vh) if kind == "twice" else (U * S, Vh)
+    if kind == "transposed":
+        W_E, W_U = Vh.T * S, U.T
+    model.embed.W_E.copy_(W_E)
+    model.unembed.W_U.copy_(W_U)
+
+
+def test_set_zero_layer_weights_accepts_any_right_split():
+    assert_accepts(checks.check_set_zero_layer_weights, set_weights_reference)
+    assert_accepts(checks.check_set_zero_layer_weights, handmade_split)
+
+
+def handmade_split(model, table):
+    k = model.cfg.d_model
+    U, S, Vh = torch.linalg.svd(table)
+    model.embed.W_E.copy_(U[:, :k] * S[:k].sqrt())
+    model.unembed.W_U.copy_(S[:k].sqrt()[:, None] * Vh[:k])
+
+
+@pytest.mark.parametrize(
+    "kind, diagnosis",
+    [("smallest", "k smallest"), ("twice", "went in twice"), ("transposed", "transpose")],
+)
+def test_set_zero_layer_weights_rejects(kind, diagnosis):
+    assert_rejects(
+        checks.check_set_zero_layer_weights,
+        lambda m, t: set_weights_reference(m, t, kind=kind),
+        diagnosis=diagnosis,
+    )
+
+
+def test_set_zero_layer_weights_refuses_other_edits_and_the_reference():
+    def also_positions(model, table):
+        handmade_split(model, table)
+        model.pos_embed.W_pos.zero_()
+
+    assert_rejects(checks.check_set_zero_layer_weights, also_positions, diagnosis="W_pos changed")
+    assert_rejects(
+        checks.check_set_zero_layer_weights, handmade.set_zero_layer_weights, diagnosis="reference"
+    )

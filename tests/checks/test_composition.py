@@ -1,51 +1,64 @@
 """Checkers of chapter 03."""
 
 import pytest
+import torch
 
-from helpers import checks, circuits
+from helpers import checks, circuits, evals
+from helpers.models import next_token_loss
 from tests.checks.conftest import assert_accepts, assert_rejects
 
 
-def _kcomp(m, qk_transposed=True, normalise=True, swap=False):
+def comp_reference(m, kind, *, normalise=True, swap=False, as_kind=None):
     a0, a1 = m.blocks[0].attn, m.blocks[1].attn
-    OV = a0.W_V @ a0.W_O
-    QK = a1.W_Q @ a1.W_K.transpose(-1, -2)
-    other = QK.transpose(-1, -2) if qk_transposed else QK
-    prod = (OV[:, None] @ other[None]).flatten(-2).norm(dim=-1)
+    OV0 = a0.W_V @ a0.W_O
+    kind = as_kind or kind
+    other = {"Q": a1.W_Q @ a1.W_K.transpose(-1, -2), "K": a1.W_K @ a1.W_Q.transpose(-1, -2),
+             "V": a1.W_V @ a1.W_O}[kind]  # fmt: skip
+    prod = (OV0[:, None] @ other[None]).flatten(-2).norm(dim=-1)
     if normalise:
-        prod = prod / (OV.flatten(-2).norm(dim=-1)[:, None] * QK.flatten(-2).norm(dim=-1)[None])
+        prod = prod / (OV0.flatten(-2).norm(dim=-1)[:, None] * other.flatten(-2).norm(dim=-1)[None])
     return prod.T if swap else prod
 
 
-def test_k_composition_accepts_reference():
-    assert_accepts(checks.check_k_composition_scores, _kcomp)
+def test_composition_scores_accepts_reference():
+    assert_accepts(checks.check_composition_scores, comp_reference)
 
 
 @pytest.mark.parametrize(
-    "wrong, diagnosis",
+    "kwargs, diagnosis",
     [
-        (lambda m: _kcomp(m, qk_transposed=False), "these are Q-composition scores"),
-        (lambda m: _kcomp(m, swap=True), "axes are swapped"),
-        (lambda m: _kcomp(m, normalise=False), "not normalised"),
-        (lambda m: _kcomp(m) * 0 + 0.125, "matches none"),  # the random baseline as a constant
-        (lambda m: _kcomp(m)[0], "returned shape"),
-        (lambda m: circuits.composition_scores(m, "K"), "calls the course's reference"),
+        ({"swap": True}, "axes are swapped"),
+        ({"normalise": False}, "not normalised"),
+        ({"as_kind": "V"}, "these are V-composition scores"),  # every kind computed as V
     ],
 )
-def test_k_composition_rejects(wrong, diagnosis):
-    assert_rejects(checks.check_k_composition_scores, wrong, diagnosis=diagnosis)
+def test_composition_scores_rejects(kwargs, diagnosis):
+    assert_rejects(
+        checks.check_composition_scores,
+        lambda m, k: comp_reference(m, k, **kwargs),
+        diagnosis=diagnosis,
+    )
 
 
-def test_k_composition_rejects_v_composition():
-    a0 = lambda m: m.blocks[0].attn  # noqa: E731
-    a1 = lambda m: m.blocks[1].attn  # noqa: E731
-
-    def v_comp(m):
-        OV0, OV1 = a0(m).W_V @ a0(m).W_O, a1(m).W_V @ a1(m).W_O
-        prod = (OV0[:, None] @ OV1[None]).flatten(-2).norm(dim=-1)
-        return prod / (OV0.flatten(-2).norm(dim=-1)[:, None] * OV1.flatten(-2).norm(dim=-1)[None])
-
-    assert_rejects(checks.check_k_composition_scores, v_comp, diagnosis="V-composition")
+def test_composition_scores_rejects_a_constant_a_fixed_kind_and_the_reference():
+    assert_rejects(
+        checks.check_composition_scores,
+        lambda m, k: comp_reference(m, k) * 0 + 0.125,
+        diagnosis="matches none",
+    )
+    assert_rejects(
+        checks.check_composition_scores,
+        lambda m, k: comp_reference(m, "K"),
+        diagnosis="K-composition scores",
+    )
+    assert_rejects(
+        checks.check_composition_scores, circuits.composition_scores, diagnosis="reference"
+    )
+    assert_rejects(
+        checks.check_composition_scores,
+        lambda m, k: comp_reference(m, k)[0],
+        diagnosis="returned shape",
+    )
 
 
 def _virtual(m, h0, h1):
@@ -77,3 +90,211 @@ def test_virtual_head_accepts_reference():
 )
 def test_virtual_head_rejects(wrong, diagnosis):
     assert_rejects(checks.check_virtual_head_ov, wrong, diagnosis=diagnosis)
+
+
+# ---- 3.2 the random baseline -------------------------------------------------------------------------
+def baseline_reference(
+    d_model, d_head, n_samples, seed, *, normalise=True, full_rank=False, fixed_seed=None
+):
+    g = torch.Generator().manual_seed(seed if fixed_seed is None else fixed_seed)
+
+    def draw(*shape):
+        return torch.randn(n_samples, *shape, generator=g)
+
+    if full_rank:  # d_model x d_model matrices, not products through d_head
+        OV0, QK1 = draw(d_model, d_model), draw(d_model, d_model)
+    else:
+        OV0, QK1 = (
+            draw(d_model, d_head) @ draw(d_head, d_model),
+            draw(d_model, d_head) @ draw(d_head, d_model),
+        )
+    scores = (OV0 @ QK1).flatten(-2).norm(dim=-1)
+    if normalise:
+        scores = scores / (OV0.flatten(-2).norm(dim=-1) * QK1.flatten(-2).norm(dim=-1))
+    return float(scores.mean()), float(scores.std())
+
+
+def test_composition_baseline_accepts_reference():
+    assert_accepts(checks.check_composition_baseline, baseline_reference)
+
+
+@pytest.mark.parametrize(
+    "kwargs, diagnosis",
+    [
+        ({"normalise": False}, "far from the random baseline"),
+        ({"full_rank": True}, "random heads of these shapes give"),
+        ({"fixed_seed": 0}, "another seed gave the same answer"),
+    ],
+)
+def test_composition_baseline_rejects(kwargs, diagnosis):
+    assert_rejects(
+        checks.check_composition_baseline,
+        lambda *a: baseline_reference(*a, **kwargs),
+        diagnosis=diagnosis,
+    )
+
+
+def test_composition_baseline_rejects_unseeded_draws_and_constants():
+    assert_rejects(
+        checks.check_composition_baseline,
+        lambda D, d, n, s: (D**-0.5, 0.01),
+        diagnosis="Exercise 3.2",
+    )
+    unseeded = lambda D, d, n, s: baseline_reference(D, d, n, int(torch.randint(10**6, ())))  # noqa: E731
+    assert_rejects(
+        checks.check_composition_baseline,
+        unseeded,
+        diagnosis="the same seed gave a different answer",
+    )
+
+
+# ---- 3.4 frozen patterns ------------------------------------------------------------------------------
+def frozen_reference(m, t, patterns, *, hook="hook_pattern", only=None):
+    layers = patterns if only is None else {k: v for k, v in patterns.items() if k in only}
+    return m.run_with_hooks(
+        t, [(f"blocks.{k}.attn.{hook}", lambda x, h, p=p: p) for k, p in layers.items()]
+    )
+
+
+def test_run_with_frozen_patterns_accepts_reference():
+    assert_accepts(checks.check_run_with_frozen_patterns, frozen_reference)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m, t, p: m(t), "patterns were not used"),
+        (
+            lambda m, t, p: frozen_reference(m, t, p, hook="hook_attn_scores"),
+            "went into hook_attn_scores",
+        ),
+        (lambda m, t, p: frozen_reference(m, t, p, only=[0]), "Exercise 3.4"),
+        (lambda m, t, p: evals.run_with_frozen_patterns(m, t, p), "reference"),
+    ],
+)
+def test_run_with_frozen_patterns_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_run_with_frozen_patterns, wrong, diagnosis=diagnosis)
+
+
+# ---- 3.5 term importance ---------------------------------------------------------------------------------
+def terms_reference(m, t, *, order1_reads_layer0=False, unfrozen=False, reversed_=False):
+    _, cache = m.run_with_cache(t)
+    x0, pos = m.W_E[t], m.W_pos[: t.shape[1]]
+
+    def heads(layer, x, frozen=True):
+        a = m.blocks[layer].attn
+        if frozen:
+            p = cache[f"blocks.{layer}.attn.hook_pattern"]
+            return torch.einsum("bhqk,bkm,hmd,hdn->bqn", p, x, a.W_V, a.W_O)
+        return a(x + pos, x)
+
+    def loss(r):
+        return float(next_token_loss(r @ m.W_U, t).detach())
+
+    l0 = heads(0, x0)
+    order1 = (
+        x0 + l0 + (heads(1, x0 + l0) if order1_reads_layer0 else heads(1, x0, frozen=not unfrozen))
+    )
+    out = loss(x0), loss(order1), loss(x0 + l0 + heads(1, x0 + l0))
+    return out[::-1] if reversed_ else out
+
+
+def test_term_importance_accepts_reference():
+    assert_accepts(checks.check_term_importance, terms_reference)
+
+
+@pytest.mark.parametrize(
+    "kwargs, diagnosis",
+    [
+        ({"order1_reads_layer0": True}, "order 1 lets layer 1 read layer 0's output"),
+        ({"unfrozen": True}, "recomputed from the embeddings"),
+        ({"reversed_": True}, "wrong order"),
+    ],
+)
+def test_term_importance_rejects(kwargs, diagnosis):
+    assert_rejects(
+        checks.check_term_importance,
+        lambda m, t: terms_reference(m, t, **kwargs),
+        diagnosis=diagnosis,
+    )
+
+
+def test_term_importance_refuses_the_reference_and_a_pair():
+    def via_reference(m, t):
+        r = evals.term_importance(m, t)
+        return r.order_0, r.order_1, r.order_2
+
+    assert_rejects(checks.check_term_importance, via_reference, diagnosis="reference")
+    assert_rejects(
+        checks.check_term_importance,
+        lambda m, t: terms_reference(m, t)[:2],
+        diagnosis="three losses",
+    )
+
+
+# ---- 3.6 path ablation -------------------------------------------------------------------------------------
+def path_reference(m, t, sender, receiver):
+    _, cache = m.run_with_cache(t)
+    sent = cache["blocks.0.attn.hook_result"][:, :, sender[1]]
+    W = getattr(m.blocks[1].attn, f"W_{receiver.upper()}")
+    removed = torch.einsum("bpm,hmd->bphd", sent, W)
+    return m.run_with_hooks(t, [(f"blocks.1.attn.hook_{receiver}", lambda x, hook: x - removed)])
+
+
+def test_path_ablation_accepts_reference():
+    assert_accepts(checks.check_path_ablation, path_reference)
+
+
+def _zero_head(m, t, sender, receiver):
+    def zero(x, hook):
+        x = x.clone()
+        x[:, :, sender[1]] = 0
+        return x
+
+    return m.run_with_hooks(t, [("blocks.0.attn.hook_result", zero)])
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_zero_head, "removed from everything downstream"),
+        (lambda m, t, s, r: path_reference(m, t, s, "k"), "Exercise 3.6"),  # always the keys
+        (
+            lambda m, t, s, r: path_reference(m, t, s, {"q": "v", "k": "q", "v": "k"}[r]),
+            "input, not from",
+        ),
+        (lambda m, t, s, r: evals.run_with_path_ablation(m, t, s, r, 1), "reference"),
+    ],
+)
+def test_path_ablation_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_path_ablation, wrong, diagnosis=diagnosis)
+
+
+# ---- 3.7 the wiring of a mystery model ----------------------------------------------------------------------
+def map_reference(m, threshold, *, no_baseline=False, kinds="QKV"):
+    ratios = torch.stack([
+        circuits.composition_scores(m, k) / (1.0 if no_baseline else circuits.composition_baseline(m, k)[0])
+        for k in kinds
+    ])  # fmt: skip
+    out = {}
+    for h1 in range(m.cfg.n_heads):
+        k, h0 = divmod(int(ratios[..., h1].argmax()), m.cfg.n_heads)
+        out[h1] = (kinds[k], h0) if ratios[k, h0, h1] >= threshold else None
+    return out
+
+
+def test_composition_map_accepts_reference():
+    assert_accepts(checks.check_composition_map, map_reference)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m, t: map_reference(m, 2.0), "threshold 3.0"),  # ignores the threshold
+        (lambda m, t: map_reference(m, t, no_baseline=True), "random baseline"),
+        (lambda m, t: map_reference(m, t, kinds="K"), "you found"),  # K-composition only
+        (lambda m, t: circuits.composition_map(m, t), "reference"),
+    ],
+)
+def test_composition_map_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_composition_map, wrong, diagnosis=diagnosis)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from helpers import checks, evals, handmade
+from helpers import checks, circuits, evals, handmade
+from helpers.data import repeated_random_tokens
 from tests.checks.conftest import assert_accepts, assert_rejects
 
 
@@ -59,7 +60,7 @@ def test_induction_score_accepts_olssons_average_with_a_note(capsys):
         (_induction(shift=0), "duplicate-token score"),
         (_induction(shift=2), "one position too far"),
         (_induction(latest_only=True), "only the most recent earlier copy"),
-        (_induction(fixed_length=5), "Exercise 4.2"),  # ignores the length it is given
+        (_induction(fixed_length=5), "Exercise 4.3"),  # ignores the length it is given
         (lambda p, length: "0.5", "must return a float"),
         (
             lambda p, length: evals.earlier_occurrence_mask(p.shape[-1], length, 1).float().mean(),
@@ -150,3 +151,161 @@ def test_handmade_rejects(variant, diagnosis):
         "the reference": (lambda m, lay: None, handmade.set_reference_weights),
     }[variant]
     assert_rejects(checks.check_handmade_induction, *args, diagnosis=diagnosis)
+
+
+# ---- 4.2 duplicate-token score ----------------------------------------------------------------------
+def test_duplicate_token_score_accepts_reference():
+    assert_accepts(checks.check_duplicate_token_score, _induction(shift=0))
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_induction(shift=1), "this is the induction score"),
+        (_induction(shift=0, latest_only=True), "only the most recent earlier copy"),
+        (_induction(shift=-1), "Exercise 4.2"),
+        (lambda p, length: evals.duplicate_token_scores, "Exercise 4.2"),
+    ],
+)
+def test_duplicate_token_score_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_duplicate_token_score, wrong, diagnosis=diagnosis)
+
+
+# ---- 4.4 ablations through hooks ------------------------------------------------------------------------
+def ablate_reference(m, t, heads, kind, *, mean_dims=(0, 1), whole_layer=False, force_kind=None):
+    kind = force_kind or kind
+    _, cache = m.run_with_cache(t)
+    hooks = []
+    for layer in sorted({layer for layer, _ in heads}):
+        chosen = (
+            list(range(m.cfg.n_heads)) if whole_layer else [h for l_, h in heads if l_ == layer]
+        )
+        mean = cache[f"blocks.{layer}.attn.hook_result"].mean(dim=mean_dims, keepdim=True)
+
+        def ablate(x, hook, chosen=chosen, mean=mean):
+            x = x.clone()
+            x[:, :, chosen] = 0.0 if kind == "zero" else mean.expand_as(x)[:, :, chosen]
+            return x
+
+        hooks.append((f"blocks.{layer}.attn.hook_result", ablate))
+    return m.run_with_hooks(t, hooks)
+
+
+def test_ablate_heads_accepts_reference():
+    assert_accepts(checks.check_ablate_heads, ablate_reference)
+
+
+@pytest.mark.parametrize(
+    "kwargs, diagnosis",
+    [
+        ({"mean_dims": (0,)}, "over the batch only"),
+        ({"mean_dims": (1,)}, "over the positions only"),
+        ({"whole_layer": True}, "every head of the layer"),
+        ({"force_kind": "zero"}, "the other kind of ablation"),
+    ],
+)
+def test_ablate_heads_rejects(kwargs, diagnosis):
+    assert_rejects(
+        checks.check_ablate_heads, lambda *a: ablate_reference(*a, **kwargs), diagnosis=diagnosis
+    )
+
+
+def test_ablate_heads_refuses_the_reference():
+    assert_rejects(checks.check_ablate_heads, evals.run_with_ablation, diagnosis="reference")
+
+
+# ---- 4.5 the K-composition circuit -------------------------------------------------------------------------
+def kcomp_reference(m, p, h, *, transposed=False, no_prev=False, scale=True):
+    a0, a1 = m.blocks[0].attn, m.blocks[1].attn
+    keys = m.W_E @ a1.W_K[h] if no_prev else m.W_E @ a0.W_V[p] @ a0.W_O[p] @ a1.W_K[h]
+    M = (m.W_E @ a1.W_Q[h]) @ keys.T
+    M = M / m.cfg.d_head**0.5 if scale else M
+    return M.T if transposed else M
+
+
+def test_k_composition_circuit_accepts_reference():
+    assert_accepts(checks.check_k_composition_circuit, kcomp_reference)
+
+
+@pytest.mark.parametrize(
+    "kwargs, diagnosis",
+    [
+        ({"transposed": True}, "transposed"),
+        ({"no_prev": True}, "previous-token head is missing"),
+        ({"scale": False}, "scale is missing"),
+    ],
+)
+def test_k_composition_circuit_rejects(kwargs, diagnosis):
+    assert_rejects(
+        checks.check_k_composition_circuit,
+        lambda m, p, h: kcomp_reference(m, p, h, **kwargs),
+        diagnosis=diagnosis,
+    )
+
+
+def test_k_composition_circuit_rejects_q_composition_and_the_reference():
+    def q_comp(m, p, h):
+        a0, a1 = m.blocks[0].attn, m.blocks[1].attn
+        return (
+            (m.W_E @ a0.W_V[p] @ a0.W_O[p] @ a1.W_Q[h]) @ (m.W_E @ a1.W_K[h]).T / m.cfg.d_head**0.5
+        )
+
+    assert_rejects(checks.check_k_composition_circuit, q_comp, diagnosis="Q-composition")
+    assert_rejects(
+        checks.check_k_composition_circuit,
+        lambda m, p, h: circuits.k_composition_circuit(m, (0, p), (1, h)),
+        diagnosis="reference",
+    )
+
+
+# ---- 4.6 OV circuits combined ------------------------------------------------------------------------------------
+def ov(m, layer, h):
+    return m.W_E @ m.blocks[layer].attn.W_V[h] @ m.blocks[layer].attn.W_O[h] @ m.W_U
+
+
+def test_combined_ov_circuit_accepts_reference():
+    assert_accepts(checks.check_combined_ov_circuit, lambda m, heads: sum(ov(m, *x) for x in heads))
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m, heads: sum(ov(m, *x) for x in heads) / len(heads), "averaged"),
+        (lambda m, heads: sum(ov(m, *x) for x in heads).T, "transposed"),
+        (lambda m, heads: ov(m, *heads[0]), "only the first head"),
+        (lambda m, heads: sum(ov(m, 1, h) for _, h in heads), "Exercise 4.6"),  # layer ignored
+    ],
+)
+def test_combined_ov_circuit_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_combined_ov_circuit, wrong, diagnosis=diagnosis)
+
+
+# ---- 4.8 the circuit in a mystery model ------------------------------------------------------------------------------
+def find_reference(m, *, threshold=0.5, layer0_by="previous"):
+    V, n = m.cfg.d_vocab, m.cfg.n_ctx
+    length = min(V - 1, (n - 1) // 2)
+    t = repeated_random_tokens(
+        V - 1, length, (n - 1) // length, 20, torch.Generator().manual_seed(0)
+    )
+    prev, ind = evals.previous_token_scores(m, t), evals.induction_scores(m, t, length)
+    scores = prev if layer0_by == "previous" else ind
+    return (0, int(scores[0].argmax())), [
+        (1, h) for h in range(m.cfg.n_heads) if ind[1, h] >= threshold
+    ]
+
+
+def test_find_induction_circuit_accepts_reference():
+    assert_accepts(checks.check_find_induction_circuit, find_reference)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m: find_reference(m, layer0_by="induction"), "previous-token head"),
+        (lambda m: find_reference(m, threshold=0.0), "induction heads"),  # every layer-1 head
+        (lambda m: ((0, 0), [(1, 0)]), "Exercise 4.8"),
+        (lambda m: evals.find_induction_circuit(m, None, 3), "reference"),
+    ],
+)
+def test_find_induction_circuit_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_find_induction_circuit, wrong, diagnosis=diagnosis)

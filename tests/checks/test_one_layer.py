@@ -277,3 +277,173 @@ def test_crossed_effect_diagnoses_only_what_it_is_sure_of(skip_model):
         with checks.fixed_seed(0), pytest.raises(checks.CheckFailed) as info:
             checks.check_crossed_effect(wrong, model, language)
         assert "common mistake" not in str(info.value)
+
+
+# ---- 2.2 the diagonal ---------------------------------------------------------------------------
+def diag_reference(M, ignore):
+    keep = [i for i in range(M.shape[0]) if i not in ignore]
+    sub = M[keep][:, keep]
+    return float((sub.argmax(-1) == torch.arange(len(keep))).float().mean())
+
+
+def test_diagonal_top1_accepts_reference():
+    assert_accepts(checks.check_diagonal_top1, diag_reference)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda M, ig: diag_reference(M.T, ig), "over each column"),
+        (lambda M, ig: diag_reference(M, []), "were kept"),
+        (
+            lambda M, ig: float(
+                (
+                    M[[i for i in range(len(M)) if i not in ig]].argmax(-1)
+                    == torch.tensor([i for i in range(len(M)) if i not in ig])
+                )
+                .float()
+                .mean()
+            ),
+            "only the ignored rows",
+        ),
+        (lambda M, ig: circuits.diagonal_top1_accuracy(M, ig), "reference"),
+        (lambda M, ig: 1.0, "Exercise 2.2"),
+    ],
+)
+def test_diagonal_top1_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_diagonal_top1, wrong, diagnosis=diagnosis)
+
+
+# ---- 2.6 positional pattern -------------------------------------------------------------------------
+def pos_reference(m, h, *, mask=True, scale=True, dim=-1):
+    n = m.cfg.n_ctx
+    s = (m.W_pos @ m.W_Q[0, h]) @ (m.W_pos @ m.W_K[0, h]).T
+    s = s / m.cfg.d_head**0.5 if scale else s
+    if mask:
+        s = s.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+    return s.softmax(dim)
+
+
+def test_positional_pattern_accepts_reference():
+    assert_accepts(checks.check_positional_pattern, pos_reference)
+
+
+@pytest.mark.parametrize(
+    "kwargs, diagnosis",
+    [
+        ({"mask": False}, "no causal mask"),
+        ({"scale": False}, "scale is missing"),
+        ({"dim": 0}, "query positions (dim=0)"),
+    ],
+)
+def test_positional_pattern_rejects(kwargs, diagnosis):
+    assert_rejects(
+        checks.check_positional_pattern,
+        lambda m, h: pos_reference(m, h, **kwargs),
+        diagnosis=diagnosis,
+    )
+
+
+def test_positional_pattern_refuses_the_reference():
+    assert_rejects(
+        checks.check_positional_pattern,
+        lambda m, h: circuits.positional_qk_circuit(m, 0, h).softmax(-1),
+        diagnosis="reference",
+    )
+
+
+# ---- 2.8 ranking skip-trigrams ----------------------------------------------------------------------
+def top_reference(m, h, n, *, qk_rows=False, centre=True, clamp=True, bos=False):
+    V = m.cfg.d_vocab
+    qk = (m.W_E @ m.W_Q[0, h]) @ (m.W_E @ m.W_K[0, h]).T / m.cfg.d_head**0.5
+    qk = qk - qk.mean(-1, keepdim=True)  # [dest, source]
+    ov = m.W_E @ m.W_V[0, h] @ m.W_O[0, h] @ m.W_U
+    ov = ov - ov.mean(-1, keepdim=True) if centre else ov
+    a = qk if qk_rows else qk.T  # [source, dest]
+    strength = (
+        (a.clamp_min(0)[:, :, None] * ov.clamp_min(0)[:, None, :])
+        if clamp
+        else (a[:, :, None] * ov[:, None, :])
+    )
+    if not bos:
+        strength[0] = strength[:, 0] = strength[:, :, 0] = float("-inf") if not clamp else 0.0
+    idx = strength.flatten().topk(n).indices.tolist()
+    return [(i // (V * V), i // V % V, i % V) for i in idx]
+
+
+def test_top_skip_trigrams_accepts_reference():
+    assert_accepts(checks.check_top_skip_trigrams, top_reference)
+
+
+@pytest.mark.parametrize(
+    "kwargs, diagnosis",
+    [
+        ({"qk_rows": True}, "QK circuit was read as [source, destination]"),
+        ({"centre": False}, "OV rows were not centred"),
+        ({"clamp": False}, "negative × negative"),
+        ({"bos": True}, "BOS (token 0) took part"),
+    ],
+)
+def test_top_skip_trigrams_rejects(kwargs, diagnosis):
+    assert_rejects(
+        checks.check_top_skip_trigrams,
+        lambda m, h, n: top_reference(m, h, n, **kwargs),
+        diagnosis=diagnosis,
+    )
+
+
+def test_top_skip_trigrams_rejects_wrong_order_fixed_n_and_the_reference():
+    assert_rejects(
+        checks.check_top_skip_trigrams,
+        lambda m, h, n: top_reference(m, h, n)[::-1],
+        diagnosis="wrong order",
+    )
+    assert_rejects(
+        checks.check_top_skip_trigrams, lambda m, h, n: top_reference(m, h, 3), diagnosis="n = 6"
+    )
+    assert_rejects(
+        checks.check_top_skip_trigrams,
+        lambda m, h, n: circuits.top_skip_trigrams(m, 0, h, n, [0]),
+        diagnosis="reference",
+    )
+
+
+# ---- 2.10 reverse-engineering a head -------------------------------------------------------------------
+def describe_reference(m, h, threshold, *, centre_ov=True, skip_previous=False):
+    pattern = pos_reference(m, h)
+    e = torch.linalg.eigvals((m.W_O[0, h] @ m.W_U @ m.W_E @ m.W_V[0, h]).detach().double())
+    copying = float(e.sum().real / e.abs().sum())
+    qk = (m.W_E @ m.W_Q[0, h]) @ (m.W_E @ m.W_K[0, h]).T / m.cfg.d_head**0.5
+    qk = (qk - qk.mean(-1, keepdim=True)).detach()
+    ov = (m.W_E @ m.W_V[0, h] @ m.W_O[0, h] @ m.W_U).detach()
+    ov = ov - ov.mean(-1, keepdim=True) if centre_ov else ov
+    qk[0] = qk[:, 0] = -torch.inf
+    ov[:, 0] = -torch.inf
+    rules = set()
+    for s in range(1, m.cfg.d_vocab):
+        d, o = int(qk[:, s].argmax()), int(ov[s].argmax())
+        if qk[d, s] >= threshold and ov[s, o] >= threshold:
+            rules.add((s, d, o))
+    previous = float(pattern.diagonal(0 if skip_previous else -1).mean().detach())
+    return previous, copying, rules
+
+
+def test_describe_head_accepts_reference():
+    assert_accepts(checks.check_describe_head, describe_reference)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m, h, t: describe_reference(m, h, t, skip_previous=True), "offset -1"),
+        (
+            lambda m, h, t: (describe_reference(m, h, t)[0], 0.5, describe_reference(m, h, t)[2]),
+            "copying",
+        ),
+        (lambda m, h, t: describe_reference(m, h, 3.0), "rules"),  # ignores the threshold
+        (lambda m, h, t: (*describe_reference(m, h, t)[:2], set()), "rules missing"),
+        (lambda m, h, t: circuits.describe_head(m, 0, h, t), "reference"),
+    ],
+)
+def test_describe_head_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_describe_head, wrong, diagnosis=diagnosis)

@@ -2,10 +2,11 @@
 
 import math
 
+import einops
 import pytest
 import torch
 
-from helpers import attribution, checks
+from helpers import attribution, checks, evals
 from tests.checks.conftest import assert_accepts, assert_rejects
 
 
@@ -175,3 +176,204 @@ def test_the_reference_is_usable_again_after_a_check():
     model = make_model()
     model_tokens = random_tokens(model)
     assert attribution.direct_path_logits(model, model_tokens).shape == (3, 10, 13)
+
+
+# ---- 0.3 a whole layer ---------------------------------------------------------------------------
+def layer_reference(
+    resid, pos, W_Q, W_K, W_V, W_O, *, pos_in_values=False, causal=True, mean=False, residual=True
+):
+    qk_in = resid + pos
+    v_in = resid + pos if pos_in_values else resid
+    q, k = torch.einsum("bpm,hmd->bhpd", qk_in, W_Q), torch.einsum("bpm,hmd->bhpd", qk_in, W_K)
+    v = torch.einsum("bpm,hmd->bhpd", v_in, W_V)
+    scores = q @ k.transpose(-1, -2) / W_Q.shape[-1] ** 0.5
+    if causal:
+        scores = scores.masked_fill(~_causal(scores.shape[-1]), float("-inf"))
+    out = torch.einsum("bhqk,bhkd,hdm->bqm", scores.softmax(-1), v, W_O)
+    out = out / W_Q.shape[0] if mean else out
+    return resid + out if residual else out
+
+
+def test_attention_layer_accepts_reference():
+    assert_accepts(checks.check_attention_layer, layer_reference)
+
+
+@pytest.mark.parametrize(
+    "kwargs, diagnosis",
+    [
+        ({"residual": False}, "without the residual stream"),
+        ({"pos_in_values": True}, "positions also went into the values"),
+        ({"causal": False}, "no causal mask"),
+        ({"mean": True}, "heads were averaged"),
+    ],
+)
+def test_attention_layer_rejects(kwargs, diagnosis):
+    assert_rejects(
+        checks.check_attention_layer, lambda *a: layer_reference(*a, **kwargs), diagnosis=diagnosis
+    )
+
+
+def test_attention_layer_rejects_positions_missing():
+    assert_rejects(
+        checks.check_attention_layer,
+        lambda r, p, *w: layer_reference(r, torch.zeros_like(p), *w),
+        diagnosis="positions are missing",
+    )
+
+
+# ---- 0.4 concatenate, then project ------------------------------------------------------------------
+def concat_reference(z, W_O):
+    return einops.rearrange(z, "b p h d -> b p (h d)") @ einops.rearrange(W_O, "h d m -> (h d) m")
+
+
+def test_concat_then_project_accepts_reference_and_the_sum():
+    assert_accepts(checks.check_concat_then_project, concat_reference)
+    assert_accepts(
+        checks.check_concat_then_project, lambda z, W_O: torch.einsum("bphd,hdm->bpm", z, W_O)
+    )
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (
+            lambda z, W_O: (
+                einops.rearrange(z, "b p h d -> b p (d h)")
+                @ einops.rearrange(W_O, "h d m -> (h d) m")
+            ),
+            "different orders",
+        ),
+        (lambda z, W_O: z[:, :, 0] @ W_O[0], "only the first head"),
+        (lambda z, W_O: concat_reference(z, W_O) / W_O.shape[0], "heads were averaged"),
+        (lambda z, W_O: einops.rearrange(z, "b p h d -> b p (h d)"), "returned shape"),
+    ],
+)
+def test_concat_then_project_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_concat_then_project, wrong, diagnosis=diagnosis)
+
+
+# ---- 0.5 reading the cache ---------------------------------------------------------------------------
+def bos_reference(model, tokens):
+    _, cache = model.run_with_cache(tokens)
+    return torch.stack(
+        [
+            cache[f"blocks.{i}.attn.hook_pattern"][:, :, 1:, 0].mean(dim=(0, 2))
+            for i in range(model.cfg.n_layers)
+        ]
+    )
+
+
+def test_bos_attention_accepts_reference():
+    assert_accepts(checks.check_bos_attention, bos_reference)
+
+
+def _bos_variant(kind):
+    def fn(model, tokens):
+        _, cache = model.run_with_cache(tokens)
+        p = torch.stack([cache[f"blocks.{i}.attn.hook_pattern"] for i in range(model.cfg.n_layers)])
+        if kind == "with query 0":
+            return p[..., :, 0].mean(dim=(1, 3))
+        if kind == "from bos":
+            return p[..., 0, :].mean(dim=(1, 3))
+        if kind == "first sequence":
+            return p[:, 0, :, 1:, 0].mean(-1)
+        return p[..., 1:, 0].mean(dim=(1, 3)).T  # transposed
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    "kind, diagnosis",
+    [
+        ("with query 0", "position 0 was included"),
+        ("from bos", "attention *from* BOS"),
+        ("first sequence", "only the first sequence"),
+        ("transposed", "Exercise 0.5"),
+    ],
+)
+def test_bos_attention_rejects(kind, diagnosis):
+    assert_rejects(checks.check_bos_attention, _bos_variant(kind), diagnosis=diagnosis)
+
+
+def test_bos_attention_refuses_the_reference():
+    assert_rejects(
+        checks.check_bos_attention, evals.bos_attention, diagnosis="`evals.bos_attention`"
+    )
+
+
+# ---- 0.6 replacing an activation ------------------------------------------------------------------------
+def uniform_reference(model, tokens, layer, *, causal=True, layers=None):
+    n = tokens.shape[1]
+    pattern = torch.ones(n, n).tril() if causal else torch.ones(n, n)
+    pattern = pattern / pattern.sum(-1, keepdim=True)
+    chosen = [layer] if layers is None else layers
+    return model.run_with_hooks(
+        tokens,
+        [(f"blocks.{j}.attn.hook_pattern", lambda x, hook: pattern.expand_as(x)) for j in chosen],
+    )
+
+
+def test_with_uniform_attention_accepts_reference():
+    assert_accepts(checks.check_with_uniform_attention, uniform_reference)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m, t, layer: uniform_reference(m, t, layer, causal=False), "must stay causal"),
+        (
+            lambda m, t, layer: uniform_reference(m, t, layer, layers=[0, 1]),
+            "both layers were replaced",
+        ),
+        (lambda m, t, layer: uniform_reference(m, t, 0), "the other layer was replaced"),
+        (lambda m, t, layer: m(t), "Exercise 0.6"),
+    ],
+)
+def test_with_uniform_attention_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_with_uniform_attention, wrong, diagnosis=diagnosis)
+
+
+# ---- 0.8 logit contributions --------------------------------------------------------------------------------
+def contributions_reference(model, cache):
+    parts = [cache["hook_embed"]]
+    for layer in range(model.cfg.n_layers):
+        parts += list(cache[f"blocks.{layer}.attn.hook_result"].unbind(dim=2))
+    return torch.stack(parts) @ model.W_U
+
+
+def test_logit_contributions_accepts_reference():
+    assert_accepts(checks.check_logit_contributions, contributions_reference)
+
+
+def _head_major(model, cache):
+    parts = [cache["hook_embed"]]
+    for head in range(model.cfg.n_heads):
+        parts += [
+            cache[f"blocks.{layer}.attn.hook_result"][:, :, head]
+            for layer in range(model.cfg.n_layers)
+        ]
+    return torch.stack(parts) @ model.W_U
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_head_major, "ordered head by head"),
+        (
+            lambda m, c: torch.cat(
+                [
+                    (c["hook_embed"] + c["hook_pos_embed"])[None] @ m.W_U,
+                    contributions_reference(m, c)[1:],
+                ]
+            ),
+            "positional embedding was added",
+        ),
+        (lambda m, c: contributions_reference(m, c)[1:], "returned shape"),
+        (
+            lambda m, c: attribution.logit_contributions(m, c["hook_embed"].argmax(-1))[0],
+            "reference",
+        ),
+    ],
+)
+def test_logit_contributions_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_logit_contributions, wrong, diagnosis=diagnosis)

@@ -1,0 +1,57 @@
+"""Behavioural measurements: run a model on generated inputs and measure what it does.
+
+(Where `circuits` reads the weights, `evals` watches the forward pass.) One module per kind of
+measurement: `continuation` (skip-trigram effects, chapter 02), `head_scores` (scores of heads on
+repeated random tokens, chapters 00 and 04), `ablations` (heads and paths removed, patterns frozen,
+term importance, chapters 03 and 04).
+"""
+
+from helpers.evals.ablations import (
+    TermImportance,
+    run_with_ablation,
+    run_with_frozen_patterns,
+    run_with_path_ablation,
+    term_importance,
+)
+from helpers.evals.continuation import (
+    ContinuationEffect,
+    continuation_effect,
+    filler_contexts,
+    skip_trigram_effect,
+)
+from helpers.evals.head_scores import (
+    InductionCircuit,
+    RepeatLoss,
+    bos_attention,
+    copying_scores,
+    duplicate_token_scores,
+    earlier_occurrence_mask,
+    find_induction_circuit,
+    induction_scores,
+    previous_token_scores,
+    repeat_loss,
+    repeated_tokens_loss,
+)
+
+__all__ = [
+    "ContinuationEffect",
+    "continuation_effect",
+    "filler_contexts",
+    "skip_trigram_effect",
+    "RepeatLoss",
+    "repeat_loss",
+    "repeated_tokens_loss",
+    "previous_token_scores",
+    "induction_scores",
+    "duplicate_token_scores",
+    "earlier_occurrence_mask",
+    "copying_scores",
+    "bos_attention",
+    "InductionCircuit",
+    "find_induction_circuit",
+    "run_with_ablation",
+    "run_with_path_ablation",
+    "run_with_frozen_patterns",
+    "TermImportance",
+    "term_importance",
+]
