@@ -140,6 +140,7 @@ def set_zero_layer_weights(model: AttnOnlyTransformer, table: Tensor) -> None:
 
 
 # ---- mystery models: hand-set circuits to reverse-engineer (chapters 02-04) ----------------------
+BOS_TOKEN = 0
 # Each is drawn from a seed, so a checker can build a new one at check time, and returns the truth
 # that was planted, so the reverse-engineering can be checked against it.
 
@@ -203,11 +204,13 @@ def mystery_heads(seed: int) -> MysteryHeads:
             attn.W_K[head] = P_inv @ B * 12.0 * scale**0.5
         elif kind in ("copying", "anti-copying"):  # OV eigenvalues all positive (negative)
             sign = 1.0 if kind == "copying" else -1.0
-            core = torch.diag(sign * (1.0 + 2.0 * torch.rand(d_head, generator=rng)))
-            mix = torch.randn(d_head, d_head, generator=rng) + 3 * torch.eye(d_head)
-            M = mix @ core @ torch.linalg.inv(mix)
-            B = model.W_U @ model.W_E @ attn.W_V[head]  # [d_model, d_head]
-            attn.W_O[head] = M @ torch.linalg.pinv(B)
+            # the full OV circuit itself gets these eigenvalues: T = Q · core · Qᵀ (Q a random
+            # rotation), and W_O = pinv(W_E W_V) T pinv(W_U) gives W_E W_V W_O W_U = T (both
+            # have rank V <= d_head)
+            core = torch.diag(sign * (1.0 + 2.0 * torch.rand(V, generator=rng)))
+            Q = _orthonormal(V, rng)
+            T = Q @ core @ Q.T
+            attn.W_O[head] = torch.linalg.pinv(model.W_E @ attn.W_V[head]) @ T @ U_inv
         else:  # skip-trigram rules: destination d attends to source s, which raises output o
             count = int(torch.randint(2, min(4, (V - 1) // 3) + 1, (), generator=rng))
             tokens = (torch.randperm(V - 1, generator=rng) + 1).tolist()
@@ -216,15 +219,36 @@ def mystery_heads(seed: int) -> MysteryHeads:
                 tokens[count : 2 * count],
                 tokens[2 * count : 3 * count],
             )
-            strengths = tuple(float(x) for x in 4.0 + 6.0 * torch.rand(count, generator=rng))
+            strengths = tuple(float(x) for x in 5.0 + 5.0 * torch.rand(count, generator=rng))
             A, B, C, D = (torch.zeros(V, d_head), torch.zeros(V, d_head), torch.zeros(V, d_head),
                           torch.zeros(d_head, V))  # fmt: skip
             for r, (s, d, o) in enumerate(zip(sources, dests, outputs, strict=True)):
                 A[d, r], B[s, r] = strengths[r] * scale, 1.0
                 C[s, r], D[r, o] = 1.0, strengths[r]
+            # What the reading must see through: a different constant added to each destination's
+            # QK row and to each source's OV row (softmax ignores both; only centring removes
+            # them), and BOS outranking a planted destination and a planted output. One
+            # destination that is no rule's gets a row constant above every planted score (so an
+            # uncentred QK makes it every source's top destination), and the first rule's source
+            # an OV row constant that pulls its raw output score below any threshold.
+            spare = iter(range(count, d_head))
+            qk_offsets = (8.0 * torch.rand(V, generator=rng) - 4.0) * scale
+            loud = tokens[3 * count] if len(tokens) > 3 * count else outputs[0]
+            qk_offsets[loud] = (max(strengths) + 10.0) * scale
+            r = next(spare)
+            A[:, r], B[:, r] = qk_offsets, 1.0
+            ov_offsets = 8.0 * torch.rand(V, generator=rng) - 4.0
+            ov_offsets[sources[0]] = -(strengths[0] + 2.0)
+            r_offset = r = next(spare)
+            C[:, r], D[r, :] = ov_offsets, 1.0
+            r = next(spare)
+            A[BOS_TOKEN, r], B[sources[0], r] = (strengths[0] + 3.0) * scale, 1.0
+            r = next(spare)
+            C[sources[-1], r], D[r, BOS_TOKEN] = 1.0, strengths[-1] + 3.0
             attn.W_Q[head], attn.W_K[head] = E_inv @ A, E_inv @ B
             attn.W_V[head], attn.W_O[head] = E_inv @ C, D @ U_inv
             noise = _random((d_head, d_model), rng, 0.02)
+            noise[r_offset] = 0.0  # the offsets are large: noise there would blur the rules
             attn.W_O[head] += noise  # so that the OV circuit is not exactly rank-deficient
             rules = frozenset(zip(sources, dests, outputs, strict=True))
             order = sorted(range(count), key=lambda r: (sources[r], dests[r], outputs[r]))
@@ -284,9 +308,12 @@ class MysteryInduction:
 def mystery_induction(seed: int) -> MysteryInduction:
     """The hand-made induction circuit (`set_reference_weights`), its previous-token head and one
     or two copies of its induction head placed at random head indices of a model with 3-4 heads
-    per layer; the other heads attend by content or rest on BOS but write nothing. The residual
+    per layer, among distractor heads that attend by content. The residual
     stream is then rotated by a random orthogonal matrix, applied to every weight that reads or
     writes it: the behaviour is unchanged (no privileged basis), but no weight can be read by eye.
+    The distractor heads' weights have the same sizes (Frobenius norms) as the planted heads', and
+    they write into the position subspace, which nothing after layer 0 reads, so only behaviour
+    tells the heads apart.
     """
     rng = torch.Generator().manual_seed(seed)
     layout = Layout(d_vocab=int(torch.randint(9, 14, (), generator=rng)),
@@ -313,9 +340,15 @@ def mystery_induction(seed: int) -> MysteryInduction:
                 for name in ("W_Q", "W_K", "W_V", "W_O"):
                     getattr(mine, name)[head] = getattr(theirs, name)[0]
                 mine.W_O[head] /= len(heads)
-            else:  # a distractor: random queries and keys (content or BOS), no output
-                mine.W_Q[head] = _random(mine.W_Q[head].shape, rng, 1.0)
-                mine.W_K[head] = _random(mine.W_K[head].shape, rng, 1.0)
+            else:  # a distractor, as large as the planted heads: random queries, keys and values,
+                # writing into the position subspace, which nothing after layer 0 reads
+                for name in ("W_Q", "W_K", "W_V"):
+                    planted = getattr(theirs, name)[0]
+                    w = torch.randn(planted.shape, generator=rng)
+                    getattr(mine, name)[head] = w * planted.norm() / w.norm()
+                w = torch.zeros_like(mine.W_O[head])
+                w[:, layout.position] = torch.randn(layout.d_head, layout.n_ctx, generator=rng)
+                mine.W_O[head] = w * theirs.W_O[0].norm() / (w.norm() * len(heads))
     R = _orthonormal(cfg.d_model, rng)  # the rotation: every read gets Rᵀ, every write R
     model.embed.W_E.copy_(model.W_E @ R)
     model.pos_embed.W_pos.copy_(model.W_pos @ R)

@@ -9,7 +9,7 @@ import torch
 
 from helpers import circuits
 from helpers.data import BigramLanguage
-from tests.conftest import make_model
+from tests.conftest import make_model, random_tokens
 
 
 def test_direct_path_is_w_e_w_u_entry_by_entry():
@@ -292,7 +292,7 @@ def test_diagonal_top1_accuracy_refuses_what_it_would_get_wrong():
 EIGENVALUE_CRASH = """
 import torch
 from helpers import circuits
-from tests.conftest import make_model
+from tests.conftest import make_model, random_tokens
 
 for value in ("nan", "inf"):
     for call in (circuits.copying_score, circuits.ov_eigenvalues):
@@ -359,3 +359,92 @@ def test_a_head_that_writes_nothing_has_no_copying_score():
         model.blocks[0].attn.W_O[1] = 0.0
     with pytest.raises(ValueError, match="L0H1 writes nothing"):
         circuits.copying_score(model, 0, 1)
+
+
+# ---- functions added for the exercises ------------------------------------------------------------
+def test_positional_pattern_is_the_softmax_of_the_positional_circuit():
+    model = make_model()
+    pattern = circuits.positional_pattern(model, 1, 2)
+    assert torch.allclose(pattern, circuits.positional_qk_circuit(model, 1, 2).softmax(-1))
+    assert torch.allclose(pattern.sum(-1), torch.ones(10)) and (pattern.triu(1) == 0).all()
+
+
+def test_score_terms_add_up_to_the_attention_scores():
+    model = make_model(n_layers=1)
+    tokens = random_tokens(model, batch=1)
+    terms = circuits.attention_score_terms(model, 1, tokens[0])
+    _, cache = model.run_with_cache(tokens)
+    lower = torch.ones(10, 10, dtype=torch.bool).tril()
+    total = sum(terms.values())
+    assert torch.allclose(
+        total[lower], cache["blocks.0.attn.hook_attn_scores"][0, 1][lower], atol=1e-5
+    )
+    with pytest.raises(ValueError, match="give one sequence"):
+        circuits.attention_score_terms(model, 1, tokens.repeat(2, 1))
+    with pytest.raises(ValueError, match="shortformer"):
+        circuits.attention_score_terms(
+            make_model(n_layers=1, positional_embedding_type="standard"), 0, tokens
+        )
+
+
+def test_top_skip_trigrams_brute_force():
+    model = make_model(n_layers=1)
+    qk, ov = circuits.full_qk_circuit(model, 0, 1), circuits.full_ov_circuit(model, 0, 1)
+    ov_c = ov - ov.mean(-1, keepdim=True)
+    scored = []
+    for s, d, o in itertools.product(range(1, 13), repeat=3):
+        if qk[d, s] > 0 and ov_c[s, o] > 0:
+            scored.append((float(qk[d, s] * ov_c[s, o]), (s, d, o)))
+    expected = [t for _, t in sorted(scored, reverse=True)[:5]]
+    assert circuits.top_skip_trigrams(model, 0, 1, 5, ignore=[0]) == expected
+    strongest = circuits.strongest_skip_trigrams(model, 0, 5, ignore=[0])
+    assert [v for v, _, _ in strongest] == sorted((v for v, _, _ in strongest), reverse=True)
+    assert len({t for _, _, t in strongest}) == 5
+
+
+def test_spearman():
+    assert circuits.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert circuits.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert circuits.spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
+
+
+def test_describe_head_recovers_what_was_planted():
+    from helpers import handmade
+
+    for seed in range(3):
+        mystery = handmade.mystery_heads(seed)
+        descriptions = [circuits.describe_head(mystery.model, 0, h) for h in range(4)]
+        assert set().union(*(d.rules for d in descriptions)) == mystery.rules
+        kinds = dict(zip(mystery.kinds, descriptions, strict=True))
+        assert kinds["previous token"].previous_token > 0.9
+        assert kinds["copying"].copying > 0.9 and kinds["anti-copying"].copying < -0.9
+        assert kinds["skip-trigrams"].rules == mystery.rules
+
+
+def test_composition_map_and_baselines():
+    from helpers import handmade
+
+    for seed in range(3):
+        mystery = handmade.mystery_composition(seed)
+        assert circuits.composition_map(mystery.model) == mystery.wiring
+        assert all(
+            v is None for v in circuits.composition_map(mystery.model, threshold=5.0).values()
+        )
+    mean, std = circuits.random_composition_baseline(64, 16, 400)
+    assert abs(mean - 0.125) < 0.005 and 0 < std < 0.02
+    model = make_model(d_model=64, d_head=16)
+    assert circuits.composition_baseline(model, "V", 400) == circuits.random_composition_baseline(
+        64, 16, 400, kind="V"
+    )
+    with pytest.raises(ValueError, match="two-layer model"):
+        circuits.composition_map(make_model(n_layers=1))
+
+
+def test_k_composition_positivity_of_a_perfect_matcher():
+    from helpers import handmade
+
+    hand = handmade.reference_model(handmade.Layout(d_vocab=6, n_ctx=9))
+    assert circuits.k_composition_positivity(hand, (0, 0), (1, 0)) == pytest.approx(1.0)
+    model = make_model()
+    value = circuits.k_composition_positivity(model, (0, 1), (1, 2))
+    assert -1.0 <= value <= 1.0

@@ -291,3 +291,12 @@ def test_skip_trigram_language_round_trips_and_rejects_bad_rules(skip):
         SkipTrigramLanguage(rules=(("a", "b", "c"), ("d", "b", "e")))
     with pytest.raises(ValueError, match="three words"):
         SkipTrigramLanguage(rules=(("a", "b"),))
+
+
+def test_entropy_rate_of_a_matrix_matches_the_language():
+    from helpers.data import entropy_rate
+
+    language = BigramLanguage(n_states=6, seed=4)
+    assert entropy_rate(language.transition_matrix) == pytest.approx(language.entropy_rate())
+    P = torch.full((4, 4), 0.25, dtype=torch.float64)
+    assert entropy_rate(P) == pytest.approx(math.log(4))

@@ -218,3 +218,57 @@ def test_ablated_heads_must_be_a_list_of_pairs():
         evals.run_with_ablation(model, tokens, (0, 1))  # would read as two heads
     ablated = evals.run_with_ablation(model, tokens, [(torch.tensor(0), np.int64(1))])
     assert torch.allclose(ablated, evals.run_with_ablation(model, tokens, [(0, 1)]))
+
+
+def test_bos_attention_by_hand():
+    model = make_model()
+    tokens = random_tokens(model)
+    _, cache = model.run_with_cache(tokens)
+    expected = torch.stack(
+        [cache[f"blocks.{i}.attn.hook_pattern"][:, :, 1:, 0].mean(dim=(0, 2)) for i in range(2)]
+    )
+    assert torch.allclose(evals.bos_attention(model, tokens), expected)
+
+
+def test_run_with_frozen_patterns_changes_only_what_it_freezes():
+    model = make_model()
+    tokens, other = random_tokens(model, seed=0), random_tokens(model, seed=1)
+    _, cache = model.run_with_cache(tokens)
+    own = {i: cache[f"blocks.{i}.attn.hook_pattern"] for i in range(2)}
+    assert torch.allclose(
+        evals.run_with_frozen_patterns(model, tokens, own), model(tokens), atol=1e-5
+    )
+    _, other_cache = model.run_with_cache(other)
+    frozen = evals.run_with_frozen_patterns(
+        model, tokens, {1: other_cache["blocks.1.attn.hook_pattern"]}
+    )
+    assert not torch.allclose(frozen, model(tokens))
+
+
+def test_find_induction_circuit_on_hand_made_models():
+    for seed in range(3):
+        mystery = handmade.mystery_induction(seed)
+        cfg = mystery.model.cfg
+        length = min(cfg.d_vocab - 1, (cfg.n_ctx - 1) // 2)
+        tokens = repeated_random_tokens(
+            cfg.d_vocab - 1, length, (cfg.n_ctx - 1) // length, 20, torch.Generator().manual_seed(0)
+        )
+        found = evals.find_induction_circuit(mystery.model, tokens, length)
+        assert found.previous_token_head == mystery.previous_token_head
+        assert sorted(found.induction_heads) == mystery.induction_heads
+    with pytest.raises(ValueError, match="two-layer model"):
+        evals.find_induction_circuit(make_model(n_layers=1), tokens, length)
+
+
+def test_skip_trigram_effect_also_measures_logits(setup):
+    model, language = setup
+    contexts, where = evals.filler_contexts(language, 5, context_len=6, seed=2)
+    keep, in_, bay = (language.token_to_id[w] for w in ("keep", "in", "bay"))
+    effect = evals.skip_trigram_effect(model, contexts, where, keep, in_, bay)
+    with_keep = contexts.clone()
+    with_keep[torch.arange(5), where] = keep
+    edges = torch.zeros(5, 1, dtype=torch.long), torch.full((5, 1), in_)
+    with torch.no_grad():
+        a = model(torch.cat([edges[0], with_keep, edges[1]], 1))[:, -1, bay]
+        b = model(torch.cat([edges[0], contexts, edges[1]], 1))[:, -1, bay]
+    assert np.isclose(effect.mean_logit_change, float((a - b).mean()), atol=1e-5)

@@ -129,7 +129,7 @@ def check_entropy_rate(entropy_rate: Callable) -> None:
     seed = draw_seed()
     cases = []
     for i, n in enumerate((4, 7, 10)):
-        P = BigramLanguage(n_states=n, scale=1.0 + i, seed=seed + i).transition_matrix
+        P = BigramLanguage(n_states=n, scale=2.5 + i, seed=seed + i).transition_matrix
         pi = stationary_distribution(P)
         rows = -(P * P.log()).sum(-1)  # the entropy of each row
         H = float(pi @ rows)
@@ -145,7 +145,8 @@ def check_entropy_rate(entropy_rate: Callable) -> None:
         cases.append(Case((P.clone(),), H, mistakes, f"{n} states"))
     check_cases(
         ex, entropy_rate, "entropy_rate", cases,
-        withhold=[data_entropy_rate, stationary_distribution], what="a float (nats)",
+        withhold=[data_entropy_rate, stationary_distribution, circuits.expected_loss],
+        what="a float (nats)",
     )  # fmt: skip
     passed(ex, "right for three random chains.")
 
@@ -204,7 +205,7 @@ def check_best_rank_k(best_rank_k: Callable) -> None:
         }
         expected = circuits.best_rank_k(M, k)
         cases.append(Case((M, k), expected, mistakes, f"a {shape[0]}×{shape[1]} matrix, k = {k}"))
-    check_cases(ex, best_rank_k, "best_rank_k", cases, withhold=[circuits.best_rank_k], atol=1e-6)
+    check_cases(ex, best_rank_k, "best_rank_k", cases, withhold=[circuits.best_rank_k], atol=1e-5)
     passed(ex, "the truncated SVD for three random matrices and ranks.")
 
 

@@ -3,8 +3,10 @@ patterns, term importance, path ablation, and a model's wiring reverse-engineere
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -16,6 +18,7 @@ from helpers.checks._base import (
     check_cases,
     checker,
     diagnose,
+    diagnose_float,
     draw_seed,
     expect_float,
     generator,
@@ -83,51 +86,74 @@ def check_composition_scores(composition_scores: Callable) -> None:
     passed(ex, "Q-, K- and V-composition for every pair of heads of two random test models.")
 
 
+def _baseline_draws(d_model: int, d_head: int, n: int, seed: int) -> dict[str, Tensor]:
+    """The six random matrices of Exercise 3.2, drawn in its order (float64 for the checker)."""
+    g = generator(seed)
+    D, d = d_model, d_head
+    shapes = {
+        "W_Q1": (D, d),
+        "W_K1": (D, d),
+        "W_V1": (D, d),
+        "W_O1": (d, D),
+        "W_V0": (D, d),
+        "W_O0": (d, D),
+    }
+    return {name: torch.randn(n, *shape, generator=g).double() for name, shape in shapes.items()}
+
+
+def _mean_and_std(A: Tensor, B: Tensor) -> tuple[float, float]:
+    scores = two_layer._frobenius_composition(A, B)
+    return float(scores.mean()), float(scores.std())
+
+
 @checker
 def check_composition_baseline(composition_baseline: Callable) -> None:
     """Exercise 3.2: `composition_baseline(d_model, d_head, n_samples, seed) -> (mean, std)` of
-    the composition score of random pairs of heads with these shapes. Random draws differ, so
-    this checks the statistics: the mean within five standard errors of the course's, the
-    standard deviation within 25 %, the same seed giving the same answer and another seed not."""
+    the K-composition score of `n_samples` random pairs of heads, drawn from a generator seeded
+    with `seed` in the order the exercise gives (the later head's W_Q, W_K, W_V, W_O, then the
+    earlier head's W_V, W_O), so that the answer is exact."""
     ex = "Exercise 3.2 (composition_baseline)"
     seed = draw_seed()
-    shapes = [(32, 4, 400), (48, 12, 300), (20, 5, 500)]
-    references = [
-        circuits.random_composition_baseline(D, d, 4000, seed + i)
-        for i, (D, d, _) in enumerate(shapes)
-    ]
-    for i, ((D, d, n), (mean, std)) in enumerate(zip(shapes, references, strict=True)):
+    cases = []
+    for i, (D, d, n) in enumerate(((32, 4, 400), (48, 12, 300), (20, 5, 500))):
+        w = _baseline_draws(D, d, n, seed + i)
+        OV0, QK1_T = w["W_V0"] @ w["W_O0"], w["W_K1"] @ w["W_Q1"].transpose(-1, -2)
+        mean, std = circuits.random_composition_baseline(D, d, n, seed + i, kind="K")
+        mistakes = [
+            ("that is the Q-composition of the random heads; use K (the later head's keys read "
+             "the earlier head: OV₀ · QK₁ᵀ).", _mean_and_std(OV0, QK1_T.transpose(-1, -2))[0]),
+            ("W_V and W_K were left out (W_O₀ times W_Q₁): a head's matrices are products of two "
+             "factors, W_V @ W_O and W_K @ W_Qᵀ.",
+             _mean_and_std(w["W_O0"], w["W_Q1"])[0]),
+            ("the products were not normalised: divide each ‖OV₀ QK₁ᵀ‖ by ‖OV₀‖ · ‖QK₁ᵀ‖.",
+             float((OV0 @ QK1_T).flatten(-2).norm(dim=-1).mean())),
+        ]  # fmt: skip
+        cases.append(
+            Case(
+                (D, d, n, seed + i), (mean, std), mistakes, f"d_model {D}, d_head {d}, {n} samples"
+            )
+        )
+    for case in cases:
         out = call_learner(
-            ex, composition_baseline, D, d, n, seed + 100 + i,
-            withhold=[circuits.random_composition_baseline, circuits.composition_baseline],
+            ex, composition_baseline, *case.args,
+            withhold=[circuits.random_composition_baseline, circuits.composition_baseline,
+                      two_layer._composition_from_weights, two_layer._frobenius_composition],
         )  # fmt: skip
         got = _mean_std(ex, out)
-        again = _mean_std(ex, call_learner(ex, composition_baseline, D, d, n, seed + 100 + i))
-        other = _mean_std(ex, call_learner(ex, composition_baseline, D, d, n, seed + 200 + i))
-        where = f"d_model {D}, d_head {d}, {n} samples"
-        if got != again:
-            raise CheckFailed(
-                ex,
-                f"{where}: the same seed gave a different answer; draw from a torch.Generator seeded with `seed`.",
-            )
-        if got == other:
-            raise CheckFailed(
-                ex, f"{where}: another seed gave the same answer; use the `seed` argument."
-            )
-        if got[0] > 5 * mean or got[0] < mean / 5:
-            raise CheckFailed(
-                ex, f"{where}: a mean score of {got[0]:.3g} is far from the random baseline "
-                f"({mean:.3f}, about 1/sqrt(d_model) = {D ** -0.5:.3f}): is each score divided by "
-                "the two matrices' Frobenius norms?",
-            )  # fmt: skip
-        tolerance = 5 * std / n**0.5
-        if abs(got[0] - mean) > tolerance or not 0.75 * std <= got[1] <= 1.25 * std:
-            raise CheckFailed(
-                ex, f"{where}: mean {got[0]:.4f} ± std {got[1]:.4f}; random heads of these shapes "
-                f"give {mean:.4f} ± {std:.4f} (the mean within ±{tolerance:.4f} is expected). Draw "
-                "W_Q, W_K, W_V [d_model, d_head] and W_O [d_head, d_model] from a normal "
-                "distribution for each of the two heads, n_samples times.",
-            )  # fmt: skip
+        (mean, std), where = case.expected, case.where
+        otherwise = (
+            f"{where}: mean {got[0]:.5f} ± std {got[1]:.5f}, expected {mean:.5f} ± {std:.5f}. Draw "
+            "with torch.randn(n_samples, ...) from torch.Generator().manual_seed(seed), in the "
+            "order the exercise gives, all six matrices."
+        )
+        diagnose_float(ex, got[0], mean, case.mistakes, otherwise)
+        diagnose_float(
+            ex,
+            got[1],
+            std,
+            [],
+            otherwise + " (the mean is right: is the std unbiased, torch's default?)",
+        )
     passed(ex, "the random baseline's mean and spread for three shapes, seeded.")
 
 
@@ -215,6 +241,16 @@ def check_run_with_frozen_patterns(run_with_frozen_patterns: Callable) -> None:
                 mistakes["only layer 0 was frozen: freeze every layer in `patterns`."] = (
                     evals.run_with_frozen_patterns(model, tokens, {0: patterns[0]})
                 )
+                last = patterns[layers[-1]]
+                mistakes[
+                    "every layer got the last layer's pattern: a lambda defined in a loop sees the "
+                    "loop variable's final value. Bind it when the hook is made, e.g. "
+                    "`lambda x, hook, p=pattern: p`."
+                ] = _with_hooks(
+                    model, tokens,
+                    [(f"blocks.{layer}.attn.hook_pattern", lambda x, hook, p=last: p)
+                     for layer in layers],
+                )  # fmt: skip
             cases.append(
                 Case((model, tokens, patterns), expected.detach(), mistakes, f"layers {layers}")
             )
@@ -259,6 +295,8 @@ def check_term_importance(term_importance: Callable) -> None:
         cases.append((model, tokens, expected, {d: m.double() for d, m in mistakes.items()}))
     for model, tokens, expected, mistakes in cases:
         out = call_learner(ex, term_importance, model, tokens, withhold=[evals.term_importance])
+        if isinstance(out, (Tensor, np.ndarray)) and out.ndim == 1:
+            out = list(out)
         if not isinstance(out, (tuple, list)) or len(out) != 3:
             raise CheckFailed(
                 ex, "term_importance must return three losses (order_0, order_1, order_2)."
@@ -317,9 +355,7 @@ def check_composition_map(composition_map: Callable) -> None:
             ex, composition_map, mystery.model, threshold,
             withhold=[circuits.composition_map], block_forward=True,
         )  # fmt: skip
-        if not isinstance(out, dict):
-            raise CheckFailed(ex, f"composition_map must return a dict, got {type(out).__name__}.")
-        got = {int(h): (None if v is None else (str(v[0]), int(v[1]))) for h, v in out.items()}
+        got = _as_composition_map(ex, out, mystery.model.cfg.n_heads)
         if got != truth:
             wrong = {
                 h: (got.get(h, "missing"), truth[h])
@@ -333,3 +369,32 @@ def check_composition_map(composition_map: Callable) -> None:
                 "baseline's mean; keep the largest if it reaches the threshold.",
             )  # fmt: skip
     passed(ex, "the planted wiring of two mystery models, at thresholds 2 and 3.")
+
+
+_MAP_FORMAT = (
+    "composition_map must return a dict with one entry per layer-1 head: head index -> None or "
+    "(kind, layer-0 head), kind one of 'Q', 'K', 'V'; e.g. {0: ('K', 1), 1: None}"
+)
+
+
+def _as_composition_map(ex: str, out: object, n_heads: int) -> dict:
+    """The learner's composition map with ints and kind strings, or a CheckFailed naming the
+    expected format."""
+    if not isinstance(out, dict):
+        raise CheckFailed(ex, f"{_MAP_FORMAT}; got a {type(out).__name__}.")
+    got = {}
+    for h, v in out.items():
+        try:
+            head = operator.index(h)
+            entry = None if v is None else (str(v[0]), operator.index(v[1]))
+            if entry is not None and len(v) != 2:
+                raise ValueError
+        except (TypeError, ValueError, IndexError, KeyError):
+            raise CheckFailed(ex, f"{_MAP_FORMAT}; got the entry {h!r}: {v!r}.") from None
+        if not 0 <= head < n_heads or (entry is not None and not 0 <= entry[1] < n_heads):
+            raise CheckFailed(ex, f"{_MAP_FORMAT}; head indices run 0..{n_heads - 1}, got the "
+                              f"entry {h!r}: {v!r}.")  # fmt: skip
+        if entry is not None and entry[0] not in ("Q", "K", "V"):
+            raise CheckFailed(ex, f"{_MAP_FORMAT}; got the kind {entry[0]!r}.")
+        got[head] = entry
+    return got

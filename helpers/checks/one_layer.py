@@ -27,6 +27,7 @@ from helpers.checks._base import (
     random_models,
     random_tokens,
 )
+from helpers.circuits import one_layer
 from helpers.data import SkipTrigramLanguage
 from helpers.models import AttnOnlyTransformer
 
@@ -93,13 +94,25 @@ def check_path_expansion(path_expansion_logits: Callable) -> None:
                 "attention pattern.": direct + ov.sum(0),
             }
         cases.append(Case((model, tokens, pattern), logits.detach(), mistakes))
+        # the same expansion with patterns recorded on other tokens: the answer must use the
+        # pattern it is given, not one it recomputes
+        _, other_cache = model.run_with_cache(random_tokens(model, seed + 20 + i))
+        other = other_cache["blocks.0.attn.hook_pattern"]
+        with torch.no_grad():
+            expected = direct + torch.einsum("bhqk,hbkv->bqv", other, ov)
+            mistakes = {
+                "that ignores the pattern it was given: use the `pattern` argument, whatever "
+                "tokens it was recorded on.": logits.detach(),
+            }
+        cases.append(Case((model, tokens, other), expected, mistakes, "patterns from other tokens"))
     check_cases(
         ex, path_expansion_logits, "path_expansion_logits", cases,
         withhold=[attribution.one_layer_path_expansion, attribution.logit_contributions,
                   attribution.decompose_resid],
         block_forward=True,
     )  # fmt: skip
-    passed(ex, "direct path + Σ_h A^h · OV^h rows = the logits of two random test models.")
+    passed(ex, "direct path + Σ_h A^h · OV^h rows = the logits of two random test models, and "
+           "the same sum for patterns given from other tokens.")  # fmt: skip
 
 
 def _with_spectra(seed: int) -> AttnOnlyTransformer:
@@ -167,7 +180,12 @@ def check_copying_score(copying_score: Callable) -> None:
              "embedding and unembedding (W_O @ W_U @ W_E @ W_V).", score_of(W_V @ W_O)),
         ]  # fmt: skip
         expected = circuits.copying_score(model, 0, head)
-        cases.append(Case((model, head), expected, mistakes, f"head {head}"))
+        near = (
+            "Close, but not equal: if you took the eigenvalues of the full d_vocab × d_vocab "
+            "circuit, its zero eigenvalues come out as rounding noise that adds to Σ|λ|. Use the "
+            "d_head × d_head matrix W_O @ W_U @ W_E @ W_V (or compute in float64)."
+        )
+        cases.append(Case((model, head), expected, mistakes, f"head {head}", near_miss=near))
     check_cases(
         ex, copying_score, "copying_score", cases,
         withhold=[circuits.copying_score, circuits.ov_eigenvalues], block_forward=True,
@@ -252,6 +270,11 @@ def check_skip_trigrams(skip_trigrams: Callable) -> None:
                     ov[source], k, False
                 ),
             }
+            no_bos_qk, no_bos_ov = qk[:, source].clone(), ov[source].clone()
+            no_bos_qk[0] = no_bos_ov[0] = float("-inf")
+            bos = "BOS (token 0) was left out: this exercise ranks all tokens, BOS included."
+            dest_mistakes[bos] = _top(no_bos_qk, k)
+            out_mistakes[bos] = _top(no_bos_ov, k)
             cases.append(
                 (head, source, k, frozenset(dests), frozenset(outs), dest_mistakes, out_mistakes)
             )
@@ -335,6 +358,8 @@ def _crossed_case(model, language, contexts, where, source, dest, output) -> Cas
          "position, [:, -1].",
          float((logits["with"][:, -2].log_softmax(-1)[:, output]
                 - logits["without"][:, -2].log_softmax(-1)[:, output]).mean())),
+        ("the runs with and without the source were the same (a change of 0): was the source "
+         "written into `contexts` itself? Write it into a copy, `contexts.clone()`.", 0.0),
     ]  # fmt: skip
     labels = language.token_labels
     where_text = (f"{labels[source]} … {labels[dest]} → {labels[output]} on {n} contexts of "
@@ -412,7 +437,8 @@ def check_positional_pattern(positional_pattern: Callable) -> None:
             cases.append(Case((model, head), expected, mistakes, f"head {head}"))
     check_cases(
         ex, positional_pattern, "positional_pattern", cases, block_forward=True,
-        withhold=[circuits.positional_pattern, circuits.positional_qk_circuit],
+        withhold=[circuits.positional_pattern, circuits.positional_qk_circuit,
+                  circuits.attention_score_terms],
     )  # fmt: skip
     passed(ex, f"the position-only attention pattern for {heads_phrase(2)}.")
 
@@ -450,7 +476,9 @@ def check_top_skip_trigrams(top_skip_trigrams: Callable) -> None:
     for model, head, n, expected, mistakes in cases:
         out = call_learner(
             ex, top_skip_trigrams, model, head, n,
-            withhold=[circuits.top_skip_trigrams], block_forward=True,
+            withhold=[circuits.top_skip_trigrams, circuits.strongest_skip_trigrams,
+                      one_layer._strongest, one_layer._skip_trigram_strength],
+            block_forward=True,
         )  # fmt: skip
         got = _as_triples(ex, out, n, model.cfg.d_vocab)
         if got == expected:
@@ -461,7 +489,10 @@ def check_top_skip_trigrams(top_skip_trigrams: Callable) -> None:
             raise CheckFailed(ex, f"{where}: your answer matches a common mistake: {hits[0]}")
         if sorted(got) == sorted(expected):
             raise CheckFailed(
-                ex, f"{where}: the right skip-trigrams in the wrong order: strongest first."
+                ex,
+                f"{where}: the right skip-trigrams in the wrong order. Rank them by the "
+                "product QK[d, s] · OV'[s, o], largest first: is your strength exactly this "
+                "product (no extra scaling, no sum over anything)?",
             )
         raise CheckFailed(ex, f"{where}: got {got}, expected {expected}.")
     passed(ex, "the strongest skip-trigrams, in order, for every head of two random models.")

@@ -20,6 +20,7 @@ from helpers.checks._base import (
     random_models,
     random_tokens,
 )
+from helpers.evals import head_scores
 
 
 def _pattern_variants(scores: Tensor, d_head: int, d_model: int) -> dict[str, Tensor]:
@@ -228,11 +229,16 @@ def check_bos_attention(bos_attention: Callable) -> None:
     ex = "Exercise 0.5 (bos_attention)"
     seed = draw_seed()
     cases = []
-    for i, model in enumerate(random_models(seed, n_layers=2)):
+    # one, two and three layers: the answer must not assume the number of layers
+    per_model = [{"n_layers": n} for n in (2, 1, 3)]
+    for i, model in enumerate(random_models(seed, 3, per_model=per_model)):
+        n_layers = model.cfg.n_layers
         tokens = random_tokens(model, seed + 10 + i, batch=3)
         _, cache = model.run_with_cache(tokens)
-        patterns = torch.stack([cache[f"blocks.{i}.attn.hook_pattern"] for i in range(2)])
-        mistakes = {  # patterns: [layer, batch, head, query, key]
+        patterns = torch.stack(
+            [cache[f"blocks.{j}.attn.hook_pattern"] for j in range(n_layers)]
+        )  # [layer, batch, head, query, key]
+        mistakes = {
             "position 0 was included: it can only attend to itself (1.0), so leave it out and "
             "average over queries 1..": patterns[..., :, 0].mean(dim=(1, 3)),
             "that is the attention *from* BOS (row 0), not the attention *to* BOS (column 0).": (
@@ -244,11 +250,16 @@ def check_bos_attention(bos_attention: Callable) -> None:
         }
         expected = evals.bos_attention(model, tokens)
         mistakes["layers and heads are swapped: rows are layers, columns heads."] = expected.T
-        cases.append(Case((model, tokens), expected, mistakes))
+        cases.append(Case((model, tokens), expected, mistakes, f"a {n_layers}-layer model"))
     check_cases(
-        ex, bos_attention, "bos_attention", cases, withhold=[evals.bos_attention], atol=1e-5
+        ex,
+        bos_attention,
+        "bos_attention",
+        cases,
+        withhold=[evals.bos_attention, head_scores._pattern_stack],
+        atol=1e-5,
     )
-    passed(ex, "every head's attention to BOS, for two random two-layer models.")
+    passed(ex, "every head's attention to BOS, for random one-, two- and three-layer models.")
 
 
 def _uniform_pattern(n: int) -> Tensor:

@@ -158,6 +158,7 @@ def positional_pattern(model: AttnOnlyTransformer, layer: int, head: int) -> Ten
     return positional_qk_circuit(model, layer, head).softmax(dim=-1)
 
 
+@reference
 def _skip_trigram_strength(
     model: AttnOnlyTransformer, layer: int, head: int, ignored: list[int]
 ) -> Tensor:
@@ -206,6 +207,7 @@ def strongest_skip_trigrams(
     return ranked[:n]
 
 
+@reference
 def _strongest(model, layer, head, n, ignore) -> list[tuple[float, tuple[int, int, int]]]:
     """The head's n strongest (strength, skip-trigram), strongest first."""
     V = model.cfg.d_vocab

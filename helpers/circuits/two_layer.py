@@ -83,7 +83,8 @@ def random_composition_baseline(
     pairs of heads whose W_Q, W_K, W_V `[d_model, d_head]` and W_O `[d_head, d_model]` are i.i.d.
     Gaussian (the score does not depend on their scale), each earlier head paired with one later
     head. About 1/sqrt(d_model) when d_head << d_model, for every kind (Q, K and V read random
-    matrices of the same shapes)."""
+    matrices of the same shapes). Drawn from a generator seeded with `seed`, in this order: the
+    later heads' W_Q, W_K, W_V, W_O, then the earlier heads' W_V, W_O (each `[n_samples, ...]`)."""
     if kind not in COMPOSITION_KINDS:
         raise ValueError(f"kind must be one of {COMPOSITION_KINDS}, got {kind!r}")
     for name, value in (("d_model", d_model), ("d_head", d_head)):
@@ -94,7 +95,7 @@ def random_composition_baseline(
     gen = torch.Generator().manual_seed(seed)
 
     def draw(*shape: int) -> Tensor:
-        return torch.randn(n_samples, *shape, generator=gen, dtype=torch.float64)
+        return torch.randn(n_samples, *shape, generator=gen).double()
 
     D, d = d_model, d_head
     scores = _composition_from_weights(

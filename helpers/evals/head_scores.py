@@ -18,6 +18,7 @@ def _check_has_heads(model: AttnOnlyTransformer) -> None:
         raise ValueError("a zero-layer model has no attention heads to score")
 
 
+@reference
 def _pattern_stack(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
     """Every head's attention pattern: `[layer, head, batch, query_pos, key_pos]`."""
     _check_has_heads(model)

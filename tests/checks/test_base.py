@@ -195,7 +195,7 @@ def test_a_constant_fails_even_on_a_degenerate_notebook_model():
         for p in zeroed.parameters():
             p.zero_()
     assert_rejects(
-        checks.check_crossed_effect, lambda *a: 0.0, zeroed, ckpt.language, diagnosis="expected"
+        checks.check_crossed_effect, lambda *a: 0.0, zeroed, ckpt.language, diagnosis="Exercise 2.9"
     )
 
 

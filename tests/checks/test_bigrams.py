@@ -34,6 +34,8 @@ def test_count_bigrams_accepts_reference():
         (lambda t, V: torch.ones(6, 6, dtype=torch.long), "Exercise 1.1"),  # a constant
         (next_token_counts, "calls the course's reference `data.next_token_counts`"),
         (lambda t, V: (t.zero_(), counts_reference(t, V))[1], "matches none"),
+        # uint8 wraps around at 256: counts must be int32 or int64
+        (lambda t, V: counts_reference(t, V).to(torch.uint8), "expected integer counts"),
     ],
 )
 def test_count_bigrams_rejects(wrong, diagnosis):
@@ -66,7 +68,7 @@ def _in_place(c):
         ),
         (lambda c: c.double().log(), "log counts, not normalised"),
         (lambda c: log_probs_reference(c)[None], "returned shape"),
-        (_in_place, "matches none"),
+        (_in_place, "finite where the right answer is infinite"),
     ],
 )
 def test_empirical_log_probs_rejects(wrong, diagnosis):
@@ -128,6 +130,10 @@ def test_entropy_rate_accepts_reference_and_power_iteration():
             "entropy of the stationary distribution alone",
         ),
         (lambda P: BigramLanguage(P.shape[0]).entropy_rate(), "Exercise 1.4"),  # another chain
+        (
+            lambda P: circuits.expected_loss(P.log(), P, _stationary(P)),
+            "calls the course's reference `circuits.expected_loss`",
+        ),
     ],
 )
 def test_entropy_rate_rejects(wrong, diagnosis):

@@ -1,5 +1,6 @@
 """Checkers of chapter 03."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,21 +95,19 @@ def test_virtual_head_rejects(wrong, diagnosis):
 
 # ---- 3.2 the random baseline -------------------------------------------------------------------------
 def baseline_reference(
-    d_model, d_head, n_samples, seed, *, normalise=True, full_rank=False, fixed_seed=None
+    d_model, d_head, n_samples, seed, *, kind="K", normalise=True, fixed_seed=None, order=None
 ):
+    """The exercise's recipe: draw the later head's W_Q, W_K, W_V, W_O, then the earlier head's
+    W_V, W_O, each [n_samples, ...], from one generator."""
     g = torch.Generator().manual_seed(seed if fixed_seed is None else fixed_seed)
-
-    def draw(*shape):
-        return torch.randn(n_samples, *shape, generator=g)
-
-    if full_rank:  # d_model x d_model matrices, not products through d_head
-        OV0, QK1 = draw(d_model, d_model), draw(d_model, d_model)
-    else:
-        OV0, QK1 = (
-            draw(d_model, d_head) @ draw(d_head, d_model),
-            draw(d_model, d_head) @ draw(d_head, d_model),
-        )
-    scores = (OV0 @ QK1).flatten(-2).norm(dim=-1)
+    D, d = d_model, d_head
+    shapes = {"W_Q1": (D, d), "W_K1": (D, d), "W_V1": (D, d), "W_O1": (d, D),
+              "W_V0": (D, d), "W_O0": (d, D)}  # fmt: skip
+    w = {name: torch.randn(n_samples, *shapes[name], generator=g) for name in order or shapes}
+    OV0 = w["W_V0"] @ w["W_O0"]
+    QK1 = w["W_Q1"] @ w["W_K1"].transpose(-1, -2)
+    product = OV0 @ (QK1.transpose(-1, -2) if kind == "K" else QK1)
+    scores = product.flatten(-2).norm(dim=-1)
     if normalise:
         scores = scores / (OV0.flatten(-2).norm(dim=-1) * QK1.flatten(-2).norm(dim=-1))
     return float(scores.mean()), float(scores.std())
@@ -118,12 +117,21 @@ def test_composition_baseline_accepts_reference():
     assert_accepts(checks.check_composition_baseline, baseline_reference)
 
 
+def test_composition_baseline_accepts_numpy_and_tensor_numbers():
+    def as_tensors(*a):
+        mean, std = baseline_reference(*a)
+        return torch.tensor(mean), np.float64(std)
+
+    assert_accepts(checks.check_composition_baseline, as_tensors)
+
+
 @pytest.mark.parametrize(
     "kwargs, diagnosis",
     [
-        ({"normalise": False}, "far from the random baseline"),
-        ({"full_rank": True}, "random heads of these shapes give"),
-        ({"fixed_seed": 0}, "another seed gave the same answer"),
+        ({"normalise": False}, "were not normalised"),
+        ({"kind": "Q"}, "Q-composition"),
+        ({"fixed_seed": 0}, "expected"),
+        ({"order": ["W_V0", "W_O0", "W_Q1", "W_K1", "W_V1", "W_O1"]}, "in the order"),
     ],
 )
 def test_composition_baseline_rejects(kwargs, diagnosis):
@@ -141,11 +149,9 @@ def test_composition_baseline_rejects_unseeded_draws_and_constants():
         diagnosis="Exercise 3.2",
     )
     unseeded = lambda D, d, n, s: baseline_reference(D, d, n, int(torch.randint(10**6, ())))  # noqa: E731
-    assert_rejects(
-        checks.check_composition_baseline,
-        unseeded,
-        diagnosis="the same seed gave a different answer",
-    )
+    assert_rejects(checks.check_composition_baseline, unseeded, diagnosis="expected")
+    biased = lambda *a: baseline_reference(*a)[:1] + (baseline_reference(*a)[1] * 0.99,)  # noqa: E731
+    assert_rejects(checks.check_composition_baseline, biased, diagnosis="unbiased")
 
 
 # ---- 3.4 frozen patterns ------------------------------------------------------------------------------
@@ -174,6 +180,19 @@ def test_run_with_frozen_patterns_accepts_reference():
 )
 def test_run_with_frozen_patterns_rejects(wrong, diagnosis):
     assert_rejects(checks.check_run_with_frozen_patterns, wrong, diagnosis=diagnosis)
+
+
+def _late_binding(m, t, patterns):
+    hooks = []
+    for layer, pattern in patterns.items():
+        hooks.append((f"blocks.{layer}.attn.hook_pattern", lambda x, hook: pattern))  # noqa: B023
+    return m.run_with_hooks(t, hooks)
+
+
+def test_run_with_frozen_patterns_names_a_late_binding_lambda():
+    with checks.fixed_seed(0), pytest.raises(checks.CheckFailed) as info:
+        checks.check_run_with_frozen_patterns(_late_binding)
+    assert "loop variable" in str(info.value)
 
 
 # ---- 3.5 term importance ---------------------------------------------------------------------------------
@@ -298,3 +317,22 @@ def test_composition_map_accepts_reference():
 )
 def test_composition_map_rejects(wrong, diagnosis):
     assert_rejects(checks.check_composition_map, wrong, diagnosis=diagnosis)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m, t: [("K", 0)] * m.cfg.n_heads, "must return a dict"),
+        (lambda m, t: {h: "K0" for h in range(m.cfg.n_heads)}, "got the entry"),
+        (lambda m, t: {h: ("K",) for h in range(m.cfg.n_heads)}, "got the entry"),
+        (lambda m, t: {h: ("X", 0) for h in range(m.cfg.n_heads)}, "got the kind 'X'"),
+        (lambda m, t: {"L1H0": None}, "got the entry"),
+        (lambda m, t: {99: None}, "head indices run"),
+    ],
+)
+def test_composition_map_explains_the_format(wrong, diagnosis):
+    assert_rejects(checks.check_composition_map, wrong, diagnosis=diagnosis)
+
+
+def test_term_importance_accepts_a_tensor_of_three():
+    assert_accepts(checks.check_term_importance, lambda m, t: torch.tensor(terms_reference(m, t)))

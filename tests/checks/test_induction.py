@@ -280,6 +280,19 @@ def test_combined_ov_circuit_rejects(wrong, diagnosis):
     assert_rejects(checks.check_combined_ov_circuit, wrong, diagnosis=diagnosis)
 
 
+def test_combined_ov_circuit_names_a_cross_layer_product_as_a_virtual_head():
+    def product(m, heads):
+        if len(heads) == 1:
+            return ov(m, *heads[0])
+        (l0, h0), (l1, h1) = heads
+        a0, a1 = m.blocks[l0].attn, m.blocks[l1].attn
+        return m.W_E @ a0.W_V[h0] @ a0.W_O[h0] @ a1.W_V[h1] @ a1.W_O[h1] @ m.W_U
+
+    with checks.fixed_seed(0), pytest.raises(checks.CheckFailed) as info:
+        checks.check_combined_ov_circuit(product)
+    assert "multiplied" in str(info.value)
+
+
 # ---- 4.8 the circuit in a mystery model ------------------------------------------------------------------------------
 def find_reference(m, *, threshold=0.5, layer0_by="previous"):
     V, n = m.cfg.d_vocab, m.cfg.n_ctx
@@ -294,6 +307,16 @@ def find_reference(m, *, threshold=0.5, layer0_by="previous"):
     ]
 
 
+def _by_weight_norm(m):
+    """The layer-0 head whose OV writes most, and the layer-1 heads with above-median QK norms."""
+    a0, a1 = m.blocks[0].attn, m.blocks[1].attn
+    ov_norms = (a0.W_V @ a0.W_O).flatten(1).norm(dim=-1)
+    qk_norms = (a1.W_Q @ a1.W_K.transpose(-1, -2)).flatten(1).norm(dim=-1)
+    return (0, int(ov_norms.argmax())), [
+        (1, h) for h in range(m.cfg.n_heads) if qk_norms[h] > qk_norms.median()
+    ]
+
+
 def test_find_induction_circuit_accepts_reference():
     assert_accepts(checks.check_find_induction_circuit, find_reference)
 
@@ -305,6 +328,7 @@ def test_find_induction_circuit_accepts_reference():
         (lambda m: find_reference(m, threshold=0.0), "induction heads"),  # every layer-1 head
         (lambda m: ((0, 0), [(1, 0)]), "Exercise 4.8"),
         (lambda m: evals.find_induction_circuit(m, None, 3), "reference"),
+        (_by_weight_norm, "Exercise 4.8"),  # the distractor heads' weights are norm-matched
     ],
 )
 def test_find_induction_circuit_rejects(wrong, diagnosis):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from helpers import attribution, checks, evals
+from helpers.evals import head_scores
 from tests.checks.conftest import assert_accepts, assert_rejects
 
 
@@ -293,6 +294,25 @@ def _bos_variant(kind):
 )
 def test_bos_attention_rejects(kind, diagnosis):
     assert_rejects(checks.check_bos_attention, _bos_variant(kind), diagnosis=diagnosis)
+
+
+def test_bos_attention_must_not_assume_two_layers():
+    def two_layers(model, tokens):
+        _, cache = model.run_with_cache(tokens)
+        return torch.stack(
+            [cache[f"blocks.{i}.attn.hook_pattern"][:, :, 1:, 0].mean(dim=(0, 2)) for i in (0, 1)]
+        )
+
+    with checks.fixed_seed(0), pytest.raises(KeyError) as info:  # on the one-layer model
+        checks.check_bos_attention(two_layers)
+    assert "raised this on a 1-layer model" in "".join(info.value.__notes__)
+
+
+def test_bos_attention_refuses_the_pattern_stack():
+    def via_stack(model, tokens):
+        return head_scores._pattern_stack(model, tokens)[..., 1:, 0].mean(dim=(2, 3))
+
+    assert_rejects(checks.check_bos_attention, via_stack, diagnosis="_pattern_stack")
 
 
 def test_bos_attention_refuses_the_reference():
