@@ -55,7 +55,48 @@ def test_forward_matches_brute_force(positions, n_layers, use_bias):
                     p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
     tokens = random_tokens(model, batch=2, pos=7)
     with torch.no_grad():
-        assert torch.allclose(model(tokens), brute_force_logits(model, tokens), atol=1e-4)
+        reference = brute_force_logits(model, tokens)
+        assert torch.allclose(model(tokens), reference, atol=1e-4)  # the fast path
+        assert torch.allclose(model(tokens, want_result=True), reference, atol=1e-4)  # hooked
+
+
+@pytest.mark.parametrize("positions", ["shortformer", "standard"])
+@pytest.mark.parametrize("n_layers", [0, 1, 2])
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_fast_path_and_hooked_path_agree(positions, n_layers, use_bias):
+    model = make_model(n_layers=n_layers, positional_embedding_type=positions, use_bias=use_bias)
+    if use_bias:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.split(".")[-1].startswith("b_"):
+                    p.copy_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+    tokens = random_tokens(model, batch=3, pos=model.cfg.n_ctx)
+    with torch.no_grad():
+        fast = model(tokens)
+        hooked, cache = model.run_with_cache(tokens)
+        assert not model.hooks_attached()
+        assert (fast - hooked).abs().max() <= 1e-5
+        assert (fast - model.forward_fused(tokens)).abs().max() == 0
+    # gradients agree too: training takes the fast path
+    params = list(model.parameters())  # W_pos is unused by a zero-layer shortformer model
+    fast_grads = torch.autograd.grad(model(tokens).square().mean(), params, allow_unused=True)
+    hooked_grads = torch.autograd.grad(
+        model(tokens, want_result=True).square().mean(), params, allow_unused=True
+    )
+    for a, b in zip(fast_grads, hooked_grads, strict=True):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_a_hook_switches_to_the_hooked_path(model, tokens):
+    seen = []
+    with model.hooks([("blocks.0.attn.hook_pattern", lambda x, hook: seen.append(hook.name))]):
+        assert model.hooks_attached()
+        model(tokens)
+    assert seen == ["blocks.0.attn.hook_pattern"] and not model.hooks_attached()
+    every_pattern = lambda name: name.endswith("hook_pattern")  # noqa: E731
+    with model.hooks([(every_pattern, lambda x, hook: torch.zeros_like(x))]):
+        zeroed = model(tokens)  # every position attends nowhere: the heads add nothing
+    assert torch.allclose(zeroed, model.unembed(model.embed(tokens)), atol=1e-6)
 
 
 def test_parameter_names_and_shapes_follow_transformer_lens():

@@ -190,14 +190,19 @@ def forward_unavailable() -> Iterator[None]:
     """Within the block, no model (nor any of its layers) can run: the forward methods of the
     classes themselves are replaced, so a copy or a rebuilt model cannot run either."""
     classes = (AttnOnlyTransformer, TransformerBlock, Attention, HookPoint)
-    saved = {cls: cls.__dict__["forward"] for cls in classes}
-    for cls in classes:
-        cls.forward = _forward_unavailable
+    saved = {
+        (cls, name): cls.__dict__[name]
+        for cls in classes
+        for name in ("forward", "forward_fused")
+        if name in cls.__dict__
+    }
+    for cls, name in saved:
+        setattr(cls, name, _forward_unavailable)
     try:
         yield
     finally:
-        for cls, forward in saved.items():
-            cls.forward = forward
+        for (cls, name), method in saved.items():
+            setattr(cls, name, method)
 
 
 def call_learner(
