@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from helpers.circuits.two_layer import composition_baseline, composition_scores
 from helpers.models import AttnOnlyTransformer, HookedTransformerConfig
 from helpers.references import reference
 
@@ -269,30 +270,107 @@ class MysteryComposition:
 @torch.no_grad()
 def mystery_composition(seed: int) -> MysteryComposition:
     """Two layers of 3-4 heads with random weights, in which each layer-1 head but one reads one
-    layer-0 head's output through its queries, keys or values: its W_Q (W_K, W_V) is set to read
-    the subspace that the layer-0 head's W_O writes."""
+    layer-0 head's output through its queries, keys or values (`wiring`): its W_Q (W_K, W_V) is
+    turned towards the directions that the layer-0 head writes most, until its composition score
+    is 2.3-4 times the random baseline. Most planted heads also read one or two other layer-0
+    heads less strongly (0.55-0.85 of the planted ratio, often above 2) through another input,
+    so the strongest reading has to be found among all kinds and heads: in every model one
+    head is a trap for taking the first kind (in Q, K, V order) that reaches 2, and one for
+    taking the kind whose ratios sum highest."""
     rng = torch.Generator().manual_seed(seed)
+    for _ in range(50):  # a draw whose planted readings are not clear enough is drawn again
+        drawn = _draw_mystery_composition(seed, rng)
+        if drawn is not None:
+            return drawn
+    raise RuntimeError("no mystery model found")  # not reached: about two in three draws pass
+
+
+def _draw_mystery_composition(seed: int, rng: torch.Generator) -> MysteryComposition | None:
+    uniform = lambda lo, hi: lo + (hi - lo) * float(torch.rand((), generator=rng))  # noqa: E731
     n_heads = int(torch.randint(3, 5, (), generator=rng))
     cfg = HookedTransformerConfig(
         n_layers=2, d_model=48, n_heads=n_heads, d_head=8, n_ctx=8, d_vocab=11, seed=seed
     )
     model = AttnOnlyTransformer(cfg)
     a0, a1 = model.blocks[0].attn, model.blocks[1].attn
+    weights = {"Q": a1.W_Q, "K": a1.W_K, "V": a1.W_V}
+    baseline = {k: composition_baseline(model, k)[0] for k in weights}
+
+    def ratios(kind: str, h1: int) -> Tensor:  # [layer-0 head]
+        return composition_scores(model, kind)[:, h1] / baseline[kind]
+
+    def reader(h0: int) -> Tensor:  # [d_model, d_head], in the directions L0H{h0} writes most
+        _, S, Vh = torch.linalg.svd(a0.W_V[h0] @ a0.W_O[h0])
+        mix = torch.randn(cfg.d_head, cfg.d_head, generator=rng)
+        towards = Vh[: cfg.d_head].T @ (S[: cfg.d_head, None] ** 4 * mix)
+        return towards / towards.norm()
+
+    def turn(kind: str, h1: int, sources: list[int], target: float) -> None:
+        """Mix W_kind[h1] with readers of `sources` (same norm) until the weakest of their
+        ratios is `target` (bisection: the ratios grow with the readers' share)."""
+        weight, original = weights[kind], weights[kind][h1].clone()
+        readers = [reader(h0) for h0 in sources]
+        balance = [1.0] * len(sources)
+        for _ in range(3):  # reweigh the readers until their ratios are about equal
+
+            def set_share(t: float, balance: list[float] = balance) -> float:
+                b = sum(w * r for w, r in zip(balance, readers, strict=True))
+                w = t * b / b.norm() + (1 - t) * original / original.norm()
+                weight[h1] = w * original.norm() / w.norm()
+                return float(ratios(kind, h1)[sources].min())
+
+            lo, hi = 0.0, 1.0
+            for _ in range(24):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if set_share(mid) < target else (lo, mid)
+            set_share(hi)
+            got = ratios(kind, h1)[sources]
+            balance = [b * float(target / g) ** 2 for b, g in zip(balance, got, strict=True)]
+
     plain = int(torch.randint(n_heads, (), generator=rng))  # this one reads nothing in particular
-    wiring: dict[int, tuple[str, int] | None] = {}
-    for h1 in range(n_heads):
-        if h1 == plain:
-            wiring[h1] = None
-            continue
-        kind = "QKV"[int(torch.randint(3, (), generator=rng))]
+    wiring: dict[int, tuple[str, int] | None] = {plain: None}
+    traps = {}
+    for i, h1 in enumerate(h for h in range(n_heads) if h != plain):
+        kinds = ["QKV"[int(k)] for k in torch.randperm(3, generator=rng)]
+        decoys = int(torch.randint(3, (), generator=rng))  # none, one or two other heads
+        planted, share = uniform(2.3, 4.0), uniform(0.55, 0.85)
+        if i == 0:  # the trap for "the first kind that reaches 2": an earlier kind reads
+            kinds = ["KV"[int(torch.randint(2, (), generator=rng))]]  # another head above 2
+            kinds.append("QK"[int(torch.randint("QKV".index(kinds[0]), (), generator=rng))])
+            decoys, planted, share = 1, uniform(3.0, 4.0), uniform(0.72, 0.82)
+        elif i == 1:  # the trap for "the kind that sums highest": another kind reads two heads
+            decoys, planted, share = 2, uniform(3.0, 4.0), uniform(0.72, 0.82)
         h0 = int(torch.randint(n_heads, (), generator=rng))
-        mix = torch.randn(cfg.d_head, cfg.d_head, generator=rng) / cfg.d_head**0.5
-        reader = a0.W_O[h0].T @ mix  # [d_model, d_head]: reads what L0H{h0} writes
-        weight = {"Q": a1.W_Q, "K": a1.W_K, "V": a1.W_V}[kind]
-        weight[h1] = reader * weight[h1].norm() / reader.norm()
-        wiring[h1] = (kind, h0)
+        turn(kinds[0], h1, [h0], planted)
+        wiring[h1] = (kinds[0], h0)
+        if decoys:
+            others = [h for h in torch.randperm(n_heads, generator=rng).tolist() if h != h0]
+            turn(kinds[1], h1, others[:decoys], planted * share)
+            traps[h1] = kinds[1]
+    # Turning one input changes the others' scores a little (Q and K share W_Q W_Kᵀ): keep the
+    # draw only if every planted reading is clearly the strongest and the traps hold.
+    for h1, planted_at in wiring.items():
+        every = torch.stack([ratios(kind, h1) for kind in "QKV"])  # [kind, layer-0 head]
+        ranked = every.flatten().sort(descending=True).values
+        if planted_at is None:
+            if ranked[0] > 1.5:
+                return None
+            continue
+        kind, h0 = planted_at
+        if every["QKV".index(kind), h0] != ranked[0] or not 2.2 < ranked[0] < 4.1:
+            return None
+        if ranked[1] > 0.88 * ranked[0]:
+            return None
+    heads = [h for h in range(n_heads) if h != plain]
+    first, second = heads[0], heads[1]
+    first_decoy = torch.stack([ratios(kind, first) for kind in "QKV"])["QKV".index(traps[first])]
+    if first_decoy.max() < 2.1:
+        return None
+    sums = torch.stack([ratios(kind, second) for kind in "QKV"]).sum(1)
+    if sums["QKV".index(traps[second])] < sums["QKV".index(wiring[second][0])] + 0.3:
+        return None
     model.eval()
-    return MysteryComposition(model, wiring)
+    return MysteryComposition(model, {h: wiring[h] for h in range(n_heads)})
 
 
 @dataclass(frozen=True)
@@ -311,9 +389,10 @@ def mystery_induction(seed: int) -> MysteryInduction:
     per layer, among distractor heads that attend by content. The residual
     stream is then rotated by a random orthogonal matrix, applied to every weight that reads or
     writes it: the behaviour is unchanged (no privileged basis), but no weight can be read by eye.
-    The distractor heads' weights have the same sizes (Frobenius norms) as the planted heads', and
-    they write into the position subspace, which nothing after layer 0 reads, so only behaviour
-    tells the heads apart.
+    The distractor heads' weights have the same sizes (Frobenius norms) as the planted heads';
+    those of layer 0 write into the position subspace, which nothing after layer 0 reads, and
+    those of layer 1 have the induction head's own OV circuit (they copy whatever they attend
+    to), so neither the sizes nor the OV circuits tell the heads apart: where they attend does.
     """
     rng = torch.Generator().manual_seed(seed)
     layout = Layout(d_vocab=int(torch.randint(9, 14, (), generator=rng)),
@@ -340,15 +419,19 @@ def mystery_induction(seed: int) -> MysteryInduction:
                 for name in ("W_Q", "W_K", "W_V", "W_O"):
                     getattr(mine, name)[head] = getattr(theirs, name)[0]
                 mine.W_O[head] /= len(heads)
-            else:  # a distractor, as large as the planted heads: random queries, keys and values,
-                # writing into the position subspace, which nothing after layer 0 reads
+            else:  # a distractor, as large as the planted heads, attending by random content
                 for name in ("W_Q", "W_K", "W_V"):
                     planted = getattr(theirs, name)[0]
                     w = torch.randn(planted.shape, generator=rng)
                     getattr(mine, name)[head] = w * planted.norm() / w.norm()
-                w = torch.zeros_like(mine.W_O[head])
-                w[:, layout.position] = torch.randn(layout.d_head, layout.n_ctx, generator=rng)
-                mine.W_O[head] = w * theirs.W_O[0].norm() / (w.norm() * len(heads))
+                if layer == 0:  # writing random values into the position subspace, which
+                    w = torch.zeros_like(mine.W_O[head])  # nothing after layer 0 reads
+                    w[:, layout.position] = torch.randn(layout.d_head, layout.n_ctx, generator=rng)
+                    mine.W_O[head] = w * theirs.W_O[0].norm() / (w.norm() * len(heads))
+                else:  # copying tokens to the logits exactly as an induction head does, so
+                    # that its OV circuit (norm, copying) cannot tell it from one
+                    mine.W_V[head] = theirs.W_V[0]
+                    mine.W_O[head] = theirs.W_O[0] / len(heads)
     R = _orthonormal(cfg.d_model, rng)  # the rotation: every read gets Rᵀ, every write R
     model.embed.W_E.copy_(model.W_E @ R)
     model.pos_embed.W_pos.copy_(model.W_pos @ R)

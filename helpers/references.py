@@ -27,8 +27,9 @@ class ReferenceWithheld(RuntimeError):
     def __init__(self, name: str, message: str | None = None):
         super().__init__(
             message
-            or f"your answer calls the course's reference `{name}`, the function this exercise "
-            "asks you to write yourself; compute it from the weights and tensors you are given"
+            or f"your answer calls the course's `{name}`, which this exercise withholds: it "
+            "computes (part of) the answer you are asked to build yourself, from the weights "
+            "and tensors you are given"
         )
         self.name = name
 

@@ -424,9 +424,20 @@ def test_describe_head_recovers_what_was_planted():
 def test_composition_map_and_baselines():
     from helpers import handmade
 
-    for seed in range(3):
+    for seed in range(8):
         mystery = handmade.mystery_composition(seed)
         assert circuits.composition_map(mystery.model) == mystery.wiring
+        ratios = torch.stack([
+            circuits.composition_scores(mystery.model, k)
+            / circuits.composition_baseline(mystery.model, k)[0]
+            for k in "QKV"
+        ])  # fmt: skip
+        for h1, planted in mystery.wiring.items():
+            ranked = ratios[..., h1].flatten().sort(descending=True).values
+            if planted is None:
+                assert ranked[0] < 1.5
+            else:  # the planted reading is clear, and its runner-up no match for it
+                assert 2.2 < ranked[0] < 4.1 and ranked[1] < 0.9 * ranked[0]
         assert all(
             v is None for v in circuits.composition_map(mystery.model, threshold=5.0).values()
         )

@@ -43,6 +43,11 @@ def test_mystery_models_are_seeded_and_hide_their_truth_in_a_rotation():
     assert a.previous_token_head[0] == 0 and all(layer == 1 for layer, _ in a.induction_heads)
     # rotated: the embedding is no longer one-hot in any coordinates
     assert (a.model.W_E.abs() > 1e-3).float().mean() > 0.5
+    # every layer-1 head writes through the same OV circuit: only attention tells them apart
+    for seed in range(4):
+        model = handmade.mystery_induction(seed).model
+        ov = [circuits.full_ov_circuit(model, 1, h) for h in range(model.cfg.n_heads)]
+        assert all(torch.allclose(o, ov[0], atol=1e-4) for o in ov)
     heads = handmade.mystery_heads(3)
     assert sorted(heads.kinds) == ["anti-copying", "copying", "previous token", "skip-trigrams"]
     assert len(heads.rules) == len(heads.strengths) >= 2

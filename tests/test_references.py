@@ -16,7 +16,7 @@ def test_a_withheld_reference_refuses_and_comes_back():
     with withheld(double):
         with pytest.raises(
             ReferenceWithheld,
-            match="your answer calls the course's reference `test_references.double`",
+            match="your answer calls the course's `test_references.double`, which this exercise withholds",
         ):
             double(2)
     assert double(3) == 6

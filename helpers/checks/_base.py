@@ -31,9 +31,12 @@ from torch import Tensor
 from helpers.models import (
     Attention,
     AttnOnlyTransformer,
+    Embed,
     HookedTransformerConfig,
     HookPoint,
+    PosEmbed,
     TransformerBlock,
+    Unembed,
 )
 from helpers.references import ReferenceWithheld, withheld
 
@@ -189,7 +192,15 @@ def _forward_unavailable(*args, **kwargs):
 def forward_unavailable() -> Iterator[None]:
     """Within the block, no model (nor any of its layers) can run: the forward methods of the
     classes themselves are replaced, so a copy or a rebuilt model cannot run either."""
-    classes = (AttnOnlyTransformer, TransformerBlock, Attention, HookPoint)
+    classes = (
+        AttnOnlyTransformer,
+        TransformerBlock,
+        Attention,
+        HookPoint,
+        Embed,
+        PosEmbed,
+        Unembed,
+    )
     saved = {
         (cls, name): cls.__dict__[name]
         for cls in classes
@@ -249,10 +260,12 @@ class Case:
 
     args: tuple
     expected: Tensor | float
-    mistakes: dict[str, Tensor] | list[tuple[str, float]] = field(default_factory=dict)
+    mistakes: dict[str, Tensor] | list[tuple[str, Tensor | float]] = field(default_factory=dict)
     where: str = ""  # how a failure names this case, e.g. "head 2"
     shape_hints: dict[tuple[int, ...], str] = field(default_factory=dict)  # wrong shape -> why
-    near_miss: str = ""  # for a number: said when the answer is within 3 % but not right
+    near_miss: str = (
+        ""  # for a number: said when the answer is within NEAR_MISS (0.5 %) but not right
+    )
 
 
 def check_cases(
@@ -266,8 +279,13 @@ def check_cases(
     atol: float = 1e-4,
     what: str = "a float",
 ) -> None:
-    """Run the learner's function on every case (references withheld, inputs cloned) and diagnose
-    each answer: tensors (`expected` a Tensor) by `diagnose`, numbers by `diagnose_float`."""
+    """Run the learner's function on every case (references withheld, inputs cloned), then judge
+    the answers together. A wrong answer is named as a common mistake only when it matches that
+    mistake in every wrong case where the mistake gives something other than the right answer,
+    including the first, and no other mistake does the same: one case can match a mistake by
+    coincidence, all of them cannot.
+    Otherwise the first wrong case is described (tensors by `diagnose`, numbers by value)."""
+    answers = []
     for case in cases:
         out = call_learner(
             exercise, fn, *case.args, withhold=withhold, block_forward=block_forward,
@@ -281,17 +299,90 @@ def check_cases(
                 )
             floating = case.expected.dtype.is_floating_point
             out = expect_tensor(exercise, name, out, case.expected.shape, floating)
-            diagnose(exercise, out, case.expected, case.mistakes, atol=atol, where=case.where)
         else:
             out = expect_float(exercise, name, out, what)
-            where = f"{case.where}: " if case.where else ""
-            digits = 4
-            while digits < 8 and f"{out:.{digits}f}" == f"{case.expected:.{digits}f}":
-                digits += 1  # show where they differ
-            otherwise = f"{where}got {out:.{digits}f}, expected {case.expected:.{digits}f}."
-            if case.near_miss and abs(out - case.expected) <= 0.03 * max(1.0, abs(case.expected)):
-                otherwise += f" {case.near_miss}"
-            diagnose_float(exercise, out, case.expected, case.mistakes, otherwise)
+        answers.append(out)
+
+    def right(out, case) -> bool:
+        if isinstance(case.expected, Tensor):
+            return matches(out, case.expected, atol)
+        return _close(out, case.expected)
+
+    wrong = [(out, case) for out, case in zip(answers, cases, strict=True) if not right(out, case)]
+    if not wrong:
+        return
+    name_mistake(
+        exercise,
+        [(c.where, a, c.expected, _mistake_items(c.mistakes)) for a, c in wrong],
+        functools.partial(_same, atol=atol),
+    )
+    out, case = wrong[0]
+    if isinstance(case.expected, Tensor):
+        diagnose(exercise, out, case.expected, {}, atol=atol, where=case.where)
+    where = f"{case.where}: " if case.where else ""
+    digits = 4
+    while digits < 8 and f"{out:.{digits}f}" == f"{case.expected:.{digits}f}":
+        digits += 1  # show where they differ
+    message = f"{where}got {out:.{digits}f}, expected {case.expected:.{digits}f}."
+    if case.near_miss and abs(out - case.expected) <= NEAR_MISS * max(1.0, abs(case.expected)):
+        message += f" {case.near_miss}"
+    raise CheckFailed(exercise, message)
+
+
+NEAR_MISS = 0.005  # a number this close (relatively) to the right one is a rounding matter
+
+
+def _mistake_items(mistakes: dict | Sequence[tuple[str, object]]) -> list[tuple[str, object]]:
+    return list(mistakes.items()) if isinstance(mistakes, dict) else list(mistakes)
+
+
+def _close(a: float, b: float, widen: float = 1.0, rel: float = 2e-4, abs_tol: float = 1e-6):
+    return math.isclose(a, b, rel_tol=widen * rel, abs_tol=widen * abs_tol)
+
+
+def _same(a: object, b: object, atol: float, widen: float = 1.0) -> bool:
+    if isinstance(b, Tensor):
+        return isinstance(a, Tensor) and matches(a, b, widen * atol)
+    return not isinstance(a, Tensor) and _close(float(a), float(b), widen)
+
+
+def name_mistake(
+    exercise: str,
+    wrong: Sequence[tuple[str, object, object, Sequence[tuple[str, object]]]],
+    same: Callable[..., bool],
+) -> None:
+    """Raise a CheckFailed naming the common mistake behind the wrong answers, if exactly one
+    explains them all; otherwise return, for the caller to describe the first wrong answer.
+
+    `wrong` holds (where, answer, right answer, mistakes) per wrong case, the first wrong case
+    first; a mistake may list several values under one description. A mistake explains a case
+    if one of its values there is `same` as the answer; cases where the mistake comes out
+    (nearly: `same(value, expected, widen=10)`) right tell nothing and are skipped. The named
+    mistake must explain the first wrong case and every case where it tells something: one
+    case can match a mistake by coincidence, all of them cannot. Mistakes whose text names its
+    case (e.g. "for K, ...") thus only count where they are defined."""
+    if not wrong:
+        return
+    verdicts: dict[str, list[bool]] = {}
+    for _, out, expected, mistakes in wrong:
+        telling: dict[str, bool] = {}
+        for description, value in mistakes:
+            if same(value, expected, widen=10):
+                continue  # the mistake gives the right answer here
+            telling[description] = telling.get(description, False) or same(out, value)
+        for description, hit in telling.items():
+            verdicts.setdefault(description, []).append(hit)
+    where, out, expected, mistakes = wrong[0]
+    first = {d for d, v in mistakes if same(out, v) and not same(v, expected, widen=10)}
+    named = {d for d, hits in verdicts.items() if all(hits)} & first
+    if len(named) == 1:
+        prefix = f"{where}: " if where else ""
+        raise CheckFailed(exercise, f"{prefix}your answer matches a common mistake: {named.pop()}")
+
+
+def equal(a: object, b: object, widen: float = 1.0) -> bool:
+    """`same` for answers compared exactly (lists, sets of token ids)."""
+    return a == b
 
 
 # ---- checking what came back --------------------------------------------------------------------
@@ -438,7 +529,7 @@ def diagnose_float(
     A mistake is named only if its value lies well away (ten tolerances) from the right answer."""
 
     def close(a: float, b: float, widen: float = 1.0) -> bool:
-        return math.isclose(a, b, rel_tol=widen * rel, abs_tol=widen * abs_tol)
+        return _close(a, b, widen, rel, abs_tol)
 
     if close(out, expected):
         return

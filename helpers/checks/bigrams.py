@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 
 import torch
+from torch import Tensor
 
 from helpers import attribution, circuits, handmade
 from helpers.checks._base import (
@@ -120,6 +121,16 @@ def check_zero_layer_circuit(zero_layer_circuit: Callable) -> None:
     passed(ex, "W_E @ W_U, row = current token, for two random zero-layer models.")
 
 
+def _mixing_chain(n: int, scale: float, seed: int) -> Tensor:
+    """A planted chain that mixes within a few hundred steps (second eigenvalue's modulus at most
+    0.9), so that the hint's power iteration converges as well as an eigensolver."""
+    for attempt in range(100):
+        P = BigramLanguage(n_states=n, scale=scale, seed=seed + attempt).transition_matrix
+        if torch.linalg.eigvals(P).abs().sort(descending=True).values[1] <= 0.9:
+            return P
+    raise RuntimeError("no chain found")  # not reached: most draws mix this fast
+
+
 @checker
 def check_entropy_rate(entropy_rate: Callable) -> None:
     """Exercise 1.4: `entropy_rate(P) -> float`, nats per step of the Markov chain with
@@ -129,7 +140,7 @@ def check_entropy_rate(entropy_rate: Callable) -> None:
     seed = draw_seed()
     cases = []
     for i, n in enumerate((4, 7, 10)):
-        P = BigramLanguage(n_states=n, scale=2.5 + i, seed=seed + i).transition_matrix
+        P = _mixing_chain(n, 2.5 + i, seed + 100 * i)
         pi = stationary_distribution(P)
         rows = -(P * P.log()).sum(-1)  # the entropy of each row
         H = float(pi @ rows)
@@ -142,7 +153,13 @@ def check_entropy_rate(entropy_rate: Callable) -> None:
              "rate is the average uncertainty of the next state, Σ_i π_i H(P_i).",
              float(-(pi * pi.log()).sum())),
         ]  # fmt: skip
-        cases.append(Case((P.clone(),), H, mistakes, f"{n} states"))
+        unit = "π was normalised to unit length; a distribution sums to 1: divide by π.sum()."
+        mistakes += [(unit, H / float(pi.norm())), (unit, -H / float(pi.norm()))]
+        near = (
+            "Close: is π exact? Check that π @ P equals π to 1e-9 (power iteration needs enough "
+            "steps) and that π sums to 1."
+        )
+        cases.append(Case((P.clone(),), H, mistakes, f"{n} states", near_miss=near))
     check_cases(
         ex, entropy_rate, "entropy_rate", cases,
         withhold=[data_entropy_rate, stationary_distribution, circuits.expected_loss],
@@ -229,7 +246,7 @@ def check_set_zero_layer_weights(set_zero_layer_weights: Callable) -> None:
             "W_E @ W_U is the transpose of the approximation: row = current token (W_E), "
             "column = next token (W_U).": expected.T,
         }
-        W_pos = model.W_pos.detach().clone()
+        W_pos, cfg = model.W_pos.detach().clone(), model.cfg
         with torch.no_grad():
             call_learner(
                 ex, set_zero_layer_weights, model, table.clone(),
@@ -237,6 +254,17 @@ def check_set_zero_layer_weights(set_zero_layer_weights: Callable) -> None:
             )  # fmt: skip
         if not torch.equal(model.W_pos.detach(), W_pos):
             raise CheckFailed(ex, "only W_E and W_U are yours to set; W_pos changed.")
+        if model.cfg != cfg:
+            raise CheckFailed(ex, "the model's config changed; set the weights, keep its sizes.")
+        for name, shape in (("W_E", (V, k)), ("W_U", (k, V))):
+            got = tuple(getattr(model, name).shape)
+            if got != shape:
+                raise CheckFailed(
+                    ex,
+                    f"d_vocab {V}, d_model {k}: {name} now has shape {got}; it must keep its "
+                    f"shape {shape} (d_model = {k} is the rank the model can hold: copy the "
+                    f"factors into it, e.g. model.{name}.copy_(...)).",
+                )
         product = (model.W_E @ model.W_U).detach()
         diagnose(ex, product, expected, mistakes, atol=1e-4, where=f"d_vocab {V}, d_model {k}")
     passed(ex, "W_E @ W_U is the truncated SVD, for two random tables and widths.")

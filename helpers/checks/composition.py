@@ -3,6 +3,7 @@ patterns, term importance, path ablation, and a model's wiring reverse-engineere
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 
@@ -22,6 +23,7 @@ from helpers.checks._base import (
     draw_seed,
     expect_float,
     generator,
+    name_mistake,
     passed,
     random_models,
     random_tokens,
@@ -86,8 +88,11 @@ def check_composition_scores(composition_scores: Callable) -> None:
     passed(ex, "Q-, K- and V-composition for every pair of heads of two random test models.")
 
 
-def _baseline_draws(d_model: int, d_head: int, n: int, seed: int) -> dict[str, Tensor]:
-    """The six random matrices of Exercise 3.2, drawn in its order (float64 for the checker)."""
+def _baseline_draws(
+    d_model: int, d_head: int, n: int, seed: int, dtype: torch.dtype = torch.float32
+) -> dict[str, Tensor]:
+    """The six random matrices of Exercise 3.2, drawn in its order in `dtype` (the exercise's
+    float32 by default), then float64 for the checker's arithmetic."""
     g = generator(seed)
     D, d = d_model, d_head
     shapes = {
@@ -98,7 +103,10 @@ def _baseline_draws(d_model: int, d_head: int, n: int, seed: int) -> dict[str, T
         "W_V0": (D, d),
         "W_O0": (d, D),
     }
-    return {name: torch.randn(n, *shape, generator=g).double() for name, shape in shapes.items()}
+    return {
+        name: torch.randn(n, *shape, generator=g, dtype=dtype).double()
+        for name, shape in shapes.items()
+    }
 
 
 def _mean_and_std(A: Tensor, B: Tensor) -> tuple[float, float]:
@@ -128,25 +136,39 @@ def check_composition_baseline(composition_baseline: Callable) -> None:
             ("the products were not normalised: divide each ‖OV₀ QK₁ᵀ‖ by ‖OV₀‖ · ‖QK₁ᵀ‖.",
              float((OV0 @ QK1_T).flatten(-2).norm(dim=-1).mean())),
         ]  # fmt: skip
+        w64 = _baseline_draws(D, d, n, seed + i, torch.float64)
+        mistakes.append((
+            "the matrices were drawn in float64: the same seed gives other numbers in another "
+            "dtype. Draw in the default float32 (convert afterwards if you like).",
+            _mean_and_std(w64["W_V0"] @ w64["W_O0"],
+                          w64["W_K1"] @ w64["W_Q1"].transpose(-1, -2))[0],
+        ))  # fmt: skip
         cases.append(
             Case(
                 (D, d, n, seed + i), (mean, std), mistakes, f"d_model {D}, d_head {d}, {n} samples"
             )
         )
+    answers = []
     for case in cases:
         out = call_learner(
             ex, composition_baseline, *case.args,
             withhold=[circuits.random_composition_baseline, circuits.composition_baseline,
                       two_layer._composition_from_weights, two_layer._frobenius_composition],
         )  # fmt: skip
-        got = _mean_std(ex, out)
+        answers.append(_mean_std(ex, out))
+    wrong = [(case.where, got[0], case.expected[0], case.mistakes)
+             for got, case in zip(answers, cases, strict=True)
+             if not math.isclose(got[0], case.expected[0], rel_tol=2e-4, abs_tol=1e-6)]  # fmt: skip
+    name_mistake(ex, wrong, _close_floats)
+    for got, case in zip(answers, cases, strict=True):
         (mean, std), where = case.expected, case.where
         otherwise = (
             f"{where}: mean {got[0]:.5f} ± std {got[1]:.5f}, expected {mean:.5f} ± {std:.5f}. Draw "
-            "with torch.randn(n_samples, ...) from torch.Generator().manual_seed(seed), in the "
-            "order the exercise gives, all six matrices."
+            "with torch.randn(n_samples, ...) in the default dtype (float32) from "
+            "torch.Generator().manual_seed(seed), in the order the exercise gives, all six "
+            "matrices."
         )
-        diagnose_float(ex, got[0], mean, case.mistakes, otherwise)
+        diagnose_float(ex, got[0], mean, [], otherwise)
         diagnose_float(
             ex,
             got[1],
@@ -155,6 +177,12 @@ def check_composition_baseline(composition_baseline: Callable) -> None:
             otherwise + " (the mean is right: is the std unbiased, torch's default?)",
         )
     passed(ex, "the random baseline's mean and spread for three shapes, seeded.")
+
+
+def _close_floats(a: float, b: float, widen: float = 1.0) -> bool:
+    """Seeded draws make the answer exact up to float32 arithmetic (~1e-6 relatively): tight
+    enough to tell the float64 draws (~1e-3 off) from the right ones."""
+    return math.isclose(a, b, rel_tol=widen * 2e-5, abs_tol=widen * 1e-7)
 
 
 def _mean_std(ex: str, out: object) -> tuple[float, float]:
@@ -347,9 +375,25 @@ def check_composition_map(composition_map: Callable) -> None:
     cases = []
     for i in range(2):
         mystery = handmade.mystery_composition(seed + i)
-        for threshold in (2.0, 3.0):
-            truth = circuits.composition_map(mystery.model, threshold)
-            cases.append((mystery, threshold, truth))
+        model = mystery.model
+        ratios = torch.stack([
+            circuits.composition_scores(model, k) / circuits.composition_baseline(model, k)[0]
+            for k in circuits.COMPOSITION_KINDS
+        ])  # fmt: skip
+        best = ratios.flatten(0, 1).max(0).values  # each layer-1 head's strongest reading
+        planted = best[[h for h, w in mystery.wiring.items() if w is not None]]
+        # a second threshold, drawn, that no head's best ratio lies near, above the weakest
+        # planted reading (so the map must apply it) and below the strongest where they differ
+        g = generator(seed + 10 + i)
+        lo, hi = float(planted.min()) + 0.1, float(planted.max()) - 0.1
+        threshold = round(float(planted.max()) + 0.2, 2)  # all None, where no gap is wide enough
+        for _ in range(100):
+            candidate = round(lo + (hi - lo) * float(torch.rand((), generator=g)), 2)
+            if hi > lo and (best - candidate).abs().min() > 0.1:
+                threshold = candidate
+                break
+        for applied in (2.0, threshold):
+            cases.append((mystery, applied, circuits.composition_map(model, applied)))
     for mystery, threshold, truth in cases:
         out = call_learner(
             ex, composition_map, mystery.model, threshold,
@@ -368,7 +412,7 @@ def check_composition_map(composition_map: Callable) -> None:
                 + ". Compare each (kind, layer-0 head) by its score divided by the random "
                 "baseline's mean; keep the largest if it reaches the threshold.",
             )  # fmt: skip
-    passed(ex, "the planted wiring of two mystery models, at thresholds 2 and 3.")
+    passed(ex, "the planted wiring of two mystery models, at threshold 2 and a drawn one.")
 
 
 _MAP_FORMAT = (

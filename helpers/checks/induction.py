@@ -16,10 +16,10 @@ from helpers.checks._base import (
     call_learner,
     check_cases,
     checker,
-    diagnose_float,
     draw_seed,
     expect_float,
     generator,
+    name_mistake,
     passed,
     random_models,
     random_tokens,
@@ -74,6 +74,30 @@ def _induction_reference(pattern: Tensor, length: int, shift: int, how: str = "s
     return float(per_query.mean())
 
 
+def _close(a: float, b: float, widen: float = 1.0) -> bool:
+    return math.isclose(a, b, rel_tol=widen * 2e-4, abs_tol=widen * 1e-6)
+
+
+def _without_bos_reference(pattern: Tensor, length: int, shift: int) -> float:
+    """The score with its positions counted as if the sequence had no BOS in front (blocks
+    starting at position 0): every earlier occurrence and query one position off."""
+    n = pattern.shape[-1]
+    pos = torch.arange(n)
+    delta = pos[:, None] - pos[None, :] + shift
+    r = delta // length
+    target = (delta % length == 0) & (r >= 1) & (pos[None, :] < pos[:, None])
+    target &= pos[:, None] - r * length >= 0
+    queries = target.any(-1)
+    return float((pattern * target).sum(-1)[:, queries].mean())
+
+
+_BOS_OFFSET = (
+    "the positions are one off: the sequence starts with BOS, so block b (from 0) covers "
+    "positions 1 + b·length .. (b + 1)·length, and a query's earlier copies lie a multiple of "
+    "length before it, never at BOS."
+)
+
+
 @checker
 def check_induction_score(induction_score: Callable) -> None:
     """Exercise 4.3: `induction_score(pattern, length) -> float`, for patterns on BOS + blocks of
@@ -93,8 +117,10 @@ def check_induction_score(induction_score: Callable) -> None:
             ("this looks one position too far: key + 2.", _induction_reference(pattern, length, 2)),
             ("only the most recent earlier copy was counted; with several repeats, sum the "
              "attention over every earlier copy.", _induction_reference(pattern, length, 1, "latest")),
+            (_BOS_OFFSET, _without_bos_reference(pattern, length, 1)),
         ]  # fmt: skip
         cases.append((pattern, length, repeats, expected, olsson, mistakes))
+    wrong = []
     for pattern, length, repeats, expected, olsson, mistakes in cases:
         out = call_learner(
             ex,
@@ -111,8 +137,12 @@ def check_induction_score(induction_score: Callable) -> None:
         ):
             averaged = True  # Olsson et al.'s definition: accepted
             continue
-        otherwise = f"length {length}, {repeats} repeats: got {out:.4f}, expected {expected:.4f}."
-        diagnose_float(ex, out, expected, mistakes, otherwise)
+        if not _close(out, expected):
+            wrong.append((f"length {length}, {repeats} repeats", out, expected, mistakes))
+    name_mistake(ex, wrong, _close)
+    if wrong:
+        where, out, expected, _ = wrong[0]
+        raise CheckFailed(ex, f"{where}: got {out:.4f}, expected {expected:.4f}.")
     if averaged:
         passed(
             ex,
@@ -250,6 +280,7 @@ def check_duplicate_token_score(duplicate_token_score: Callable) -> None:
             ("only the most recent earlier copy was counted; sum over every earlier copy.",
              _induction_reference(pattern, length, 0, "latest")),
             ("this looks one position too early (key - 1).", _induction_reference(pattern, length, -1)),
+            (_BOS_OFFSET, _without_bos_reference(pattern, length, 0)),
         ]  # fmt: skip
         cases.append(
             Case((pattern, length), expected, mistakes, f"length {length}, {repeats} repeats")
@@ -350,6 +381,9 @@ def check_k_composition_circuit(k_composition_circuit: Callable) -> None:
                             model, (0, p), (1, h)
                         ),
                         "the 1/sqrt(d_head) scale is missing.": expected * d**0.5,
+                        "each row was centred: this exercise asks for the raw term; centring "
+                        "(each query's scores minus their mean) comes when you compare keys "
+                        "within a query.": expected - expected.mean(-1, keepdim=True),
                     }
                 cases.append(Case((model, p, h), expected, mistakes, f"L0H{p} → L1H{h}"))
     check_cases(

@@ -8,6 +8,7 @@ import math
 import operator
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -19,10 +20,12 @@ from helpers.checks._base import (
     check_cases,
     checker,
     draw_seed,
+    equal,
     expect_float,
     expect_token_list,
     generator,
     heads_phrase,
+    name_mistake,
     passed,
     random_models,
     random_tokens,
@@ -53,11 +56,16 @@ def check_full_ov_circuit(full_ov_circuit: Callable) -> None:
                     "the unembedding is W_Eᵀ instead of W_U (the two are not tied here).": (
                         model.W_E @ W_V @ W_O @ model.W_E.T
                     ),
-                    "this is another head's circuit: index the head with W_V[0, head], "
-                    "W_O[0, head].": circuits.full_ov_circuit(
-                        model, 0, (head + 1) % model.cfg.n_heads
-                    ),
                 }
+                mistakes = list(mistakes.items()) + [
+                    (
+                        "this is another head's circuit: index the head with W_V[0, head], "
+                        "W_O[0, head].",
+                        circuits.full_ov_circuit(model, 0, other),
+                    )
+                    for other in range(model.cfg.n_heads)
+                    if other != head
+                ]
             cases.append(Case((model, head), expected, mistakes, f"head {head}"))
     check_cases(
         ex, full_ov_circuit, "full_ov_circuit", cases,
@@ -278,6 +286,7 @@ def check_skip_trigrams(skip_trigrams: Callable) -> None:
             cases.append(
                 (head, source, k, frozenset(dests), frozenset(outs), dest_mistakes, out_mistakes)
             )
+    wrong = []  # (where, answer, right answer, mistakes) of every wrong half of an answer
     for head, source, k, exp_dests, exp_outs, dest_mistakes, out_mistakes in cases:
         out = call_learner(
             ex, skip_trigrams, model, head, source, k,
@@ -292,12 +301,12 @@ def check_skip_trigrams(skip_trigrams: Callable) -> None:
             ("destinations", frozenset(dests), exp_dests, dest_mistakes),
             ("outputs", frozenset(outs), exp_outs, out_mistakes),
         ):
-            if got == expected:
-                continue
-            hits = [d for d, wrong in mistakes.items() if got == wrong and wrong != expected]
-            if len(hits) == 1:
-                raise CheckFailed(ex, f"{where}: your answer matches a common mistake: {hits[0]}")
-            raise CheckFailed(ex, f"{where}: {what} {sorted(got)}, expected {sorted(expected)}.")
+            if got != expected:
+                wrong.append((f"{where}, {what}", got, expected, list(mistakes.items())))
+    name_mistake(ex, wrong, equal)
+    if wrong:
+        where, got, expected, _ = wrong[0]
+        raise CheckFailed(ex, f"{where}: {sorted(got)}, expected {sorted(expected)}.")
     passed(ex, "top-k destinations (QK column) and outputs (OV row) for k = 2, 3, 4.")
 
 
@@ -343,6 +352,9 @@ def _crossed_case(model, language, contexts, where, source, dest, output) -> Cas
         bos, end = torch.zeros(n, 1, dtype=torch.long), torch.full((n, 1), dest)
         logits = {name: model(torch.cat([bos, c, end], 1)).double()
                   for name, c in (("with", with_source), ("without", contexts))}  # fmt: skip
+        shifted = torch.cat([bos, contexts, end], 1)  # the source written at `where` of the
+        shifted[torch.arange(n), where] = source  # sequence with BOS: one position early
+        early = model(shifted).double()[:, -1].log_softmax(-1)[:, output]
     lp = {name: x[:, -1].log_softmax(-1)[:, output] for name, x in logits.items()}
     mistakes = [
         ("the sign is flipped: take log P with the source minus log P without it.",
@@ -360,6 +372,9 @@ def _crossed_case(model, language, contexts, where, source, dest, output) -> Cas
                 - logits["without"][:, -2].log_softmax(-1)[:, output]).mean())),
         ("the runs with and without the source were the same (a change of 0): was the source "
          "written into `contexts` itself? Write it into a copy, `contexts.clone()`.", 0.0),
+        ("the source went in one position early: `where` indexes the contexts, so in the "
+         "sequence with BOS in front it is position where + 1.",
+         float((early - logits["without"][:, -1].log_softmax(-1)[:, output]).mean())),
     ]  # fmt: skip
     labels = language.token_labels
     where_text = (f"{labels[source]} … {labels[dest]} → {labels[output]} on {n} contexts of "
@@ -473,6 +488,7 @@ def check_top_skip_trigrams(top_skip_trigrams: Callable) -> None:
                     ),
                 }
                 cases.append((model, head, n, expected, mistakes))
+    wrong = []
     for model, head, n, expected, mistakes in cases:
         out = call_learner(
             ex, top_skip_trigrams, model, head, n,
@@ -481,12 +497,11 @@ def check_top_skip_trigrams(top_skip_trigrams: Callable) -> None:
             block_forward=True,
         )  # fmt: skip
         got = _as_triples(ex, out, n, model.cfg.d_vocab)
-        if got == expected:
-            continue
-        where = f"head {head}, n = {n}"
-        hits = [d for d, wrong in mistakes.items() if got == wrong and wrong != expected]
-        if len(hits) == 1:
-            raise CheckFailed(ex, f"{where}: your answer matches a common mistake: {hits[0]}")
+        if got != expected:
+            wrong.append((f"head {head}, n = {n}", got, expected, list(mistakes.items())))
+    name_mistake(ex, wrong, equal)
+    if wrong:
+        where, got, expected, _ = wrong[0]
         if sorted(got) == sorted(expected):
             raise CheckFailed(
                 ex,
@@ -519,6 +534,12 @@ def _ranked(qk_sd: Tensor, ov: Tensor, n: int, centre: bool, clamp: bool, drop_b
 
 def _as_triples(ex: str, out: object, n: int, d_vocab: int) -> list[tuple[int, int, int]]:
     """The learner's list of (source, destination, output) triples, as ints, or a CheckFailed."""
+    if isinstance(out, np.ndarray):
+        out = torch.from_numpy(out)
+    if isinstance(out, Tensor) and out.ndim == 2 and out.shape[1] == 3:
+        if out.dtype.is_floating_point:
+            raise CheckFailed(ex, f"the triples must hold token ids (integers), got {out.dtype}.")
+        out = out.tolist()
     if not isinstance(out, (list, tuple)):
         raise CheckFailed(
             ex, f"return a list of (source, destination, output) triples, got {type(out).__name__}."

@@ -298,7 +298,10 @@ def check_with_uniform_attention(with_uniform_attention: Callable) -> None:
             }
             expected = replaced(_uniform_pattern(n), [layer])
             cases.append(Case((model, tokens, layer), expected, mistakes, f"layer {layer}"))
-    check_cases(ex, with_uniform_attention, "with_uniform_attention", cases)
+    check_cases(
+        ex, with_uniform_attention, "with_uniform_attention", cases,
+        withhold=[evals.run_with_frozen_patterns],
+    )  # fmt: skip
     passed(ex, "the logits with either layer's attention made uniform, for two random models.")
 
 

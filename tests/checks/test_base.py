@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import checks, circuits, recipes
+from helpers import checks, circuits, evals, recipes
 from helpers.checks import _base
 from helpers.circuits import two_layer
 from tests.checks import test_bigrams, test_composition, test_induction, test_one_layer
@@ -25,6 +25,28 @@ def test_a_diagnosis_names_a_mistake_only_when_it_is_the_only_match():
     _base.diagnose("Ex", expected, expected, {"looks wrong": expected})
     with pytest.raises(checks.CheckFailed, match="not right"):
         _base.diagnose_float("Ex", 1.0, 0.0, [("a", 1.0), ("b", 1.0 + 1e-9)], "not right")
+
+
+def test_a_mistake_is_named_only_if_it_explains_every_wrong_case():
+    cases = [
+        _base.Case((0,), 1.0, [("doubled", 2.0), ("plus one", 2.0 + 1e-3)], "case 0"),
+        _base.Case((1,), 3.0, [("doubled", 6.0), ("plus one", 4.0)], "case 1"),
+        _base.Case((2,), 0.0, [("doubled", 0.0), ("plus one", 1.0)], "case 2"),
+    ]  # "doubled" says nothing in case 2, where it gives the right answer
+    answers = {0: 2.0, 1: 6.0, 2: 0.0}
+    with pytest.raises(checks.CheckFailed, match="case 0: your answer matches a common mistake: "
+                       "doubled"):  # fmt: skip
+        _base.check_cases("Ex", answers.get, "f", cases)
+    coincidence = {0: 2.0, 1: 5.0, 2: 0.0}  # matches "doubled" in case 0 only
+    with pytest.raises(checks.CheckFailed) as info:
+        _base.check_cases("Ex", coincidence.get, "f", cases)
+    assert "common mistake" not in str(info.value) and "case 0: got 2.0000" in str(info.value)
+    lists = [("a", [1], [2], [("reversed", [1]), ("shifted", [3])]),
+             ("b", [4], [5], [("reversed", [9]), ("shifted", [4])])]  # fmt: skip
+    _base.name_mistake("Ex", [], _base.equal)  # nothing wrong, nothing named
+    _base.name_mistake("Ex", lists, _base.equal)  # no mistake explains both: left to the caller
+    with pytest.raises(checks.CheckFailed, match="a: your answer matches a common mistake: rev"):
+        _base.name_mistake("Ex", lists[:1], _base.equal)
 
 
 @pytest.mark.parametrize(
@@ -149,6 +171,15 @@ def _expansion_through_the_block(model, tokens, pattern):
     return model.blocks[0](resid, pos, False) @ model.W_U
 
 
+def _uniform_through_frozen_patterns(model, tokens, layer):
+    n = tokens.shape[1]
+    causal = torch.ones(n, n).tril()
+    pattern = (causal / causal.sum(-1, keepdim=True)).expand(
+        tokens.shape[0], model.cfg.n_heads, n, n
+    )
+    return evals.run_with_frozen_patterns(model, tokens, {layer: pattern})
+
+
 def _ov_through_wrapped(model, head):
     return circuits.full_ov_circuit.__wrapped__(model, 0, head)
 
@@ -172,13 +203,19 @@ def _ov_through_wrapped(model, head):
                 m.blocks[0].attn.W_O,
                 "K",
             ),
-            "calls the course's reference `circuits._composition_from_weights`",
+            "calls the course's `circuits._composition_from_weights`, which this exercise withholds",
         ),  # fmt: skip
         (
             checks.check_empirical_log_probs,
             lambda c: (c / c.sum(-1, keepdim=True)).clamp_min(1e-3).log(),
             "",
         ),
+        (
+            checks.check_zero_layer_circuit,
+            lambda m: m.unembed(m.embed(torch.arange(m.cfg.d_vocab)[None]))[0],
+            "forward pass",
+        ),
+        (checks.check_with_uniform_attention, _uniform_through_frozen_patterns, "withholds"),
     ],
 )
 def test_shortcuts_found_by_the_adversarial_pass_fail(check, answer, diagnosis):

@@ -32,7 +32,10 @@ def test_count_bigrams_accepts_reference():
         (lambda t, V: counts_reference(t, V)[1:, 1:], "returned shape"),
         (lambda t, V: counts_reference(t[:, :3], V), "matches none"),
         (lambda t, V: torch.ones(6, 6, dtype=torch.long), "Exercise 1.1"),  # a constant
-        (next_token_counts, "calls the course's reference `data.next_token_counts`"),
+        (
+            next_token_counts,
+            "calls the course's `data.next_token_counts`, which this exercise withholds",
+        ),
         (lambda t, V: (t.zero_(), counts_reference(t, V))[1], "matches none"),
         # uint8 wraps around at 256: counts must be int32 or int64
         (lambda t, V: counts_reference(t, V).to(torch.uint8), "expected integer counts"),
@@ -87,7 +90,10 @@ def test_zero_layer_circuit_accepts_reference():
         (lambda m: (m.W_E @ m.W_U).log_softmax(-1), "these are log-probabilities"),
         (lambda m: m.W_U.T @ m.W_E.T + 1, "matches none of the common mistakes"),
         (lambda m: m.W_U @ m.W_E, "d_model × d_model"),
-        (circuits.direct_path, "calls the course's reference `circuits.direct_path`"),
+        (
+            circuits.direct_path,
+            "calls the course's `circuits.direct_path`, which this exercise withholds",
+        ),
         (lambda m: torch.full((m.cfg.d_vocab,) * 2, float("nan")), "NaN"),
     ],
 )
@@ -107,16 +113,33 @@ def entropy_reference(P):
     return float(-(pi[:, None] * P * P.log()).sum())
 
 
+def _entropy_with_unit_length_pi(P):
+    values, vectors = torch.linalg.eig(P.T)
+    pi = vectors[:, (values - 1).abs().argmin()].real
+    pi = pi / pi.norm()  # not a distribution
+    return float(-(pi[:, None] * P * P.log()).sum())
+
+
 def test_entropy_rate_accepts_reference_and_power_iteration():
     assert_accepts(checks.check_entropy_rate, entropy_reference)
 
-    def by_power_iteration(P):
-        pi = torch.full((P.shape[0],), 1 / P.shape[0], dtype=P.dtype)
-        for _ in range(2000):
+    def by_power_iteration(P, steps=300, start=None):  # the hint's "a few hundred times"
+        pi = torch.full((P.shape[0],), 1 / P.shape[0], dtype=P.dtype) if start is None else start
+        for _ in range(steps):
             pi = pi @ P
         return float(-(pi[:, None] * P * P.log()).sum())
 
     assert_accepts(checks.check_entropy_rate, by_power_iteration)
+
+    def from_a_corner(P):
+        return by_power_iteration(P, start=torch.eye(P.shape[0], dtype=P.dtype)[0])
+
+    assert_accepts(checks.check_entropy_rate, from_a_corner)
+    assert_rejects(
+        checks.check_entropy_rate,
+        lambda P: by_power_iteration(P, steps=3, start=torch.eye(P.shape[0], dtype=P.dtype)[0]),
+        diagnosis="expected",
+    )
 
 
 @pytest.mark.parametrize(
@@ -124,6 +147,7 @@ def test_entropy_rate_accepts_reference_and_power_iteration():
     [
         (lambda P: float(-(P * P.log()).sum(-1).mean()), "averaged uniformly"),
         (lambda P: entropy_reference(P) / math.log(2), "in bits"),
+        (_entropy_with_unit_length_pi, "unit length"),
         (lambda P: -entropy_reference(P), "sign is flipped"),
         (
             lambda P: float(-(_stationary(P) * _stationary(P).log()).sum()),
@@ -132,7 +156,7 @@ def test_entropy_rate_accepts_reference_and_power_iteration():
         (lambda P: BigramLanguage(P.shape[0]).entropy_rate(), "Exercise 1.4"),  # another chain
         (
             lambda P: circuits.expected_loss(P.log(), P, _stationary(P)),
-            "calls the course's reference `circuits.expected_loss`",
+            "calls the course's `circuits.expected_loss`, which this exercise withholds",
         ),
     ],
 )
@@ -156,7 +180,7 @@ def test_expected_loss_accepts_reference():
         (lambda L, P, pi: float(-(pi[:, None] * P * L.log_softmax(0)).sum()), "dim=0"),
         (lambda L, P, pi: float(-(P * L.log_softmax(-1)).sum(-1).mean()), "averaged uniformly"),
         (lambda L, P, pi: -loss_reference(L, P, pi), "sign is flipped"),
-        (lambda L, P, pi: circuits.expected_loss(L, P, pi), "reference"),
+        (lambda L, P, pi: circuits.expected_loss(L, P, pi), "withholds"),
     ],
 )
 def test_expected_loss_rejects(wrong, diagnosis):
@@ -202,7 +226,7 @@ def test_best_rank_k_rejects(kind, diagnosis):
 
 def test_best_rank_k_refuses_fixed_k_and_the_reference():
     assert_rejects(checks.check_best_rank_k, lambda M, k: rank_k_reference(M, 2), diagnosis="k = 3")
-    assert_rejects(checks.check_best_rank_k, circuits.best_rank_k, diagnosis="reference")
+    assert_rejects(checks.check_best_rank_k, circuits.best_rank_k, diagnosis="withholds")
 
 
 # ---- 1.7 a zero-layer model set by hand ---------------------------------------------------------------
@@ -251,5 +275,14 @@ def test_set_zero_layer_weights_refuses_other_edits_and_the_reference():
 
     assert_rejects(checks.check_set_zero_layer_weights, also_positions, diagnosis="W_pos changed")
     assert_rejects(
-        checks.check_set_zero_layer_weights, handmade.set_zero_layer_weights, diagnosis="reference"
+        checks.check_set_zero_layer_weights, handmade.set_zero_layer_weights, diagnosis="withholds"
     )
+
+
+def test_set_zero_layer_weights_refuses_weights_of_another_shape():
+    def full_rank(model, table):  # W_E @ W_U = table exactly, with W_E [V, V]: not rank d_model
+        V = table.shape[0]
+        model.embed.W_E = torch.nn.Parameter(table.clone())
+        model.unembed.W_U = torch.nn.Parameter(torch.eye(V))
+
+    assert_rejects(checks.check_set_zero_layer_weights, full_rank, diagnosis="must keep its shape")

@@ -53,7 +53,7 @@ def test_composition_scores_rejects_a_constant_a_fixed_kind_and_the_reference():
         diagnosis="K-composition scores",
     )
     assert_rejects(
-        checks.check_composition_scores, circuits.composition_scores, diagnosis="reference"
+        checks.check_composition_scores, circuits.composition_scores, diagnosis="withholds"
     )
     assert_rejects(
         checks.check_composition_scores,
@@ -86,7 +86,7 @@ def test_virtual_head_accepts_reference():
             lambda m, h0, h1: _virtual(m, h1, h0),
             "L0H0, L1H1",
         ),  # heads swapped: wrong off the diagonal
-        (lambda m, h0, h1: circuits.virtual_head_ov_circuit(m, (0, h0), (1, h1)), "reference"),
+        (lambda m, h0, h1: circuits.virtual_head_ov_circuit(m, (0, h0), (1, h1)), "withholds"),
     ],
 )
 def test_virtual_head_rejects(wrong, diagnosis):
@@ -95,7 +95,16 @@ def test_virtual_head_rejects(wrong, diagnosis):
 
 # ---- 3.2 the random baseline -------------------------------------------------------------------------
 def baseline_reference(
-    d_model, d_head, n_samples, seed, *, kind="K", normalise=True, fixed_seed=None, order=None
+    d_model,
+    d_head,
+    n_samples,
+    seed,
+    *,
+    kind="K",
+    normalise=True,
+    fixed_seed=None,
+    order=None,
+    dtype=torch.float32,
 ):
     """The exercise's recipe: draw the later head's W_Q, W_K, W_V, W_O, then the earlier head's
     W_V, W_O, each [n_samples, ...], from one generator."""
@@ -103,7 +112,8 @@ def baseline_reference(
     D, d = d_model, d_head
     shapes = {"W_Q1": (D, d), "W_K1": (D, d), "W_V1": (D, d), "W_O1": (d, D),
               "W_V0": (D, d), "W_O0": (d, D)}  # fmt: skip
-    w = {name: torch.randn(n_samples, *shapes[name], generator=g) for name in order or shapes}
+    w = {name: torch.randn(n_samples, *shapes[name], generator=g, dtype=dtype)
+         for name in order or shapes}  # fmt: skip
     OV0 = w["W_V0"] @ w["W_O0"]
     QK1 = w["W_Q1"] @ w["W_K1"].transpose(-1, -2)
     product = OV0 @ (QK1.transpose(-1, -2) if kind == "K" else QK1)
@@ -132,6 +142,7 @@ def test_composition_baseline_accepts_numpy_and_tensor_numbers():
         ({"kind": "Q"}, "Q-composition"),
         ({"fixed_seed": 0}, "expected"),
         ({"order": ["W_V0", "W_O0", "W_Q1", "W_K1", "W_V1", "W_O1"]}, "in the order"),
+        ({"dtype": torch.float64}, "drawn in float64"),
     ],
 )
 def test_composition_baseline_rejects(kwargs, diagnosis):
@@ -175,7 +186,7 @@ def test_run_with_frozen_patterns_accepts_reference():
             "went into hook_attn_scores",
         ),
         (lambda m, t, p: frozen_reference(m, t, p, only=[0]), "Exercise 3.4"),
-        (lambda m, t, p: evals.run_with_frozen_patterns(m, t, p), "reference"),
+        (lambda m, t, p: evals.run_with_frozen_patterns(m, t, p), "withholds"),
     ],
 )
 def test_run_with_frozen_patterns_rejects(wrong, diagnosis):
@@ -243,7 +254,7 @@ def test_term_importance_refuses_the_reference_and_a_pair():
         r = evals.term_importance(m, t)
         return r.order_0, r.order_1, r.order_2
 
-    assert_rejects(checks.check_term_importance, via_reference, diagnosis="reference")
+    assert_rejects(checks.check_term_importance, via_reference, diagnosis="withholds")
     assert_rejects(
         checks.check_term_importance,
         lambda m, t: terms_reference(m, t)[:2],
@@ -282,7 +293,7 @@ def _zero_head(m, t, sender, receiver):
             lambda m, t, s, r: path_reference(m, t, s, {"q": "v", "k": "q", "v": "k"}[r]),
             "input, not from",
         ),
-        (lambda m, t, s, r: evals.run_with_path_ablation(m, t, s, r, 1), "reference"),
+        (lambda m, t, s, r: evals.run_with_path_ablation(m, t, s, r, 1), "withholds"),
     ],
 )
 def test_path_ablation_rejects(wrong, diagnosis):
@@ -302,6 +313,32 @@ def map_reference(m, threshold, *, no_baseline=False, kinds="QKV"):
     return out
 
 
+def _ratios(m):
+    return torch.stack([
+        circuits.composition_scores(m, k) / circuits.composition_baseline(m, k)[0] for k in "QKV"
+    ])  # fmt: skip
+
+
+def first_over_threshold(m, threshold):  # the first kind (in Q, K, V order) with a ratio over it
+    ratios, out = _ratios(m), {}
+    for h1 in range(m.cfg.n_heads):
+        out[h1] = None
+        for k in range(3):
+            if ratios[k, :, h1].max() >= threshold:
+                out[h1] = ("QKV"[k], int(ratios[k, :, h1].argmax()))
+                break
+    return out
+
+
+def kind_by_summed_ratio(m, threshold):  # the kind with the largest sum over layer-0 heads
+    ratios, out = _ratios(m), {}
+    for h1 in range(m.cfg.n_heads):
+        k = int(ratios[:, :, h1].sum(1).argmax())
+        h0 = int(ratios[k, :, h1].argmax())
+        out[h1] = ("QKV"[k], h0) if ratios[k, h0, h1] >= threshold else None
+    return out
+
+
 def test_composition_map_accepts_reference():
     assert_accepts(checks.check_composition_map, map_reference)
 
@@ -309,10 +346,12 @@ def test_composition_map_accepts_reference():
 @pytest.mark.parametrize(
     "wrong, diagnosis",
     [
-        (lambda m, t: map_reference(m, 2.0), "threshold 3.0"),  # ignores the threshold
+        (lambda m, t: map_reference(m, 2.0), "expected None"),  # ignores the threshold
+        (lambda m, t: first_over_threshold(m, t), "you found"),
+        (lambda m, t: kind_by_summed_ratio(m, t), "you found"),
         (lambda m, t: map_reference(m, t, no_baseline=True), "random baseline"),
         (lambda m, t: map_reference(m, t, kinds="K"), "you found"),  # K-composition only
-        (lambda m, t: circuits.composition_map(m, t), "reference"),
+        (lambda m, t: circuits.composition_map(m, t), "withholds"),
     ],
 )
 def test_composition_map_rejects(wrong, diagnosis):

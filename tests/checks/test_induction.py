@@ -31,12 +31,12 @@ def test_previous_token_score_rejects(wrong, diagnosis):
     assert_rejects(checks.check_previous_token_score, wrong, diagnosis=diagnosis)
 
 
-def _induction(shift=1, latest_only=False, average=False, fixed_length=None):
-    def fn(pattern, length):
+def _induction(shift=1, latest_only=False, average=False, fixed_length=None, bos=1):
+    def fn(pattern, length):  # bos=0: positions counted as if there were no BOS
         length = fixed_length or length
         n, per_query = pattern.shape[-1], []
-        for q in range(1 + length, n):
-            rs = [1] if latest_only else list(range(1, (q - 1) // length + 1))
+        for q in range(bos + length, n):
+            rs = [1] if latest_only else list(range(1, (q - bos) // length + 1))
             total = pattern[:, q, [q - r * length + shift for r in rs]].sum(-1)
             per_query.append(total / len(rs) if average else total)
         return float(torch.stack(per_query).mean())
@@ -59,12 +59,13 @@ def test_induction_score_accepts_olssons_average_with_a_note(capsys):
     [
         (_induction(shift=0), "duplicate-token score"),
         (_induction(shift=2), "one position too far"),
+        (_induction(bos=0), "positions are one off"),
         (_induction(latest_only=True), "only the most recent earlier copy"),
         (_induction(fixed_length=5), "Exercise 4.3"),  # ignores the length it is given
         (lambda p, length: "0.5", "must return a float"),
         (
             lambda p, length: evals.earlier_occurrence_mask(p.shape[-1], length, 1).float().mean(),
-            "reference",
+            "withholds",
         ),
     ],
 )
@@ -135,7 +136,10 @@ def _cheat_unembedding(model, layout):
         ("weak scores", "needs <= 0.1"),
         ("positional shortcut", "Layer 1 puts only"),
         ("changes W_U", "only the heads' weights are yours to set"),
-        ("the reference", "calls the course's reference `handmade.set_reference_weights`"),
+        (
+            "the reference",
+            "calls the course's `handmade.set_reference_weights`, which this exercise withholds",
+        ),
     ],
 )
 def test_handmade_rejects(variant, diagnosis):
@@ -164,6 +168,7 @@ def test_duplicate_token_score_accepts_reference():
         (_induction(shift=1), "this is the induction score"),
         (_induction(shift=0, latest_only=True), "only the most recent earlier copy"),
         (_induction(shift=-1), "Exercise 4.2"),
+        (_induction(shift=0, bos=0), "positions are one off"),
         (lambda p, length: evals.duplicate_token_scores, "Exercise 4.2"),
     ],
 )
@@ -211,7 +216,7 @@ def test_ablate_heads_rejects(kwargs, diagnosis):
 
 
 def test_ablate_heads_refuses_the_reference():
-    assert_rejects(checks.check_ablate_heads, evals.run_with_ablation, diagnosis="reference")
+    assert_rejects(checks.check_ablate_heads, evals.run_with_ablation, diagnosis="withholds")
 
 
 # ---- 4.5 the K-composition circuit -------------------------------------------------------------------------
@@ -233,14 +238,16 @@ def test_k_composition_circuit_accepts_reference():
         ({"transposed": True}, "transposed"),
         ({"no_prev": True}, "previous-token head is missing"),
         ({"scale": False}, "scale is missing"),
+        ({"centred": True}, "each row was centred"),
     ],
 )
 def test_k_composition_circuit_rejects(kwargs, diagnosis):
-    assert_rejects(
-        checks.check_k_composition_circuit,
-        lambda m, p, h: kcomp_reference(m, p, h, **kwargs),
-        diagnosis=diagnosis,
-    )
+    def answer(m, p, h):
+        centred = kwargs.get("centred", False)
+        M = kcomp_reference(m, p, h, **{k: v for k, v in kwargs.items() if k != "centred"})
+        return M - M.mean(-1, keepdim=True) if centred else M
+
+    assert_rejects(checks.check_k_composition_circuit, answer, diagnosis=diagnosis)
 
 
 def test_k_composition_circuit_rejects_q_composition_and_the_reference():
@@ -254,7 +261,7 @@ def test_k_composition_circuit_rejects_q_composition_and_the_reference():
     assert_rejects(
         checks.check_k_composition_circuit,
         lambda m, p, h: circuits.k_composition_circuit(m, (0, p), (1, h)),
-        diagnosis="reference",
+        diagnosis="withholds",
     )
 
 
@@ -327,7 +334,7 @@ def test_find_induction_circuit_accepts_reference():
         (lambda m: find_reference(m, layer0_by="induction"), "previous-token head"),
         (lambda m: find_reference(m, threshold=0.0), "induction heads"),  # every layer-1 head
         (lambda m: ((0, 0), [(1, 0)]), "Exercise 4.8"),
-        (lambda m: evals.find_induction_circuit(m, None, 3), "reference"),
+        (lambda m: evals.find_induction_circuit(m, None, 3), "withholds"),
         (_by_weight_norm, "Exercise 4.8"),  # the distractor heads' weights are norm-matched
     ],
 )

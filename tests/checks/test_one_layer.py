@@ -25,7 +25,7 @@ def test_full_ov_circuit_accepts_reference():
         (lambda m, h: m.W_E @ m.W_V[0, h] @ m.W_O[0, h] @ m.W_E.T, "W_Eᵀ instead of W_U"),
         (lambda m, h: ov_reference(m, (h + 1) % 2), "another head's circuit"),
         (lambda m, h: m.W_V[0, h] @ m.W_O[0, h], "returned shape"),
-        (lambda m, h: circuits.full_ov_circuit(m, 0, h), "calls the course's reference"),
+        (lambda m, h: circuits.full_ov_circuit(m, 0, h), "which this exercise withholds"),
         (lambda m, h: ov_reference(m, h) * 2, "matches none"),
     ],
 )
@@ -60,7 +60,7 @@ def test_path_expansion_accepts_reference():
         (_expansion(weighted=False), "weighted by its attention"),
         (lambda m, t, p: m(t), "forward pass"),
         (lambda m, t, p: m.run_with_cache(t)[0], "forward pass"),
-        (lambda m, t, p: sum(attribution.one_layer_path_expansion(m, t)), "reference"),
+        (lambda m, t, p: sum(attribution.one_layer_path_expansion(m, t)), "withholds"),
         (lambda m, t, p: _expansion()(m, t, p)[:, :-1], "returned shape"),
     ],
 )
@@ -121,8 +121,8 @@ def test_copying_score_accepts_reference_and_other_right_forms():
         (lambda m, h: 0.5, "expected"),
         (lambda m, h: "high", "must return a float, got str"),
         (lambda m, h: _eig(_small(m, h)).real, "return one number"),
-        (lambda m, h: circuits.copying_score(m, 0, h), "calls the course's reference"),
-        (lambda m, h: _score(circuits.ov_eigenvalues(m, 0, h)), "calls the course's reference"),
+        (lambda m, h: circuits.copying_score(m, 0, h), "which this exercise withholds"),
+        (lambda m, h: _score(circuits.ov_eigenvalues(m, 0, h)), "which this exercise withholds"),
     ],
 )
 def test_copying_score_rejects(wrong, diagnosis):
@@ -154,7 +154,7 @@ def test_full_qk_circuit_accepts_reference():
             lambda m, h: (_qk(m, h) - _qk(m, h).mean(-1, keepdim=True)) / m.cfg.d_head**0.5,
             "instead of sqrt",
         ),
-        (lambda m, h: circuits.full_qk_circuit(m, 0, h), "calls the course's reference"),
+        (lambda m, h: circuits.full_qk_circuit(m, 0, h), "which this exercise withholds"),
     ],
 )
 def test_full_qk_circuit_rejects(wrong, diagnosis):
@@ -195,7 +195,7 @@ def _padded(m, h, s, k):
         (lambda m, h, s, k: [1, 2, 3], "must return a pair"),
         (lambda m, h, s, k: _trigrams()(m, h, s, 3), "must hold k = 2 token ids"),
         (_padded, "holds a token more than once"),
-        (lambda m, h, s, k: circuits.skip_trigrams(m, 0, h, s, k), "calls the course's reference"),
+        (lambda m, h, s, k: circuits.skip_trigrams(m, 0, h, s, k), "which this exercise withholds"),
     ],
 )
 def test_skip_trigrams_rejects(wrong, diagnosis):
@@ -227,6 +227,17 @@ def effect_reference(model, contexts, where, source, dest, output, *, sign=1.0, 
     return sign * float((values[0] - values[1]).mean())
 
 
+def _source_early(model, contexts, where, source, dest, output):
+    n = contexts.shape[0]
+    bos, end = torch.zeros(n, 1, dtype=torch.long), torch.full((n, 1), dest)
+    without = torch.cat([bos, contexts, end], 1)
+    with_source = without.clone()
+    with_source[torch.arange(n), where] = source  # where indexes the contexts, not the sequence
+    with torch.no_grad():
+        lp = [model(t)[:, -1].log_softmax(-1)[:, output] for t in (with_source, without)]
+    return float((lp[0] - lp[1]).mean())
+
+
 def test_crossed_effect_accepts_reference(skip_model):
     assert_accepts(checks.check_crossed_effect, effect_reference, *skip_model)
 
@@ -243,11 +254,12 @@ def _variant(**kwargs):
         (_variant(position=-2), "one position too early"),
         (_variant(bos=False), "expected"),  # near the right value on this model: no diagnosis
         (_variant(log_softmax=False), "change of the raw logit"),
+        (_source_early, "one position early"),
         (lambda *a: 3.09, "expected"),  # the notebook's number, hard-coded
         (lambda *a: [3.0], "must return a float"),
         (
             lambda m, c, w, s, d, o: evals.skip_trigram_effect(m, c, w, s, d, o).mean_change,
-            "reference",
+            "withholds",
         ),
     ],
 )
@@ -312,7 +324,7 @@ def test_diagonal_top1_accepts_reference():
             ),
             "only the ignored rows",
         ),
-        (lambda M, ig: circuits.diagonal_top1_accuracy(M, ig), "reference"),
+        (lambda M, ig: circuits.diagonal_top1_accuracy(M, ig), "withholds"),
         (lambda M, ig: 1.0, "Exercise 2.2"),
     ],
 )
@@ -354,7 +366,7 @@ def test_positional_pattern_refuses_the_reference():
     assert_rejects(
         checks.check_positional_pattern,
         lambda m, h: circuits.positional_qk_circuit(m, 0, h).softmax(-1),
-        diagnosis="reference",
+        diagnosis="withholds",
     )
 
 
@@ -379,6 +391,13 @@ def top_reference(m, h, n, *, qk_rows=False, centre=True, clamp=True, bos=False)
 
 def test_top_skip_trigrams_accepts_reference():
     assert_accepts(checks.check_top_skip_trigrams, top_reference)
+    as_tensor = lambda m, h, n: torch.tensor(top_reference(m, h, n)).reshape(-1, 3)  # noqa: E731
+    assert_accepts(checks.check_top_skip_trigrams, as_tensor)
+    assert_rejects(
+        checks.check_top_skip_trigrams,
+        lambda m, h, n: as_tensor(m, h, n).float(),
+        diagnosis="must hold token ids",
+    )
 
 
 @pytest.mark.parametrize(
@@ -410,7 +429,7 @@ def test_top_skip_trigrams_rejects_wrong_order_fixed_n_and_the_reference():
     assert_rejects(
         checks.check_top_skip_trigrams,
         lambda m, h, n: circuits.top_skip_trigrams(m, 0, h, n, [0]),
-        diagnosis="reference",
+        diagnosis="withholds",
     )
 
 
@@ -451,7 +470,7 @@ def test_describe_head_accepts_reference():
         ),
         (lambda m, h, t: describe_reference(m, h, 3.0), "rules"),  # ignores the threshold
         (lambda m, h, t: (*describe_reference(m, h, t)[:2], set()), "rules missing"),
-        (lambda m, h, t: circuits.describe_head(m, 0, h, t), "reference"),
+        (lambda m, h, t: circuits.describe_head(m, 0, h, t), "withholds"),
         # naive readings of the weights: the mystery heads carry offsets and BOS traps for them
         (lambda m, h, t: describe_reference(m, h, t, centre_qk=False), "rules"),
         (lambda m, h, t: describe_reference(m, h, t, centre_ov=False), "rules"),

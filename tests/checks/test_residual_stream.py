@@ -143,9 +143,9 @@ def _zero_everything_then_answer(model, tokens):
         (lambda m, t: type(m)(m.cfg).forward(t), "forward pass"),
         (
             attribution.direct_path_logits,
-            "calls the course's reference `attribution.direct_path_logits`",
+            "calls the course's `attribution.direct_path_logits`, which this exercise withholds",
         ),
-        (lambda m, t: attribution.logit_contributions(m, t)[0][0], "calls the course's reference"),
+        (lambda m, t: attribution.logit_contributions(m, t)[0][0], "which this exercise withholds"),
         (_zero_everything_then_answer, "matches none"),
     ],
 )
@@ -391,7 +391,7 @@ def _head_major(model, cache):
         (lambda m, c: contributions_reference(m, c)[1:], "returned shape"),
         (
             lambda m, c: attribution.logit_contributions(m, c["hook_embed"].argmax(-1))[0],
-            "reference",
+            "withholds",
         ),
     ],
 )
