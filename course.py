@@ -1,7 +1,8 @@
 """One entry point for the course. Needs only Python 3.11 or newer.
 
     python3 course.py lab          open the course in JupyterLab
-    python3 course.py test         run the whole test suite (unit tests, notebooks, browser tests)
+    python3 course.py test         run the test suite (unit tests, notebooks, browser tests)
+    python3 course.py test -m slow the checks that are slow by nature (retraining; CI runs both)
     python3 course.py checkpoints  retrain every checkpoint in data/ from its seed
     python3 course.py notebooks    regenerate the learner notebooks from the solution notebooks
 
@@ -71,6 +72,13 @@ def cmd_test(extra: list[str]) -> int:
     env = dict(os.environ)
     # The test suite never needs the network; keep Jupyter and matplotlib from writing into $HOME.
     env.setdefault("MPLBACKEND", "Agg")
+    # Tests run side by side on every core (pytest-xdist; a notebook's cells stay together, see
+    # tests/conftest.py), each worker with one thread: the course's models are too small for
+    # two threads to beat two processes.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    workers = min(4, os.cpu_count() or 1)
+    if workers > 1 and not any(a.startswith(("-n", "--numprocesses", "--dist")) for a in extra):
+        extra = ["-n", str(workers), "--dist", "loadscope", *extra]
     status = run("-m", "pytest", *extra, env=env)
     if status == 5:  # pytest's "no tests collected" must not pass as green
         print("No tests were collected: that is a failure.")

@@ -18,6 +18,9 @@ run), and `reference_model()` a blank model with it applied.
 
 from __future__ import annotations
 
+import copy
+import functools
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -167,18 +170,32 @@ class MysteryHeads:
     ]  # each rule's QK and OV strength, in the same order as sorted(rules)
 
 
+def _hidden(seed: int) -> int:
+    """The seed a mystery model's config carries: not the one it was drawn from (which would
+    let `mystery_*(model.cfg.seed)` rebuild the planted truth), but a one-way hash of it."""
+    return int.from_bytes(hashlib.sha256(f"mystery {seed}".encode()).digest()[:4], "big") >> 1
+
+
+@reference  # withheld in the exercise that reverse-engineers its models
 @torch.no_grad()
 def mystery_heads(seed: int) -> MysteryHeads:
     """A one-layer model with four heads in a random order: a previous-token head (positions
     only), a copying head, an anti-copying head, and a head carrying 2-4 skip-trigram rules of
-    different strengths. W_E and W_pos write orthogonal subspaces and W_U is untied; everything
+    different strengths (and two half-rules: a strong destination with a weak output, a strong
+    output with weak destinations). W_E and W_pos write orthogonal subspaces and W_U is untied; everything
     not planted is small noise."""
     rng = torch.Generator().manual_seed(seed)
     V = int(torch.randint(12, 17, (), generator=rng))
     n = int(torch.randint(8, 13, (), generator=rng))
     d_head, d_model = 16, 64
     cfg = HookedTransformerConfig(
-        n_layers=1, d_model=d_model, n_heads=4, d_head=d_head, n_ctx=n, d_vocab=V, seed=seed
+        n_layers=1,
+        d_model=d_model,
+        n_heads=4,
+        d_head=d_head,
+        n_ctx=n,
+        d_vocab=V,
+        seed=_hidden(seed),
     )
     model = AttnOnlyTransformer(cfg)
     basis = _orthonormal(d_model, rng)
@@ -213,7 +230,7 @@ def mystery_heads(seed: int) -> MysteryHeads:
             T = Q @ core @ Q.T
             attn.W_O[head] = torch.linalg.pinv(model.W_E @ attn.W_V[head]) @ T @ U_inv
         else:  # skip-trigram rules: destination d attends to source s, which raises output o
-            count = int(torch.randint(2, min(4, (V - 1) // 3) + 1, (), generator=rng))
+            count = int(torch.randint(2, min(4, (V - 4) // 3) + 1, (), generator=rng))
             tokens = (torch.randperm(V - 1, generator=rng) + 1).tolist()
             sources, dests, outputs = (
                 tokens[:count],
@@ -246,6 +263,15 @@ def mystery_heads(seed: int) -> MysteryHeads:
             A[BOS_TOKEN, r], B[sources[0], r] = (strengths[0] + 3.0) * scale, 1.0
             r = next(spare)
             C[sources[-1], r], D[r, BOS_TOKEN] = 1.0, strengths[-1] + 3.0
+            # Two half-rules, which a reading must test on both circuits: a source with a strong
+            # destination but a weak output, and one with a strong output but no strong
+            # destination (12 against thresholds of 3-6, and 1.5).
+            half_qk, half_ov = tokens[3 * count + 1], tokens[3 * count + 2]
+            for source, qk_strength, ov_strength in ((half_qk, 12.0, 1.5), (half_ov, 1.5, 12.0)):
+                r = next(spare)
+                A[dests[0] if source == half_qk else dests[-1], r] = qk_strength * scale
+                B[source, r] = C[source, r] = 1.0
+                D[r, outputs[-1] if source == half_qk else outputs[0]] = ov_strength
             attn.W_Q[head], attn.W_K[head] = E_inv @ A, E_inv @ B
             attn.W_V[head], attn.W_O[head] = E_inv @ C, D @ U_inv
             noise = _random((d_head, d_model), rng, 0.02)
@@ -267,6 +293,7 @@ class MysteryComposition:
     wiring: dict[int, tuple[str, int] | None]
 
 
+@reference  # withheld in the exercise that reverse-engineers its models
 @torch.no_grad()
 def mystery_composition(seed: int) -> MysteryComposition:
     """Two layers of 3-4 heads with random weights, in which each layer-1 head but one reads one
@@ -277,6 +304,11 @@ def mystery_composition(seed: int) -> MysteryComposition:
     so the strongest reading has to be found among all kinds and heads: in every model one
     head is a trap for taking the first kind (in Q, K, V order) that reaches 2, and one for
     taking the kind whose ratios sum highest."""
+    return copy.deepcopy(_mystery_composition(seed))  # a copy: the caller may change it
+
+
+@functools.lru_cache(maxsize=32)  # tuning the readings takes ~0.5 s; checkers reuse seeds
+def _mystery_composition(seed: int) -> MysteryComposition:
     rng = torch.Generator().manual_seed(seed)
     for _ in range(50):  # a draw whose planted readings are not clear enough is drawn again
         drawn = _draw_mystery_composition(seed, rng)
@@ -289,7 +321,13 @@ def _draw_mystery_composition(seed: int, rng: torch.Generator) -> MysteryComposi
     uniform = lambda lo, hi: lo + (hi - lo) * float(torch.rand((), generator=rng))  # noqa: E731
     n_heads = int(torch.randint(3, 5, (), generator=rng))
     cfg = HookedTransformerConfig(
-        n_layers=2, d_model=48, n_heads=n_heads, d_head=8, n_ctx=8, d_vocab=11, seed=seed
+        n_layers=2,
+        d_model=48,
+        n_heads=n_heads,
+        d_head=8,
+        n_ctx=8,
+        d_vocab=11,
+        seed=_hidden(seed),
     )
     model = AttnOnlyTransformer(cfg)
     a0, a1 = model.blocks[0].attn, model.blocks[1].attn
@@ -382,6 +420,7 @@ class MysteryInduction:
     induction_heads: list[tuple[int, int]]
 
 
+@reference  # withheld in the exercise that reverse-engineers its models
 @torch.no_grad()
 def mystery_induction(seed: int) -> MysteryInduction:
     """The hand-made induction circuit (`set_reference_weights`), its previous-token head and one
@@ -400,7 +439,7 @@ def mystery_induction(seed: int) -> MysteryInduction:
     n_heads = int(torch.randint(3, 5, (), generator=rng))
     cfg = HookedTransformerConfig(
         n_layers=2, d_model=layout.d_model, n_heads=n_heads, d_head=layout.d_head,
-        n_ctx=layout.n_ctx, d_vocab=layout.d_vocab, seed=seed,
+        n_ctx=layout.n_ctx, d_vocab=layout.d_vocab, seed=_hidden(seed),
     )  # fmt: skip
     source = reference_model(layout)
     model = AttnOnlyTransformer(cfg)

@@ -34,20 +34,27 @@ class ReferenceWithheld(RuntimeError):
         self.name = name
 
 
+# wrapper -> the function it guards. Kept here rather than in the wrapper's closure, so that the
+# unguarded function is not one attribute (`__wrapped__`, `__closure__`) away from the learner.
+_originals: dict[Callable, Callable] = {}
+
+
 def reference(fn: F) -> F:
     """Mark `fn` as a reference implementation that a checker may withhold."""
+    # named as the learner reaches it: helpers.circuits.one_layer.x -> circuits.x
+    package = fn.__module__.split(".")[1] if "." in fn.__module__ else fn.__module__
+    name = f"{package}.{fn.__name__}"
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         if wrapper in _withheld:
-            # named as the learner reaches it: helpers.circuits.one_layer.x -> circuits.x
-            package = fn.__module__.split(".")[1] if "." in fn.__module__ else fn.__module__
-            raise ReferenceWithheld(f"{package}.{fn.__name__}")
-        return fn(*args, **kwargs)
+            raise ReferenceWithheld(name)
+        return _originals[wrapper](*args, **kwargs)
 
+    _originals[wrapper] = fn
     wrapper.is_course_reference = True
-    # functools.wraps exposes the unguarded function as __wrapped__; a withheld reference must
-    # not be one attribute away (the signature and docstring stay, for help())
+    # functools.wraps exposes the unguarded function as __wrapped__; the signature and docstring
+    # stay, for help()
     wrapper.__signature__ = inspect.signature(fn)
     del wrapper.__wrapped__
     return wrapper  # type: ignore[return-value]
@@ -55,13 +62,22 @@ def reference(fn: F) -> F:
 
 @contextmanager
 def withheld(*fns: Callable) -> Iterator[None]:
-    """Within the block, calling any of `fns` (each marked `@reference`) raises ReferenceWithheld."""
+    """Within the block, calling any of `fns` (each marked `@reference`) raises ReferenceWithheld.
+    Code in the block that lifts the ban (empties the withheld set) is refused at the end."""
     for fn in fns:
         if not getattr(fn, "is_course_reference", False):
             raise TypeError(f"{fn!r} is not marked @reference, so it cannot be withheld")
     added = [fn for fn in fns if fn not in _withheld]
     _withheld.update(added)
+    intact = False
     try:
         yield
+        intact = all(fn in _withheld for fn in added)
     finally:
         _withheld.difference_update(added)
+    if not intact:
+        raise ReferenceWithheld(
+            "",
+            "your answer changed which of the course's functions this exercise withholds; "
+            "compute the answer yourself",
+        )

@@ -2,8 +2,8 @@
 notebook's unfinished exercises fail with NotImplementedError and nothing else, the paper's claims
 tagged and asserted, the README's claims table what the notebooks print, and the exercises counted.
 
-nbval executes every solution notebook as part of the same pytest run; the learner notebooks are
-executed here, once each (see `testpaths` and `addopts` in pyproject.toml).
+nbval executes every solution notebook as part of the same pytest run; each learner notebook is
+executed once: in the browser tests when Chromium is there, here otherwise (tests/conftest.py).
 """
 
 import re
@@ -22,6 +22,8 @@ LEARNER = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 sys.path.insert(0, str(ROOT / "tools"))
 import build_learner_notebooks as builder  # noqa: E402
 import claims  # noqa: E402
+
+from tests.learner_run import learner_run_problems  # noqa: E402
 
 # Claims 23-27 belong to chapter 05 and 29-31 to the residual-stream chapter work, when they exist.
 REQUIRED_CLAIMS = set(range(1, 23)) | {28}
@@ -51,34 +53,12 @@ def test_learner_notebooks_are_up_to_date():
 
 @pytest.mark.parametrize("path", LEARNER, ids=lambda p: p.name)
 def test_learner_notebook_runs_and_prints_the_readmes_claims(path):
-    """Run All on the learner notebook: the stubs fail in their check cells with ExerciseNotDone
-    and nothing else fails; the claims it prints are the README table's rows."""
+    """Run All on the learner notebook (when the browser tests do not: tests/conftest.py)."""
     nb = nbformat.read(path, as_version=4)
-    exercises = [c for c in nb.cells if "exercise" in c.metadata.get("tags", [])]
-    assert exercises and all("raise NotImplementedError" in c.source for c in exercises)
-    assert all("# BEGIN SOLUTION" not in c.source for c in nb.cells)
     NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
                    resources={"metadata": {"path": str(path.parent)}}).execute()  # fmt: skip
-    checked = 0
-    for index, cell in enumerate(nb.cells):
-        if cell.cell_type != "code":
-            continue
-        errors = [o for o in cell.outputs if o.output_type == "error"]
-        if "raises-exception" in cell.metadata.get("tags", []):
-            # a checker turns the stub's NotImplementedError into its subclass ExerciseNotDone
-            assert [e.ename for e in errors] == ["ExerciseNotDone"], (index, cell.source)
-            checked += 1
-        else:
-            assert not errors, (index, cell.source, errors)
-    assert checked == len(exercises)
-    printed = claims.claims_of(nb, path.name)  # learner and solution notebooks print the same
-    table = claims.readme_rows()
-    rows = claims.table(printed).splitlines()[2:]  # one per claim, in order
-    for number, row in zip(sorted(printed), rows, strict=True):
-        assert table.get(number) == row, (
-            f"README.md's row for claim {number} is out of date; run `python tools/claims.py`.\n"
-            f"README:   {table.get(number)}\nnotebook: {row}"
-        )
+    problems = learner_run_problems(nb, path.name)
+    assert not problems, "\n".join(problems)
 
 
 def _tags(path: Path) -> dict[int, list]:

@@ -39,6 +39,7 @@ def _bigram_claims(ckpt) -> tuple[float, float]:
     return r, loss - lang.entropy_rate()
 
 
+@pytest.mark.slow  # retrains a model: run by .ci/run (course.py test -m slow)
 def test_retraining_bigram_model_reproduces_chapter_01_claims_deterministically():
     a = recipes.load("bigram_0l", retrain=True, progress=False)
     b = recipes.train_recipe("bigram_0l", progress=False)
@@ -49,6 +50,7 @@ def test_retraining_bigram_model_reproduces_chapter_01_claims_deterministically(
     assert math.isclose(r, stored_r, abs_tol=0.01) and math.isclose(gap, stored_gap, abs_tol=0.01)
 
 
+@pytest.mark.slow  # retrains a model: run by .ci/run (course.py test -m slow)
 def test_retraining_copying_model_learns_to_copy():
     ckpt = recipes.train_recipe("copying_2l", progress=False)
     lang = CopyingLanguage.from_dict(ckpt.task)
@@ -58,6 +60,7 @@ def test_retraining_copying_model_learns_to_copy():
     assert late < math.log(26) - 1.0  # far better than ignoring the context
 
 
+@pytest.mark.slow  # retrains a model: run by .ci/run (course.py test -m slow)
 def test_build_writes_loadable_files(tmp_path, monkeypatch):
     monkeypatch.setattr(recipes, "DATA_DIR", tmp_path)
     (path,) = recipes.build(["bigram_0l_rank4"], progress=False)
@@ -74,6 +77,7 @@ def test_unknown_recipe_names_the_choices():
         recipes.main(["nope"])
 
 
+@pytest.mark.slow  # retrains a model: run by .ci/run (course.py test -m slow)
 def test_retraining_skip_trigram_model_reproduces_chapter_02_claims():
     ckpt = recipes.train_recipe("skip_trigrams_1l", progress=False)
     model, language = ckpt.model, SkipTrigramLanguage.from_dict(ckpt.task)
@@ -90,6 +94,7 @@ def test_retraining_skip_trigram_model_reproduces_chapter_02_claims():
     assert continuation_effect(model, language, "in", "bay").mean_change > 0
 
 
+@pytest.mark.slow  # retrains a model: run by .ci/run (course.py test -m slow)
 def test_retraining_induction_models_reproduces_chapter_04_claims():
     two = recipes.train_recipe("induction_2l", progress=False).model
     one = recipes.train_recipe("induction_1l", progress=False).model

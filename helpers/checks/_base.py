@@ -107,11 +107,12 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _sizes(rng: torch.Generator, taken: list[dict]) -> dict:
+def _sizes(rng: torch.Generator, taken: list[dict]) -> dict | None:
     """Sizes for a test model: within the model all different (so that a transposed or wrongly
-    sized answer cannot have the right shape, and d_model is not d_head², where dividing by
-    sqrt(d_model) and by d_head agree), and each different from the other models' (so that no
-    size can be hard-coded)."""
+    sized answer cannot have the right shape; d_model is neither d_head², where dividing by
+    sqrt(d_model) and by d_head agree, nor d_head · n_heads, where the habit d_head =
+    d_model // n_heads holds), and each different from the other models' (so that no size can
+    be hard-coded)."""
 
     def pick(lo: int, hi: int) -> int:
         return int(torch.randint(lo, hi + 1, (), generator=rng))
@@ -122,16 +123,19 @@ def _sizes(rng: torch.Generator, taken: list[dict]) -> dict:
             "d_vocab": pick(9, 15),
             "d_head": d_head,
             "n_heads": pick(2, 4),
-            "d_model": d_head * pick(3, 5),
+            "d_model": d_head * pick(3, 6),
             "n_ctx": pick(6, 10),
         }
         values = list(sizes.values())
-        if len(set(values)) < len(values) or sizes["d_model"] == d_head**2:
+        if len(set(values)) < len(values) or sizes["d_model"] in (
+            d_head**2,  # where dividing by sqrt(d_model) and by d_head agree
+            d_head * sizes["n_heads"],  # where d_head = d_model // n_heads, a habit, holds
+        ):
             continue
         if any(other[k] == v for other in taken for k, v in sizes.items()):
             continue
         return sizes
-    raise RuntimeError("no sizes found")  # not reached: the ranges leave many choices
+    return None  # the models drawn before took the sizes this one could have
 
 
 def random_models(
@@ -141,11 +145,19 @@ def random_models(
     sizes that differ within and between models (unless fixed by `overrides`, for all models, or
     by `per_model[i]`, for model i)."""
     rng = generator(seed)
-    taken: list[dict] = []
+    for _ in range(100):  # draw every model's sizes again if a later model finds none left
+        taken: list[dict] = []
+        for _ in range(count):
+            sizes = _sizes(rng, taken)
+            if sizes is None:
+                break
+            taken.append(sizes)
+        if len(taken) == count:
+            break
+    else:
+        raise RuntimeError("no sizes found")  # not reached: the ranges leave many choices
     models = []
-    for i in range(count):
-        sizes = _sizes(rng, taken)
-        taken.append(sizes)
+    for i, sizes in enumerate(taken):
         cfg = {"n_layers": 1, **sizes, "initializer_range": 0.5, "seed": seed + i, **overrides}
         cfg |= per_model[i] if i < len(per_model) else {}
         models.append(AttnOnlyTransformer(HookedTransformerConfig(**cfg)))
@@ -436,9 +448,13 @@ def expect_token_list(exercise: str, name: str, out: object, k: int, d_vocab: in
     if isinstance(out, np.ndarray):
         out = torch.from_numpy(out)
     if isinstance(out, Tensor):
-        if out.ndim != 1 or out.dtype.is_floating_point:
+        if out.ndim != 1:
             raise CheckFailed(
                 exercise, f"{name} must be a list of token ids, got a tensor {tuple(out.shape)}."
+            )
+        if out.dtype.is_floating_point:
+            raise CheckFailed(
+                exercise, f"{name} must hold integer token ids, got a tensor of {out.dtype}."
             )
         out = out.tolist()
     if not isinstance(out, (list, tuple)):

@@ -123,10 +123,13 @@ def check_zero_layer_circuit(zero_layer_circuit: Callable) -> None:
 
 def _mixing_chain(n: int, scale: float, seed: int) -> Tensor:
     """A planted chain that mixes within a few hundred steps (second eigenvalue's modulus at most
-    0.9), so that the hint's power iteration converges as well as an eigensolver."""
+    0.9), so that the hint's power iteration converges as well as an eigensolver, and whose
+    eigenvalue 1 is not the first that `torch.linalg.eig(P.T)` lists (so that taking the first
+    eigenvector cannot pass by luck)."""
     for attempt in range(100):
         P = BigramLanguage(n_states=n, scale=scale, seed=seed + attempt).transition_matrix
-        if torch.linalg.eigvals(P).abs().sort(descending=True).values[1] <= 0.9:
+        values = torch.linalg.eigvals(P.T)
+        if values.abs().sort(descending=True).values[1] <= 0.9 and (values[0] - 1).abs() > 1e-6:
             return P
     raise RuntimeError("no chain found")  # not reached: most draws mix this fast
 
@@ -153,6 +156,13 @@ def check_entropy_rate(entropy_rate: Callable) -> None:
              "rate is the average uncertainty of the next state, Σ_i π_i H(P_i).",
              float(-(pi * pi.log()).sum())),
         ]  # fmt: skip
+        values, vectors = torch.linalg.eig(P.T)
+        first = vectors[:, 0].real / vectors[:, 0].real.sum()
+        mistakes.append((
+            "π is the eigenvector listed first; torch.linalg.eig returns eigenvalues in no "
+            "particular order: take the one whose eigenvalue is closest to 1.",
+            float(first @ rows),
+        ))  # fmt: skip
         unit = "π was normalised to unit length; a distribution sums to 1: divide by π.sum()."
         mistakes += [(unit, H / float(pi.norm())), (unit, -H / float(pi.norm()))]
         near = (

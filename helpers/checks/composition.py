@@ -18,11 +18,11 @@ from helpers.checks._base import (
     call_learner,
     check_cases,
     checker,
-    diagnose,
     diagnose_float,
     draw_seed,
     expect_float,
     generator,
+    matches,
     name_mistake,
     passed,
     random_models,
@@ -186,6 +186,8 @@ def _close_floats(a: float, b: float, widen: float = 1.0) -> bool:
 
 
 def _mean_std(ex: str, out: object) -> tuple[float, float]:
+    if isinstance(out, (Tensor, np.ndarray)) and out.ndim == 1:
+        out = list(out)
     if not isinstance(out, (tuple, list)) or len(out) != 2:
         raise CheckFailed(ex, "composition_baseline must return a pair (mean, std).")
     return expect_float(ex, "the mean", out[0]), expect_float(ex, "the std", out[1])
@@ -332,7 +334,21 @@ def check_term_importance(term_importance: Callable) -> None:
         got = torch.tensor(
             [expect_float(ex, f"order_{k}", v) for k, v in enumerate(out)], dtype=torch.float64
         )
-        diagnose(ex, got, expected, mistakes, atol=1e-4)
+        if matches(got, expected, 1e-4):
+            continue
+        name_mistake(
+            ex, [("", got, expected, list(mistakes.items()))],
+            lambda a, b, widen=1.0: matches(a, b, widen * 1e-4),
+        )  # fmt: skip
+        wrong = [f"order {k}: got {g:.4f}, expected {e:.4f}"
+                 for k, (g, e) in enumerate(zip(got.tolist(), expected.tolist(), strict=True))
+                 if not math.isclose(g, e, rel_tol=1e-4, abs_tol=1e-4)]  # fmt: skip
+        raise CheckFailed(
+            ex, "; ".join(wrong) + ". Order 0 is the direct path alone (W_E then W_U); order 1 "
+            "adds every head reading the embeddings; order 2 adds layer 1 reading layer 0's "
+            "output; patterns frozen throughout. In these shortformer models the positional "
+            "embedding enters only queries and keys, never the residual stream or the values.",
+        )  # fmt: skip
     passed(ex, "the losses of the path expansion at orders 0, 1 and 2, for two random models.")
 
 
@@ -397,7 +413,7 @@ def check_composition_map(composition_map: Callable) -> None:
     for mystery, threshold, truth in cases:
         out = call_learner(
             ex, composition_map, mystery.model, threshold,
-            withhold=[circuits.composition_map], block_forward=True,
+            withhold=[circuits.composition_map, handmade.mystery_composition], block_forward=True,
         )  # fmt: skip
         got = _as_composition_map(ex, out, mystery.model.cfg.n_heads)
         if got != truth:

@@ -4,6 +4,7 @@ induction heads, the hand-made induction head, and an induction circuit found in
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 
 import torch
@@ -204,12 +205,23 @@ def check_handmade_induction(
     reference = handmade.reference_model(layout)
     reference_ratio = max(_handmade_measures(reference, t, n)[1] for n, t in probes.items())
     model = handmade.blank_model(layout)
-    before = _snapshot(model)
+    before = start = _snapshot(model)
     with torch.no_grad():  # the learner's functions edit the model in place, as the exercise asks
-        for fn in (set_previous_token_head, set_induction_head):
+        for layer, fn in enumerate((set_previous_token_head, set_induction_head)):
             call_learner(
                 ex, fn, model, layout, withhold=[handmade.set_reference_weights], clone=False
             )
+            now = _snapshot(model)
+            elsewhere = [n for n, p in now.items() if n.startswith("blocks.")
+                         and not n.startswith(f"blocks.{layer}.") and not torch.equal(p, before[n])]  # fmt: skip
+            if elsewhere:
+                raise CheckFailed(
+                    ex, f"{('set_previous_token_head', 'set_induction_head')[layer]} sets layer "
+                    f"{layer}'s head; it changed {elsewhere} too. "
+                    "Each function sets its own layer.",
+                )  # fmt: skip
+            before = now
+    before = start
     changed = [n for n, p in _snapshot(model).items() if not torch.equal(p, before[n])]
     not_heads = [n for n in changed if not n.startswith("blocks.")]
     if not_heads:
@@ -325,6 +337,18 @@ def check_ablate_heads(ablate_heads: Callable) -> None:
                         )  # fmt: skip
                     ),
                 }
+                if len({h for _, h in heads}) > 1:
+                    mistakes["every hook ablated the last head in the list: a function defined in "
+                             "a loop sees the loop variable's final value. Bind it when the hook "
+                             "is made, e.g. `def hook(x, hook, head=head): ...`."] = _ablated(
+                        model, tokens, [(layer, heads[-1][1]) for layer, _ in heads], kind, cache
+                    )  # fmt: skip
+                if kind == "mean" and len({layer for layer, _ in heads}) > 1:
+                    mistakes["the mean was taken inside the hook, from the run being ablated: a "
+                             "later layer's mean then already feels the earlier ablation. Take "
+                             "the means from a clean run_with_cache first."] = _ablated(
+                        model, tokens, heads, kind, None
+                    )  # fmt: skip
                 if kind == "mean":
                     mistakes["the mean was taken over the batch only: average each head's output "
                              "over the batch *and* the positions."] = _mean_over(
@@ -335,6 +359,28 @@ def check_ablate_heads(ablate_heads: Callable) -> None:
                 cases.append(Case((model, tokens, heads, kind), expected, mistakes, where))
     check_cases(ex, ablate_heads, "ablate_heads", cases, withhold=[evals.run_with_ablation])
     passed(ex, "zero and mean ablation of one and two heads, for two random models.")
+
+
+def _ablated(model, tokens, heads, kind, cache) -> Tensor:
+    """Ablation of `heads`, with means from `cache` (a clean run), or, with `cache` None, from
+    the very run being ablated (a common mistake)."""
+    hooks = []
+    for layer in sorted({layer for layer, _ in heads}):
+        chosen = [h for l_, h in heads if l_ == layer]
+        name = f"blocks.{layer}.attn.hook_result"
+
+        def ablate(result, hook, chosen=chosen, name=name):
+            result = result.clone()
+            if kind == "zero":
+                result[:, :, chosen] = 0.0
+            else:
+                source = result if cache is None else cache[name]
+                result[:, :, chosen] = source.mean((0, 1))[chosen]
+            return result
+
+        hooks.append((name, ablate))
+    with torch.no_grad():
+        return model.run_with_hooks(tokens, hooks)
 
 
 def _mean_over(model, tokens, heads, cache, dims) -> Tensor:
@@ -454,7 +500,10 @@ def check_find_induction_circuit(find_induction_circuit: Callable) -> None:
     mysteries = [handmade.mystery_induction(seed + i) for i in range(3)]
     for i, mystery in enumerate(mysteries):
         out = call_learner(
-            ex, find_induction_circuit, mystery.model, withhold=[evals.find_induction_circuit]
+            ex,
+            find_induction_circuit,
+            mystery.model,
+            withhold=[evals.find_induction_circuit, handmade.mystery_induction],
         )
         if not isinstance(out, (tuple, list)) or len(out) != 2:
             raise CheckFailed(
@@ -462,8 +511,8 @@ def check_find_induction_circuit(find_induction_circuit: Callable) -> None:
             )
         prev, induction = out
         try:
-            prev = tuple(int(x) for x in prev)
-            induction = sorted(tuple(int(x) for x in h) for h in induction)
+            prev = tuple(operator.index(x) for x in prev)
+            induction = sorted(tuple(operator.index(x) for x in h) for h in induction)
         except (TypeError, ValueError):
             raise CheckFailed(ex, "heads must be (layer, head) pairs of ints.") from None
         where = f"mystery model {i + 1} ({mystery.model.cfg.n_heads} heads per layer)"

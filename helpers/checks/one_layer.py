@@ -379,8 +379,14 @@ def _crossed_case(model, language, contexts, where, source, dest, output) -> Cas
     labels = language.token_labels
     where_text = (f"{labels[source]} … {labels[dest]} → {labels[output]} on {n} contexts of "
                   f"{contexts.shape[1]} words")  # fmt: skip
+    near = ("Close, but not exact: does every sequence start with BOS (token 0), as in "
+            "training, with the source written at `where` of the contexts?")  # fmt: skip
     return Case(
-        (model, contexts, where, source, dest, output), ref.mean_change, mistakes, where_text
+        (model, contexts, where, source, dest, output),
+        ref.mean_change,
+        mistakes,
+        where_text,
+        near_miss=near,
     )
 
 
@@ -469,6 +475,7 @@ def check_top_skip_trigrams(top_skip_trigrams: Callable) -> None:
     for model in random_models(seed, n_heads=2):
         for head in range(model.cfg.n_heads):
             qk = circuits.full_qk_circuit(model, 0, head)
+            raw_qk = circuits.full_qk_circuit(model, 0, head, normalise=False)
             ov = circuits.full_ov_circuit(model, 0, head)
             for n in (3, 6):
                 expected = circuits.top_skip_trigrams(model, 0, head, n, ignore=[0])
@@ -485,6 +492,10 @@ def check_top_skip_trigrams(top_skip_trigrams: Callable) -> None:
                     "OV' are positive.": _ranked(qk.T, ov, n, centre=True, clamp=False),
                     "BOS (token 0) took part: it is never a real source, destination or output.": (
                         _ranked(qk.T, ov, n, centre=True, clamp=True, drop_bos=False)
+                    ),
+                    "the QK rows were not centred: scores compare only within a destination "
+                    "(query), so subtract each row's mean first.": _ranked(
+                        raw_qk.T, ov, n, centre=True, clamp=True
                     ),
                 }
                 cases.append((model, head, n, expected, mistakes))
@@ -507,7 +518,8 @@ def check_top_skip_trigrams(top_skip_trigrams: Callable) -> None:
                 ex,
                 f"{where}: the right skip-trigrams in the wrong order. Rank them by the "
                 "product QK[d, s] · OV'[s, o], largest first: is your strength exactly this "
-                "product (no extra scaling, no sum over anything)?",
+                "product (no extra scaling, no sum over anything), with QK row-centred and OV "
+                "row-centred?",
             )
         raise CheckFailed(ex, f"{where}: got {got}, expected {expected}.")
     passed(ex, "the strongest skip-trigrams, in order, for every head of two random models.")
@@ -530,6 +542,26 @@ def _ranked(qk_sd: Tensor, ov: Tensor, n: int, centre: bool, clamp: bool, drop_b
         for i, v in zip(flat.tolist(), values.tolist(), strict=True)
         if v > 0
     ]
+
+
+def _as_rules(ex: str, rules: object, d_vocab: int) -> set[tuple[int, int, int]]:
+    """The learner's rules as a set of (source, destination, output) token ids, or a
+    CheckFailed naming what is wrong with them."""
+    found = set()
+    for rule in rules:
+        ids = rule.tolist() if isinstance(rule, (Tensor, np.ndarray)) else rule
+        if not isinstance(ids, (list, tuple)) or len(ids) != 3:
+            raise CheckFailed(
+                ex, f"each rule must be a (source, destination, output) triple, got {rule!r}."
+            )
+        try:
+            triple = tuple(operator.index(t) for t in ids)
+        except TypeError:
+            raise CheckFailed(ex, f"a rule must hold token ids (ints), got {rule!r}.") from None
+        if not all(0 <= t < d_vocab for t in triple):
+            raise CheckFailed(ex, f"token ids run 0..{d_vocab - 1}, got the rule {rule!r}.")
+        found.add(triple)
+    return found
 
 
 def _as_triples(ex: str, out: object, n: int, d_vocab: int) -> list[tuple[int, int, int]]:
@@ -582,7 +614,7 @@ def check_describe_head(describe_head: Callable) -> None:
     for mystery, head, threshold, truth in cases:
         out = call_learner(
             ex, describe_head, mystery.model, head, threshold,
-            withhold=[circuits.describe_head], block_forward=True,
+            withhold=[circuits.describe_head, handmade.mystery_heads], block_forward=True,
         )  # fmt: skip
         where = f"a mystery model's head {head} ({mystery.kinds[head]}), threshold {threshold}"
         if not isinstance(out, (tuple, list)) or len(out) != 3:
@@ -597,7 +629,7 @@ def check_describe_head(describe_head: Callable) -> None:
                 ex,
                 f"rules must be a set of (source, destination, output), got {type(rules).__name__}.",
             )
-        rules = {tuple(int(t) for t in rule) for rule in rules}
+        rules = _as_rules(ex, rules, mystery.model.cfg.d_vocab)
         if not math.isclose(previous, truth.previous_token, abs_tol=1e-3):
             raise CheckFailed(
                 ex, f"{where}: previous_token {previous:.3f}, expected {truth.previous_token:.3f}. "

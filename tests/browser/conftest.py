@@ -125,9 +125,15 @@ def find_notebooks() -> list[tuple[str, str]]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Parametrised from the files on disk, so a new chapter is tested without editing the tests.
+    # Solution notebooks are `slow` here: nbval executes them in the everyday suite already.
     if "notebook" in metafunc.fixturenames:
-        cases = find_notebooks()
-        metafunc.parametrize("notebook", cases, ids=[path for path, _ in cases])
+        cases = [
+            pytest.param(
+                case, id=case[0], marks=[pytest.mark.slow] if case[1] == "solution" else []
+            )
+            for case in find_notebooks()
+        ]
+        metafunc.parametrize("notebook", cases)
 
 
 @pytest.fixture(scope="session")

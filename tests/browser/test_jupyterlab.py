@@ -8,7 +8,12 @@ For each notebook on disk (parametrised, so a new chapter needs no edit here):
 3. change every ipywidget through the page and check that the figure beside it changes;
 4. check that every circuitsvis view rendered;
 5. no request may leave the machine, from the browser or from the kernel;
-6. save a full-notebook screenshot (folder printed at the end of the run).
+6. for a learner notebook, what tests/learner_run.py asks of a Run All (tests/test_notebooks.py
+   then does not run it a second time);
+7. save a full-notebook screenshot (folder printed at the end of the run).
+
+Solution notebooks run here under the `slow` marker (`.ci/run` selects it): nbval already
+executes them in the everyday suite.
 
 Cell outputs and kernel state are read from JupyterLab's notebook model (the server runs with
 `expose_app_in_browser`), widgets and circuitsvis views from the DOM.
@@ -22,6 +27,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
+from tests.learner_run import from_jupyterlab, learner_run_problems
 
 pytestmark = pytest.mark.browser
 
@@ -57,29 +64,46 @@ WIDGETS_RENDERED = """() => ![...document.querySelectorAll('.jp-Notebook .jp-Out
     .some(e => e.textContent.includes('Loading widget...'))"""
 
 
-def test_notebook_in_jupyterlab(notebook, browser, lab_server, screenshots_dir, notebook_timings):
+@pytest.fixture(scope="session")
+def browser_context(browser):
+    """One browser context for every notebook, so that JupyterLab's scripts come from the HTTP
+    cache after the first; every request that would leave the machine is blocked, and noted in
+    `context.blocked` (the test clears the list before each notebook)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.blocked = []
+    context.route("**/*", lambda route: block_if_not_local(route, context.blocked))
+    yield context
+    context.close()
+
+
+def test_notebook_in_jupyterlab(
+    notebook, browser_context, lab_server, screenshots_dir, notebook_timings
+):
     """`notebook` is (path under notebooks/, "solution" or "learner"); see pytest_generate_tests."""
     path, kind = notebook
     started = time.monotonic()
     network_log_start = log_size(lab_server.network_log)
     widget_log_start = log_size(lab_server.widget_error_log)
-    blocked_requests: list[str] = []
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.route("**/*", lambda route: block_if_not_local(route, blocked_requests))
-    page = context.new_page()
+    blocked_requests = browser_context.blocked
+    blocked_requests.clear()
+    page = browser_context.new_page()
+    page.set_viewport_size({"width": 1280, "height": 900})
     page.on("websocket", lambda ws: None if is_local(ws.url) else blocked_requests.append(ws.url))
     problems: list[str] = []
     try:
         open_notebook(page, lab_server, path)
         run_all_cells(page)
-        problems += cell_problems(page.evaluate(NOTEBOOK_JSON), kind)
+        executed = page.evaluate(NOTEBOOK_JSON)
+        problems += cell_problems(executed, kind)
+        if kind == "learner":  # what tests/test_notebooks.py checks when there is no browser
+            problems += learner_run_problems(from_jupyterlab(executed), Path(path).name)
         problems += widget_problems(page, lab_server)
         problems += circuitsvis_problems(page)
     finally:
         save_screenshot(
             page, screenshots_dir / (path.replace("/", "__").removesuffix(".ipynb") + ".png")
         )
-        context.close()
+        page.close()
         lab_server.shutdown_kernels()
         notebook_timings[path] = time.monotonic() - started
     problems += [f"the browser tried to reach {url}" for url in dict.fromkeys(blocked_requests)]

@@ -10,7 +10,7 @@ from helpers.checks import _base
 from helpers.circuits import two_layer
 from tests.checks import test_bigrams, test_composition, test_induction, test_one_layer
 from tests.checks import test_residual_stream as ch00
-from tests.checks.conftest import assert_rejects
+from tests.checks.conftest import assert_accepts, assert_rejects
 
 
 def test_a_diagnosis_names_a_mistake_only_when_it_is_the_only_match():
@@ -265,3 +265,52 @@ def test_a_near_miss_of_the_copying_score_explains_float32_noise():
             except checks.CheckFailed as err:
                 messages.append(str(err))
     assert all("rounding noise" in m for m in messages)
+
+
+def test_sizes_avoid_the_habits_that_would_pass_by_luck():
+    for seed in range(60):
+        for model in _base.random_models(seed):
+            c = model.cfg
+            assert c.d_model not in (c.d_head**2, c.d_head * c.n_heads)
+
+
+def test_a_withheld_reference_cannot_be_reached_or_unwithheld():
+    from helpers import references
+
+    # the guarded function is neither __wrapped__ nor in the wrapper's closure
+    cells = [c.cell_contents for c in circuits.composition_map.__closure__ or ()]
+    assert all(c is circuits.composition_map or isinstance(c, str) for c in cells)
+
+    def unwithhold(model, threshold):
+        references._withheld.clear()
+        return circuits.composition_map(model, threshold)
+
+    assert_rejects(checks.check_composition_map, unwithhold, diagnosis="changed which", seeds=(0,))
+
+
+def test_mystery_models_do_not_carry_their_seed():
+    from helpers import handmade
+
+    for seed in (0, 1, 2):
+        for make in (handmade.mystery_heads, handmade.mystery_induction,
+                     handmade.mystery_composition):  # fmt: skip
+            assert make(seed).model.cfg.seed != seed
+
+
+@pytest.mark.parametrize(
+    "check, answer, diagnosis",
+    [
+        (checks.check_composition_baseline,
+         lambda *a: torch.tensor(test_composition.baseline_reference(*a)), None),
+        (checks.check_skip_trigrams,
+         lambda m, h, s, k: (torch.arange(1, k + 1).float(), list(range(1, k + 1))),
+         "integer token ids"),
+        (checks.check_describe_head, lambda m, h, t: (0.5, 0.5, [1, 2, 3]), "triple"),
+        (checks.check_describe_head, lambda m, h, t: (0.5, 0.5, {(1.5, 2, 3)}), "token ids (ints)"),
+    ],
+)  # fmt: skip
+def test_answers_in_other_forms_are_accepted_or_named(check, answer, diagnosis):
+    if diagnosis is None:
+        assert_accepts(check, answer)
+    else:
+        assert_rejects(check, answer, diagnosis=diagnosis)

@@ -113,6 +113,13 @@ def entropy_reference(P):
     return float(-(pi[:, None] * P * P.log()).sum())
 
 
+def _entropy_with_the_first_eigenvector(P):
+    values, vectors = torch.linalg.eig(P.T)
+    pi = vectors[:, 0].real
+    pi = pi / pi.sum()
+    return float(-(pi[:, None] * P * P.log()).sum())
+
+
 def _entropy_with_unit_length_pi(P):
     values, vectors = torch.linalg.eig(P.T)
     pi = vectors[:, (values - 1).abs().argmin()].real
@@ -148,6 +155,7 @@ def test_entropy_rate_accepts_reference_and_power_iteration():
         (lambda P: float(-(P * P.log()).sum(-1).mean()), "averaged uniformly"),
         (lambda P: entropy_reference(P) / math.log(2), "in bits"),
         (_entropy_with_unit_length_pi, "unit length"),
+        (_entropy_with_the_first_eigenvector, "closest to 1"),
         (lambda P: -entropy_reference(P), "sign is flipped"),
         (
             lambda P: float(-(_stationary(P) * _stationary(P).log()).sum()),

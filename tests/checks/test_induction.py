@@ -136,6 +136,7 @@ def _cheat_unembedding(model, layout):
         ("weak scores", "needs <= 0.1"),
         ("positional shortcut", "Layer 1 puts only"),
         ("changes W_U", "only the heads' weights are yours to set"),
+        ("one function sets both layers", "Each function sets its own layer"),
         (
             "the reference",
             "calls the course's `handmade.set_reference_weights`, which this exercise withholds",
@@ -153,6 +154,10 @@ def test_handmade_rejects(variant, diagnosis):
         "positional shortcut": (prev, _positional_shortcut),
         "changes W_U": (prev, lambda m, lay: (induction(m, lay), _cheat_unembedding(m, lay))),
         "the reference": (lambda m, lay: None, handmade.set_reference_weights),
+        "one function sets both layers": (
+            lambda m, lay: (prev(m, lay), induction(m, lay)),
+            lambda m, lay: None,
+        ),  # e.g. a table built in advance
     }[variant]
     assert_rejects(checks.check_handmade_induction, *args, diagnosis=diagnosis)
 
@@ -213,6 +218,39 @@ def test_ablate_heads_rejects(kwargs, diagnosis):
     assert_rejects(
         checks.check_ablate_heads, lambda *a: ablate_reference(*a, **kwargs), diagnosis=diagnosis
     )
+
+
+def _mean_inside_the_hook(m, t, heads, kind):
+    def hook_for(chosen):
+        def ablate(x, hook):
+            x = x.clone()
+            x[:, :, chosen] = 0.0 if kind == "zero" else x.mean((0, 1))[chosen]
+            return x
+
+        return ablate
+
+    hooks = [(f"blocks.{layer}.attn.hook_result", hook_for([h])) for layer, h in heads]
+    return m.run_with_hooks(t, hooks)
+
+
+def _late_binding(m, t, heads, kind):
+    _, cache = m.run_with_cache(t)
+    hooks = []
+    for layer, head in heads:
+        name = f"blocks.{layer}.attn.hook_result"
+
+        def ablate(x, hook):
+            x = x.clone()
+            x[:, :, head] = 0.0 if kind == "zero" else cache[hook.name].mean((0, 1))[head]  # noqa: B023 (the mistake)
+            return x
+
+        hooks.append((name, ablate))
+    return m.run_with_hooks(t, hooks)
+
+
+def test_ablate_heads_names_hook_mistakes():
+    assert_rejects(checks.check_ablate_heads, _mean_inside_the_hook, diagnosis="inside the hook")
+    assert_rejects(checks.check_ablate_heads, _late_binding, diagnosis="final value")
 
 
 def test_ablate_heads_refuses_the_reference():
@@ -324,6 +362,11 @@ def _by_weight_norm(m):
     ]
 
 
+def _from_the_config_seed(model):  # rebuild the planted truth from the model's own seed
+    planted = handmade.mystery_induction(model.cfg.seed)
+    return planted.previous_token_head, planted.induction_heads
+
+
 def test_find_induction_circuit_accepts_reference():
     assert_accepts(checks.check_find_induction_circuit, find_reference)
 
@@ -335,6 +378,8 @@ def test_find_induction_circuit_accepts_reference():
         (lambda m: find_reference(m, threshold=0.0), "induction heads"),  # every layer-1 head
         (lambda m: ((0, 0), [(1, 0)]), "Exercise 4.8"),
         (lambda m: evals.find_induction_circuit(m, None, 3), "withholds"),
+        (_from_the_config_seed, "withholds"),
+        (lambda m: ((0.0, 1.0), [(1.0, 2.0)]), "pairs of ints"),
         (_by_weight_norm, "Exercise 4.8"),  # the distractor heads' weights are norm-matched
     ],
 )

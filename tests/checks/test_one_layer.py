@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import attribution, checks, circuits, evals, recipes
+from helpers import attribution, checks, circuits, evals, handmade, recipes
 from helpers.circuits import one_layer
 from tests.checks.conftest import assert_accepts, assert_rejects
 
@@ -435,7 +435,15 @@ def test_top_skip_trigrams_rejects_wrong_order_fixed_n_and_the_reference():
 
 # ---- 2.10 reverse-engineering a head -------------------------------------------------------------------
 def describe_reference(
-    m, h, threshold, *, centre_ov=True, centre_qk=True, skip_bos=True, skip_previous=False
+    m,
+    h,
+    threshold,
+    *,
+    centre_ov=True,
+    centre_qk=True,
+    skip_bos=True,
+    skip_previous=False,
+    keep=lambda qk, ov, t: qk >= t and ov >= t,
 ):
     pattern = pos_reference(m, h)
     e = torch.linalg.eigvals((m.W_O[0, h] @ m.W_U @ m.W_E @ m.W_V[0, h]).detach().double())
@@ -450,10 +458,15 @@ def describe_reference(
     rules = set()
     for s in range(1, m.cfg.d_vocab):
         d, o = int(qk[:, s].argmax()), int(ov[s].argmax())
-        if qk[d, s] >= threshold and ov[s, o] >= threshold:
+        if keep(qk[d, s], ov[s, o], threshold):
             rules.add((s, d, o))
     previous = float(pattern.diagonal(0 if skip_previous else -1).mean().detach())
     return previous, copying, rules
+
+
+def _from_the_config_seed(m, h, t):  # rebuild the planted truth from the model's own seed
+    planted = handmade.mystery_heads(m.cfg.seed)
+    return (*describe_reference(m, h, t)[:2], set(planted.rules))
 
 
 def test_describe_head_accepts_reference():
@@ -475,6 +488,12 @@ def test_describe_head_accepts_reference():
         (lambda m, h, t: describe_reference(m, h, t, centre_qk=False), "rules"),
         (lambda m, h, t: describe_reference(m, h, t, centre_ov=False), "rules"),
         (lambda m, h, t: describe_reference(m, h, t, skip_bos=False), "rules"),
+        # half-tested rules: the mystery heads carry a half-rule of each kind
+        (lambda m, h, t: describe_reference(m, h, t, keep=lambda q, o, t: q >= t), "rules"),
+        (lambda m, h, t: describe_reference(m, h, t, keep=lambda q, o, t: o >= t), "rules"),
+        (lambda m, h, t: describe_reference(m, h, t, keep=lambda q, o, t: q * o >= t * t), "rules"),
+        (lambda m, h, t: describe_reference(m, h, t, keep=lambda q, o, t: q + o >= 2 * t), "rules"),
+        (_from_the_config_seed, "withholds"),
     ],
 )
 def test_describe_head_rejects(wrong, diagnosis):
