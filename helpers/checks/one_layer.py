@@ -544,24 +544,26 @@ def _ranked(qk_sd: Tensor, ov: Tensor, n: int, centre: bool, clamp: bool, drop_b
     ]
 
 
+def _as_triple(ex: str, item: object, d_vocab: int, what: str) -> tuple[int, int, int]:
+    """One (source, destination, output) triple of token ids, or a CheckFailed naming the
+    problem; `what` names it in messages ("rule", "skip-trigram")."""
+    ids = item.tolist() if isinstance(item, (Tensor, np.ndarray)) else item
+    if not isinstance(ids, (list, tuple)) or len(ids) != 3:
+        raise CheckFailed(
+            ex, f"each {what} must be a (source, destination, output) triple, got {item!r}."
+        )
+    try:
+        triple = tuple(operator.index(t) for t in ids)
+    except TypeError:
+        raise CheckFailed(ex, f"a {what} must hold token ids (ints), got {item!r}.") from None
+    if not all(0 <= t < d_vocab for t in triple):
+        raise CheckFailed(ex, f"token ids run 0..{d_vocab - 1}, got the {what} {item!r}.")
+    return triple  # type: ignore[return-value]
+
+
 def _as_rules(ex: str, rules: object, d_vocab: int) -> set[tuple[int, int, int]]:
-    """The learner's rules as a set of (source, destination, output) token ids, or a
-    CheckFailed naming what is wrong with them."""
-    found = set()
-    for rule in rules:
-        ids = rule.tolist() if isinstance(rule, (Tensor, np.ndarray)) else rule
-        if not isinstance(ids, (list, tuple)) or len(ids) != 3:
-            raise CheckFailed(
-                ex, f"each rule must be a (source, destination, output) triple, got {rule!r}."
-            )
-        try:
-            triple = tuple(operator.index(t) for t in ids)
-        except TypeError:
-            raise CheckFailed(ex, f"a rule must hold token ids (ints), got {rule!r}.") from None
-        if not all(0 <= t < d_vocab for t in triple):
-            raise CheckFailed(ex, f"token ids run 0..{d_vocab - 1}, got the rule {rule!r}.")
-        found.add(triple)
-    return found
+    """The learner's rules as a set of (source, destination, output) token ids."""
+    return {_as_triple(ex, rule, d_vocab, "rule") for rule in rules}
 
 
 def _as_triples(ex: str, out: object, n: int, d_vocab: int) -> list[tuple[int, int, int]]:
@@ -576,21 +578,7 @@ def _as_triples(ex: str, out: object, n: int, d_vocab: int) -> list[tuple[int, i
         raise CheckFailed(
             ex, f"return a list of (source, destination, output) triples, got {type(out).__name__}."
         )
-    triples = []
-    for item in out:
-        ids = item.tolist() if isinstance(item, Tensor) else item
-        if not isinstance(ids, (list, tuple)) or len(ids) != 3:
-            raise CheckFailed(
-                ex,
-                f"each skip-trigram must be a (source, destination, output) triple, got {item!r}.",
-            )
-        try:
-            triple = tuple(operator.index(t) for t in ids)
-        except TypeError:
-            raise CheckFailed(ex, f"a skip-trigram must hold token ids, got {item!r}.") from None
-        if not all(0 <= t < d_vocab for t in triple):
-            raise CheckFailed(ex, f"token ids must be in 0..{d_vocab - 1}, got {item!r}.")
-        triples.append(triple)
+    triples = [_as_triple(ex, item, d_vocab, "skip-trigram") for item in out]
     if len(triples) != n:
         raise CheckFailed(ex, f"return n = {n} skip-trigrams, got {len(triples)}.")
     return triples
