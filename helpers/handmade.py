@@ -422,10 +422,11 @@ class MysteryInduction:
 
 @reference  # withheld in the exercise that reverse-engineers its models
 @torch.no_grad()
-def mystery_induction(seed: int) -> MysteryInduction:
+def mystery_induction(seed: int, every_head: bool = False) -> MysteryInduction:
     """The hand-made induction circuit (`set_reference_weights`), its previous-token head and one
-    or two copies of its induction head placed at random head indices of a model with 3-4 heads
-    per layer, among distractor heads that attend by content. The residual
+    or two copies of its induction head (with `every_head`, one in every layer-1 head) placed at
+    random head indices of a model with 3-4 heads per layer, among distractor heads that attend
+    by content. The residual
     stream is then rotated by a random orthogonal matrix, applied to every weight that reads or
     writes it: the behaviour is unchanged (no privileged basis), but no weight can be read by eye.
     The distractor heads' weights have the same sizes (Frobenius norms) as the planted heads';
@@ -449,7 +450,7 @@ def mystery_induction(seed: int) -> MysteryInduction:
     model.pos_embed.W_pos.copy_(source.W_pos)
     model.unembed.W_U.copy_(source.W_U)
     prev = int(torch.randint(n_heads, (), generator=rng))
-    count = int(torch.randint(1, 3, (), generator=rng))
+    count = n_heads if every_head else int(torch.randint(1, 3, (), generator=rng))
     induction = sorted(torch.randperm(n_heads, generator=rng)[:count].tolist())
     for layer, heads in ((0, [prev]), (1, induction)):
         theirs, mine = source.blocks[layer].attn, model.blocks[layer].attn

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -115,7 +116,7 @@ def train(
     """
     if task.d_vocab != model.cfg.d_vocab:
         raise ValueError(f"task has d_vocab={task.d_vocab} but the model {model.cfg.d_vocab}")
-    seq_len = cfg.sequence_length(model.cfg)
+    cfg.sequence_length(model.cfg)  # a sequence length the model cannot take fails here, first
     callbacks = dict(callbacks or {})
     if clash := sorted(set(callbacks) & set(RESERVED_HISTORY_KEYS)):
         raise ValueError(
@@ -123,11 +124,12 @@ def train(
             f"reserved: {list(RESERVED_HISTORY_KEYS)}"
         )
     generator = torch.Generator().manual_seed(cfg.seed)
+    # fused: one kernel for every parameter's update instead of a dozen small ops each (about
+    # 3 % of a step of the course's models; the same arithmetic, to float rounding)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
     )
     history: dict[str, list] = {"loss": [], "eval_step": [], **{k: [] for k in callbacks}}
-    device = model.W_E.device
 
     def evaluate(step: int) -> None:
         if not callbacks:
@@ -139,6 +141,29 @@ def train(
                 history[name].append(float(fn(model)))
         model.train()
 
+    with one_thread():  # see one_thread: faster here, and much faster beside other work
+        return _train_loop(model, task, cfg, progress, optimizer, history, evaluate, generator)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Within the block, torch runs on one thread. The course's models are too small for a
+    second thread to pay: measured with tools/benchmark.py training (BENCHMARKS.md), one and
+    two threads reach induction in the same time on a quiet 2-core machine (14.0 s and 14.2 s),
+    while beside one busy process two threads take three times as long (45.8 s against 15.1 s):
+    they wait for each other, and a notebook rarely has the machine to itself."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_loop(model, task, cfg, progress, optimizer, history, evaluate, generator):
+    """The loop of `train`: a step per batch, the callbacks every `cfg.eval_every` steps."""
+    device = model.W_E.device
+    seq_len = cfg.sequence_length(model.cfg)
     start = time.perf_counter()
     model.train()
     bar = tqdm(range(cfg.n_steps), disable=not progress, desc="training", leave=False)

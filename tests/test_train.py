@@ -95,3 +95,19 @@ def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_history():
     ) as info:
         train(model, BigramLanguage(n_states=6), cfg, progress=False)
     assert len(info.value.history["loss"]) >= 1
+
+
+def test_training_runs_on_one_thread_and_gives_the_callers_threads_back():
+    from helpers.train import one_thread
+
+    before = torch.get_num_threads()
+    seen = []
+    model = make_model(n_layers=1)
+    task = BigramLanguage(n_states=model.cfg.d_vocab - 1)
+    cfg = TrainConfig(n_steps=2, batch_size=2, eval_every=1)
+    train(model, task, cfg, {"threads": lambda m: seen.append(torch.get_num_threads()) or 0.0},
+          progress=False)  # fmt: skip
+    assert seen and set(seen) == {1} and torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), one_thread():
+        raise RuntimeError  # an error inside still gives the threads back
+    assert torch.get_num_threads() == before

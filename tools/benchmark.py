@@ -1,18 +1,33 @@
 """Benchmarks of the course against DESIGN.md's performance targets. Times things; asserts nothing.
 
-    .venv/bin/python tools/benchmark.py
+    .venv/bin/python tools/benchmark.py [SECTION ...]     (default: all sections)
 
-Reports: each solution notebook's execution time and its kernel's peak memory; the median
-response of every widget (value change -> redrawn figure); the training time of the two-layer
-model until induction (loss on repeats <= 0.25 x loss on fresh tokens); the size of circuitsvis
-views in an executed notebook 02.
+Sections: `notebooks` (each solution notebook's execution time and its kernel's peak memory; the
+size of circuitsvis views in notebook 02), `widgets` (the median response of every widget, value
+change -> redrawn figure), `training` (the two-layer model from scratch until induction, loss on
+repeats <= 0.25 x loss on fresh tokens, with 1 and 2 threads, on a quiet machine and beside a
+busy process), `peers` (our model against TransformerLens's, see tools/peer_benchmark.py; it
+installs TransformerLens into .venv-peers/ first, from tools/requirements-peers.txt).
+
+Each section prints its results and writes them into BENCHMARKS.md (its own part of the file,
+under a description of this machine), so the file always holds the latest run of each section.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import hashlib
+import io
+import json
+import os
+import platform
+import re
 import statistics
+import subprocess
 import sys
 import time
+import venv
 from pathlib import Path
 
 import nbformat
@@ -103,12 +118,14 @@ def widget_response() -> None:
         print(f"  {name:28s} {1000 * statistics.median(times):6.0f} ms")
 
 
-def training() -> None:
-    print("two-layer model from scratch until induction (repeats <= 0.25 x fresh loss)")
+def _seconds_to_induction(threads: int) -> tuple[int, float, float] | None:
+    """(step, seconds of training, ratio) when the recipe's training of induction_2l first
+    reaches loss on repeats <= 0.25 x loss on fresh tokens, checked every 50 steps (the time
+    spent checking is not counted), with `threads` threads."""
+    torch.set_num_threads(threads)
     recipe = recipes.RECIPES["induction_2l"]
     tokens = induction_probe(52, batch_size=50)
     model = AttnOnlyTransformer(recipe.model)
-    # the recipe's training, checked every 50 steps; time spent checking is subtracted
     cfg = TrainConfig(n_steps=recipe.training.n_steps, batch_size=recipe.training.batch_size,
                       lr=recipe.training.lr, seed=recipe.training.seed, eval_every=50)  # fmt: skip
     state = {"check_seconds": 0.0, "reached": None, "step": 0}
@@ -119,19 +136,158 @@ def training() -> None:
         ratio = evals.repeated_tokens_loss(m, tokens, PROBE_LENGTH).ratio
         if ratio <= 0.25 and state["reached"] is None:
             state["reached"] = (state["step"], t0 - start - state["check_seconds"], ratio)
+            raise _Reached
         state["step"] += cfg.eval_every
         state["check_seconds"] += time.perf_counter() - t0
         return ratio
 
-    train(model, recipe.make_task(), cfg, {"ratio": check}, progress=False)
-    if state["reached"] is None:
-        print(f"  not reached in {cfg.n_steps} steps")
-    else:
-        step, seconds, ratio = state["reached"]
-        print(f"  ratio {ratio:.3f} at step {step}, after {seconds:.1f} s of training")
+    with contextlib.suppress(_Reached):
+        train(model, recipe.make_task(), cfg, {"ratio": check}, progress=False)
+    return state["reached"]
+
+
+class _Reached(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _busy_core():
+    """Another process keeping one core busy, as a browser or a second notebook would."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def training() -> None:
+    print("two-layer model from scratch until induction (repeats <= 0.25 x fresh loss)")
+    for load in ("quiet", "beside a busy process"):
+        for threads in (1, 2):
+            with _busy_core() if load != "quiet" else contextlib.nullcontext():
+                reached = _seconds_to_induction(threads)
+            if reached is None:
+                print(f"  {threads} thread(s), {load}: not reached")
+            else:
+                step, seconds, ratio = reached
+                print(f"  {threads} thread(s), {load:22s} ratio {ratio:.3f} at step {step}, "
+                      f"after {seconds:5.1f} s of training")  # fmt: skip
+    torch.set_num_threads(1)
+    print("each recipe retrained from its seed, as `RETRAIN = True` does in the notebooks")
+    for name in recipes.RECIPES:
+        start = time.perf_counter()
+        recipes.train_recipe(name, progress=False)
+        print(f"  {name:18s} {time.perf_counter() - start:5.1f} s")
+
+
+PEERS_VENV = ROOT / ".venv-peers"
+PEERS_REQUIREMENTS = ROOT / "tools" / "requirements-peers.txt"
+
+
+def _peers_python() -> Path:
+    """The Python of .venv-peers, created and filled from tools/requirements-peers.txt unless
+    that was already done (a few minutes, first time only)."""
+    python = PEERS_VENV / "bin" / "python"
+    stamp = PEERS_VENV / "requirements.sha256"
+    wanted = hashlib.sha256(PEERS_REQUIREMENTS.read_bytes()).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text().strip() == wanted:
+        return python
+    print(f"  installing {PEERS_REQUIREMENTS.name} into {PEERS_VENV.name}/ (first time only)")
+    venv.EnvBuilder(with_pip=True, clear=True).create(PEERS_VENV)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r",
+                    str(PEERS_REQUIREMENTS)], check=True)  # fmt: skip
+    stamp.write_text(wanted + "\n")
+    return python
+
+
+def peers() -> None:
+    print("against TransformerLens's HookedTransformer (induction_2l's shape, batch 64, AdamW;")
+    print("same weights, same batches; medians of interleaved rounds, one process)")
+    python = _peers_python()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for threads in (1, 2):
+        out = subprocess.run(
+            [str(python), str(ROOT / "tools" / "peer_benchmark.py"), "--threads", str(threads)],
+            capture_output=True, text=True, check=True, env=env,
+        )  # fmt: skip
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        ms, speed = r["ms"], r["speedup"]
+        print(
+            f"  {threads} thread(s), TransformerLens {r['transformer_lens']}, torch {r['torch']}:"
+        )
+        for label, key, ratio in (("training step", "train", "train"),
+                                  ("run_with_cache", "cache", "run_with_cache"),
+                                  ("forward (no hooks)", "forward", "forward")):  # fmt: skip
+            print(f"    {label:20s} ours {ms[key + '_ours']:6.2f} ms   TransformerLens "
+                  f"{ms[key + '_tl']:6.2f} ms   {speed[ratio]:.2f}x")  # fmt: skip
+        print(f"    cache size           ours {r['cache_mb']['ours']:.2f} MB   TransformerLens "
+              f"{r['cache_mb']['tl']:.2f} MB; peak memory of 30 training steps, whole process: "
+              f"ours {r['peak_mb']['train_ours']:.0f} MB, TransformerLens "
+              f"{r['peak_mb']['train_tl']:.0f} MB")  # fmt: skip
+        print(f"    max |logit difference| {r['max_logit_diff']:.1e} (logits up to "
+              f"{r['logit_scale']:.2f})")  # fmt: skip
+
+
+# ---- BENCHMARKS.md ------------------------------------------------------------------------------
+
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = re.findall(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+        cpu = names[0] if names else cpu
+    torch.set_num_threads(1)
+    a = torch.randn(1024, 1024)
+    a @ a
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ a
+    gflops = 2 * 1024**3 * 10 / (time.perf_counter() - start) / 1e9
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch "
+            f"{torch.__version__}; a 1024² float32 matmul runs at {gflops:.0f} GFLOP/s on one "
+            "thread")  # fmt: skip
+
+
+def record(name: str, text: str) -> None:
+    """Put `text` into BENCHMARKS.md as section `name`, keeping the other sections."""
+    old = BENCHMARKS.read_text() if BENCHMARKS.exists() else ""
+    sections = dict(re.findall(r"<!-- (\w+): start -->\n(.*?)<!-- \1: end -->", old, re.S))
+    stamp = datetime.date.today().isoformat()
+    sections[name] = f"## {name} ({stamp}; {machine()})\n\n```\n{text.rstrip()}\n```\n"
+    order = [s for s in SECTIONS if s in sections]
+    body = "\n".join(f"<!-- {s}: start -->\n{sections[s]}<!-- {s}: end -->\n" for s in order)
+    BENCHMARKS.write_text(
+        "# Benchmarks\n\nWritten by `tools/benchmark.py` (each section by its latest run); "
+        "DESIGN.md states the targets. Times are wall-clock seconds or milliseconds on the "
+        "machine named in each section.\n\n" + body
+    )
+
+
+SECTIONS = {"notebooks": notebooks, "widgets": widget_response, "training": training,
+            "peers": peers}  # fmt: skip
+
+
+class _Tee(io.TextIOBase):
+    """Standard output that is also kept, for BENCHMARKS.md."""
+
+    def __init__(self) -> None:
+        self.kept = io.StringIO()
+
+    def write(self, text: str) -> int:
+        sys.__stdout__.write(text)
+        sys.__stdout__.flush()
+        return self.kept.write(text)
 
 
 if __name__ == "__main__":
-    sections = {"notebooks": notebooks, "widgets": widget_response, "training": training}
-    for name in sys.argv[1:] or list(sections):
-        sections[name]()
+    for name in sys.argv[1:] or list(SECTIONS):
+        if name not in SECTIONS:
+            sys.exit(f"no section {name!r}; sections: {', '.join(SECTIONS)}")
+        tee = _Tee()
+        with contextlib.redirect_stdout(tee):
+            SECTIONS[name]()
+        record(name, tee.kept.getvalue())

@@ -49,6 +49,9 @@ def check_count_bigrams(count_bigrams: Callable) -> None:
             "only the first sequence was counted; count every sequence in the batch.": (
                 next_token_counts(tokens[:1], V)
             ),
+            "each pair was counted once however often it occurs: `counts[a, b] += 1` with "
+            "tensors of indices writes each cell once. Use `counts.index_put_((a, b), ones, "
+            "accumulate=True)` or `torch.bincount`.": (next_token_counts(tokens, V) > 0).long(),
         }
         cases.append(Case((tokens, V), expected, mistakes, f"d_vocab = {V}"))
     # integer counts: the learner's answer must be integers too, and is compared exactly
@@ -75,6 +78,8 @@ def check_empirical_log_probs(empirical_log_probs: Callable) -> None:
             "P(next | current).": (c / c.sum()).log(),
             "these are probabilities, not log-probabilities.": c / c.sum(-1, keepdim=True),
             "these are the log counts, not normalised.": c.log(),
+            "the row totals were divided along the wrong axis: `c / c.sum(-1)` divides column "
+            "j by row j's total. Keep the axis: `c.sum(-1, keepdim=True)`.": (c / c.sum(-1)).log(),
         }
         cases.append(Case((counts,), expected, mistakes, f"{n} tokens"))
     check_cases(ex, empirical_log_probs, "empirical_log_probs", cases, atol=1e-5)
@@ -163,6 +168,10 @@ def check_entropy_rate(entropy_rate: Callable) -> None:
             "particular order: take the one whose eigenvalue is closest to 1.",
             float(first @ rows),
         ))  # fmt: skip
+        mistakes.append((
+            "π lined up with the next state (columns) instead of the current one (rows): "
+            "weight row i by π_i, `pi[:, None] * P`.", float(-(pi * P * P.log()).sum()),
+        ))  # fmt: skip
         unit = "π was normalised to unit length; a distribution sums to 1: divide by π.sum()."
         mistakes += [(unit, H / float(pi.norm())), (unit, -H / float(pi.norm()))]
         near = (
@@ -200,8 +209,11 @@ def check_expected_loss(expected_loss: Callable) -> None:
              "state i.", float(-(P * log_q).sum(-1).mean())),
             ("the sign is flipped: cross-entropy is -Σ π_i P_ij log q_ij >= 0.",
              float((pi[:, None] * P * log_q).sum())),
+            ("π lined up with the next state (columns) instead of the current one (rows): "
+             "`pi[:, None] * P`.", float(-(pi * P * log_q).sum())),
         ]  # fmt: skip
-        cases.append(Case((logits, P, pi), loss, mistakes, f"{n} states"))
+        near = "Close: use the `pi` you are given (exact), rather than one you estimated."
+        cases.append(Case((logits, P, pi), loss, mistakes, f"{n} states", near_miss=near))
     check_cases(
         ex, expected_loss, "expected_loss", cases,
         withhold=[circuits.expected_loss], what="a float (nats)",
@@ -267,6 +279,12 @@ def check_set_zero_layer_weights(set_zero_layer_weights: Callable) -> None:
         if model.cfg != cfg:
             raise CheckFailed(ex, "the model's config changed; set the weights, keep its sizes.")
         for name, shape in (("W_E", (V, k)), ("W_U", (k, V))):
+            if getattr(model, name).dtype != W_pos.dtype:
+                raise CheckFailed(
+                    ex, f"{name} is now {getattr(model, name).dtype}; the model's weights are "
+                    f"{W_pos.dtype}. Copy the factors into the weights, `model.{name}.copy_(...)`, "
+                    "which converts them, rather than replacing `.data`.",
+                )  # fmt: skip
             got = tuple(getattr(model, name).shape)
             if got != shape:
                 raise CheckFailed(

@@ -72,6 +72,10 @@ def check_composition_scores(composition_scores: Callable) -> None:
                     "heads.": expected.T,
                     "the score is not normalised: divide ‖product‖ by the product of the two "
                     "factors' Frobenius norms.": unnormalised,
+                    "the product is in the paper's column order, ‖X₁ · OV₀‖: in our row "
+                    "convention the earlier head's OV comes first, OV₀ @ X₁.": (
+                        two_layer._frobenius_composition(reads[kind][None], OV0[:, None])
+                    ),
                     "the earlier head's OV is transposed (W_O @ W_V has the wrong shape; "
                     "(W_V @ W_O)ᵀ reads the wrong side): in the row convention it writes x @ W_V @ "
                     "W_O.": two_layer._frobenius_composition(

@@ -497,7 +497,8 @@ def check_find_induction_circuit(find_induction_circuit: Callable) -> None:
     rotated)."""
     ex = "Exercise 4.8 (find_induction_circuit)"
     seed = draw_seed()
-    mysteries = [handmade.mystery_induction(seed + i) for i in range(3)]
+    # the third: every layer-1 head an induction head (so "the heads above the layer's mean" fails)
+    mysteries = [handmade.mystery_induction(seed + i, every_head=i == 2) for i in range(3)]
     for i, mystery in enumerate(mysteries):
         out = call_learner(
             ex,

@@ -453,6 +453,8 @@ def check_positional_pattern(positional_pattern: Callable) -> None:
                     if model.cfg.d_vocab >= n
                     else torch.zeros(n, n),
                     "these are the masked scores before the softmax.": masked,
+                    "the mask was applied after the softmax: each row no longer sums to 1. Mask "
+                    "the scores with -inf first, then softmax.": scores.softmax(-1) * causal,
                 }
             expected = circuits.positional_pattern(model, 0, head)
             cases.append(Case((model, head), expected, mistakes, f"head {head}"))

@@ -277,6 +277,7 @@ def check_with_uniform_attention(with_uniform_attention: Callable) -> None:
     cases = []
     for i, model in enumerate(random_models(seed, n_layers=2)):
         tokens = random_tokens(model, seed + 10 + i, batch=2)
+        tokens = tokens[:, : model.cfg.n_ctx - i]  # the second model: shorter than n_ctx
         n = tokens.shape[1]
 
         def replaced(pattern: Tensor, layers, model=model, tokens=tokens) -> Tensor:

@@ -314,3 +314,76 @@ def test_answers_in_other_forms_are_accepted_or_named(check, answer, diagnosis):
         assert_accepts(check, answer)
     else:
         assert_rejects(check, answer, diagnosis=diagnosis)
+
+
+# ---- the fifth adversarial pass ------------------------------------------------------------------
+def _zero_layer_weights_via_data(model, table):  # float64 factors put in through .data
+    k = model.cfg.d_model
+    U, S, Vh = torch.linalg.svd(table.double())
+    model.embed.W_E.data = U[:, :k] * S[:k]
+    model.unembed.W_U.copy_(Vh[:k])
+
+
+def _uniform_of_full_length(model, tokens, layer):  # the pattern sized by n_ctx, not the tokens
+    n = model.cfg.n_ctx
+    pattern = torch.ones(n, n).tril()
+    pattern = pattern / pattern.sum(-1, keepdim=True)
+    hook = (f"blocks.{layer}.attn.hook_pattern", lambda x, hook: pattern.expand_as(x))
+    return model.run_with_hooks(tokens, [hook])
+
+
+def _counts_by_indexed_assignment(tokens, d_vocab):
+    counts = torch.zeros(d_vocab, d_vocab, dtype=torch.long)
+    counts[tokens[:, :-1], tokens[:, 1:]] += 1
+    return counts
+
+
+def _above_the_layers_mean(m):
+    prev, _ = test_induction.find_reference(m)
+    V, n = m.cfg.d_vocab, m.cfg.n_ctx
+    length = min(V - 1, (n - 1) // 2)
+    t = test_induction.repeated_random_tokens(
+        V - 1, length, (n - 1) // length, 20, torch.Generator().manual_seed(0)
+    )
+    scores = evals.induction_scores(m, t, length)[1]
+    return prev, [(1, h) for h in range(m.cfg.n_heads) if scores[h] > scores.mean()]
+
+
+def _composition_in_column_order(m, kind):
+    a0, a1 = m.blocks[0].attn, m.blocks[1].attn
+    OV0 = a0.W_V @ a0.W_O
+    QK1 = a1.W_Q @ a1.W_K.transpose(-1, -2)
+    reads = {"Q": QK1, "K": QK1.transpose(-1, -2), "V": a1.W_V @ a1.W_O}[kind]
+    product = (reads[None] @ OV0[:, None]).flatten(-2).norm(dim=-1)
+    return product / (OV0.flatten(1).norm(dim=-1)[:, None] * reads.flatten(1).norm(dim=-1)[None])
+
+
+@pytest.mark.parametrize(
+    "check, answer, diagnosis",
+    [
+        (checks.check_set_zero_layer_weights, _zero_layer_weights_via_data, ".copy_"),
+        (checks.check_with_uniform_attention, _uniform_of_full_length, "Exercise 0.6"),
+        (checks.check_find_induction_circuit, _above_the_layers_mean, "induction heads"),
+        (checks.check_count_bigrams, _counts_by_indexed_assignment, "accumulate=True"),
+        (checks.check_empirical_log_probs, lambda c: (c / c.sum(-1)).log(), "keepdim=True"),
+        (checks.check_entropy_rate,
+         lambda P: float(-(test_bigrams._stationary(P) * P * P.log()).sum()), "pi[:, None]"),
+        (checks.check_expected_loss,
+         lambda logits, P, pi: float(-(pi * P * logits.log_softmax(-1)).sum()), "pi[:, None]"),
+        (checks.check_positional_pattern, lambda m, h: _masked_after_softmax(m, h), "after the softmax"),
+        (checks.check_composition_scores, _composition_in_column_order, "column order"),
+    ],
+)  # fmt: skip
+def test_mistakes_found_by_the_fifth_pass_are_caught_and_named(check, answer, diagnosis):
+    for seed in range(4):
+        with checks.fixed_seed(seed), pytest.raises((checks.CheckFailed, RuntimeError)) as info:
+            check(answer)
+        # a learner's own error comes back as it is, with a note naming the exercise
+        text = str(info.value) + " ".join(getattr(info.value, "__notes__", []))
+        assert diagnosis in text, f"seed {seed}: {text}"
+
+
+def _masked_after_softmax(m, h):
+    Q, K = m.W_pos @ m.W_Q[0, h], m.W_pos @ m.W_K[0, h]
+    n = m.cfg.n_ctx
+    return (Q @ K.T / m.cfg.d_head**0.5).softmax(-1) * torch.ones(n, n).tril()
