@@ -62,7 +62,8 @@ def _induction_model(n_layers: int) -> HookedTransformerConfig:
 
 
 # Measured on the 2-core machine: loss on repeats falls to 0.25 x the loss on fresh tokens by
-# step ~500 (about 5 s); lr 3e-3 took ~700 steps, init std 0.02 sat on the plateau past 1500.
+# step ~500 (5 s where it was tuned, 10-14 s on the 2-core machine of BENCHMARKS.md); lr 3e-3 took
+# ~700 steps, init std 0.02 sat on the plateau past 1500.
 # The extra steps sharpen the heads (previous-token score 0.83 at step 1000, 0.98 at 1500).
 _INDUCTION_TRAINING = TrainConfig(n_steps=1500, batch_size=64, lr=5e-3, seed=0, eval_every=50)
 

@@ -147,11 +147,13 @@ def train(
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """Within the block, torch runs on one thread. The course's models are too small for a
-    second thread to pay: measured with tools/benchmark.py training (BENCHMARKS.md), one and
-    two threads reach induction in the same time on a quiet 2-core machine (14.0 s and 14.2 s),
-    while beside one busy process two threads take three times as long (45.8 s against 15.1 s):
-    they wait for each other, and a notebook rarely has the machine to itself."""
+    """Within the block, torch runs on one thread: the safe choice for the course's small
+    models. Measured with tools/benchmark.py training on a 2-core machine (BENCHMARKS.md, two
+    runs): on a quiet machine two threads reach induction in 10.3-14.2 s, one in 13.8-14.0 s;
+    beside one busy process two threads took 10.5 s in one run and 45.8 s in the other (they
+    spin waiting for each other when a core is taken), one thread 15.1-15.8 s. One thread is
+    at worst 1.35x slower; two can be 3x slower, and a notebook rarely has the machine to
+    itself (a browser, a second kernel, a teacher's screen share)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -40,9 +40,11 @@ from helpers.models import AttnOnlyTransformer
 from helpers.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
+# VmHWM rather than ru_maxrss, which a kernel inherits from the process that started it
 PEAK_MEMORY_CELL = (
-    "import resource as _r, sys as _s\n"
-    "print('PEAK_RSS_MB', _r.getrusage(_r.RUSAGE_SELF).ru_maxrss / 1024, file=_s.stderr)"
+    "import re as _re, sys as _s, pathlib as _p\n"
+    "_hwm = int(_re.search(r'VmHWM:\\s*(\\d+)', _p.Path('/proc/self/status').read_text()).group(1))\n"
+    "print('PEAK_RSS_MB', _hwm / 1024, file=_s.stderr)"
 )
 
 

@@ -88,7 +88,7 @@ def peak_memory(which: str, task: str, threads: int) -> float:
     steps (or 30 calls of run_with_cache): the libraries' own memory included, since that is
     what a learner's laptop pays."""
     code = (
-        "import resource, torch, sys\n"
+        "import torch, sys\n"
         f"torch.set_num_threads({threads})\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
         "from peer_benchmark import *\n"
@@ -96,7 +96,10 @@ def peak_memory(which: str, task: str, threads: int) -> float:
         "ts = batches(30)\n"
         + ("train_steps(m, torch.optim.AdamW(m.parameters(), lr=5e-3), ts)\n" if task == "train"
            else "cache_calls(m, ts)\n")
-        + "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork and exec
+        + "import re, pathlib\n"
+        + "status = pathlib.Path('/proc/self/status').read_text()\n"
+        + "print(int(re.search(r'VmHWM:\\s*(\\d+)', status).group(1)) / 1024)\n"
     )  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.split()[-1])
