@@ -46,6 +46,7 @@ NOTEBOOK_READY = f"""() => {{
     return !!(panel && panel.context && panel.context.isReady && panel.sessionContext
               && panel.sessionContext.session?.kernel?.status === 'idle');
 }}"""
+APP_LOADED = "() => !!(window.jupyterapp && window.jupyterapp.shell)"
 KERNEL_IDLE = f"() => {{ {PANEL} return panel.sessionContext.session?.kernel?.status === 'idle'; }}"
 NOTEBOOK_JSON = f"() => {{ {PANEL} return panel.content.model.toJSON(); }}"
 # Run All has finished when the kernel is idle and every non-empty code cell has an execution
@@ -76,8 +77,24 @@ def browser_context(browser):
     context.close()
 
 
+@pytest.fixture(scope="session")
+def lab_page(browser_context, lab_server):
+    """One JupyterLab page for every notebook: the application starts once (about 5 s), and each
+    test opens its notebook in it and closes it after."""
+    page = browser_context.new_page()
+    page.on(
+        "websocket",
+        lambda ws: None if is_local(ws.url) else browser_context.blocked.append(ws.url),
+    )
+    page.goto(f"{lab_server.base_url}/lab?reset&token={lab_server.token}")
+    page.wait_for_function(APP_LOADED, timeout=120_000)
+    page.evaluate("async () => { await window.jupyterapp.restored; }")
+    yield page
+    page.close()
+
+
 def test_notebook_in_jupyterlab(
-    notebook, browser_context, lab_server, screenshots_dir, notebook_timings
+    notebook, browser_context, lab_page, lab_server, screenshots_dir, notebook_timings
 ):
     """`notebook` is (path under notebooks/, "solution" or "learner"); see pytest_generate_tests."""
     path, kind = notebook
@@ -86,9 +103,8 @@ def test_notebook_in_jupyterlab(
     widget_log_start = log_size(lab_server.widget_error_log)
     blocked_requests = browser_context.blocked
     blocked_requests.clear()
-    page = browser_context.new_page()
+    page = lab_page
     page.set_viewport_size({"width": 1280, "height": 900})
-    page.on("websocket", lambda ws: None if is_local(ws.url) else blocked_requests.append(ws.url))
     problems: list[str] = []
     try:
         open_notebook(page, lab_server, path)
@@ -103,7 +119,7 @@ def test_notebook_in_jupyterlab(
         save_screenshot(
             page, screenshots_dir / (path.replace("/", "__").removesuffix(".ipynb") + ".png")
         )
-        page.close()
+        close_notebook(page)
         lab_server.shutdown_kernels()
         notebook_timings[path] = time.monotonic() - started
     problems += [f"the browser tried to reach {url}" for url in dict.fromkeys(blocked_requests)]
@@ -163,10 +179,23 @@ def widget_error_lines(path: Path, start: int) -> list[str]:
 
 
 def open_notebook(page, server, path: str) -> None:
-    # `reset` starts from an empty workspace, so only this notebook is open.
-    page.goto(f"{server.base_url}/lab/tree/{path}?reset&token={server.token}")
+    """Open `path` in the running JupyterLab (the page started from an empty workspace, and
+    each test closes its notebook), and wait for its kernel."""
+    page.evaluate(
+        "p => window.jupyterapp.commands.execute('docmanager:open', {path: p, factory: 'Notebook'})",
+        path,
+    )
     page.wait_for_function(NOTEBOOK_READY, timeout=120_000)
     assert page.evaluate(f"() => {{ {PANEL} return panel.context.path; }}") == path
+
+
+def close_notebook(page) -> None:
+    """Close the open notebook without the "save changes?" dialog (the server's copy is a
+    temporary one anyway)."""
+    page.evaluate(
+        "() => { for (const w of [...window.jupyterapp.shell.widgets('main')]) {"
+        " if (w.context) { w.context.model.dirty = false; } w.dispose(); } }"
+    )
 
 
 def run_all_cells(page) -> None:
