@@ -364,9 +364,14 @@ def check_path_ablation(path_ablation: Callable) -> None:
     ex = "Exercise 3.6 (path_ablation)"
     seed = draw_seed()
     cases = []
+    taken: list[int] = []
     for i, model in enumerate(two_layer_models(seed)):
         tokens = random_tokens(model, seed + 10 + i, batch=2)
-        sender = (0, int(torch.randint(model.cfg.n_heads, (), generator=generator(seed + i))))
+        # the two models' senders differ, so one of them is not head 0 (an answer that always
+        # takes head 0, or the layer index for the head, cannot pass by luck)
+        heads = [h for h in range(model.cfg.n_heads) if h not in taken]
+        sender = (0, heads[int(torch.randint(len(heads), (), generator=generator(seed + i)))])
+        taken.append(sender[1])
         for receiver in ("q", "k", "v"):
             expected = evals.run_with_path_ablation(model, tokens, sender, receiver, layer=1)
             mistakes = {

@@ -387,3 +387,18 @@ def _masked_after_softmax(m, h):
     Q, K = m.W_pos @ m.W_Q[0, h], m.W_pos @ m.W_K[0, h]
     n = m.cfg.n_ctx
     return (Q @ K.T / m.cfg.d_head**0.5).softmax(-1) * torch.ones(n, n).tril()
+
+
+def _path_ablation_of_head_0(model, tokens, sender, receiver):  # the sender's head ignored
+    _, cache = model.run_with_cache(tokens)
+    sent = cache["blocks.0.attn.hook_result"][:, :, 0]
+    a1 = model.blocks[1].attn
+    W = {"q": a1.W_Q, "k": a1.W_K, "v": a1.W_V}[receiver]
+    delta = torch.einsum("bpm,hmd->bphd", sent, W)
+    hook = (f"blocks.1.attn.hook_{receiver}", lambda x, hook: x - delta)
+    return model.run_with_hooks(tokens, [hook])
+
+
+def test_a_fixed_head_index_fails_at_every_seed():  # the sixth pass: both senders were head 0
+    assert_rejects(checks.check_path_ablation, _path_ablation_of_head_0, diagnosis="Exercise 3.6",
+                   seeds=range(8))  # fmt: skip
