@@ -31,7 +31,9 @@ from helpers.plotting import (
     contribution_bars,
     distribution_comparison,
     figure_png,
+    figure_png_blit,
     token_heatmap,
+    update_circuit_panel,
 )
 
 ERROR_CLASS = "course-widget-error"  # the browser tests fail on any element of this class
@@ -43,11 +45,18 @@ class Explorer(widgets.VBox):
     If drawing fails, the error is shown in place of the figure and kept in `error`.
     """
 
-    def __init__(self, controls: list[widgets.Widget], draw: Callable[[], Figure]):
+    def __init__(
+        self,
+        controls: list[widgets.Widget],
+        draw: Callable[[], Figure],
+        update: Callable[[Figure], list] | None = None,
+    ):
+        """`update(figure)`, if given, changes the figure `draw()` made for the controls' new
+        values and returns the artists it changed: only those are redrawn (`figure_png_blit`)."""
         self.output = widgets.Output(layout=widgets.Layout(min_height="200px"))
         self.controls = controls
         self.error: Exception | None = None
-        self._draw = draw
+        self._draw, self._update, self._figure = draw, update, None
         super().__init__([widgets.HBox(controls), self.output])
         for control in controls:
             control.observe(lambda _change: self.render(), names="value")
@@ -55,7 +64,13 @@ class Explorer(widgets.VBox):
 
     def render(self) -> None:
         try:
-            shown = Image(data=figure_png(self._draw()), format="png")
+            if self._update is not None and self._figure is not None:
+                png = figure_png_blit(self._figure, self._update(self._figure))
+            else:
+                figure = self._draw()
+                png = figure_png(figure)
+                self._figure = figure if self._update is not None else None
+            shown = Image(data=png, format="png")
             self.error = None
         except Exception as err:  # shown to the learner, who can pick other values
             self.error = err
@@ -166,7 +181,7 @@ def circuit_explorer(
     token = token_dropdown(token_labels, as_index("source", source, model.cfg.d_vocab), "source")
     cache: dict[tuple[int, int], tuple] = {}
 
-    def draw() -> Figure:
+    def values() -> tuple:
         layer, h = head.value
         if (layer, h) not in cache:  # circuits per head, computed once
             cache[(layer, h)] = (
@@ -179,12 +194,18 @@ def circuit_explorer(
         src = token_labels[token.value]
         trigrams = ", ".join(f"{token_labels[d]}" for d in dests)
         outputs = ", ".join(f"{token_labels[o]}" for o in outs)
-        return circuit_panel(
-            qk, ov, token_labels, source=token.value,
-            title=(f"L{layer}H{h}: copying score {score:+.2f}.   {src!r} … [{trigrams}] → [{outputs}]"),
-        )  # fmt: skip
+        title = f"L{layer}H{h}: copying score {score:+.2f}.   {src!r} … [{trigrams}] → [{outputs}]"
+        return qk, ov, title
 
-    return Explorer([head, token], draw)
+    def draw() -> Figure:
+        qk, ov, title = values()
+        return circuit_panel(qk, ov, token_labels, source=token.value, title=title)
+
+    def update(figure: Figure) -> list:  # same axes and labels: only the heatmaps, bars, title
+        qk, ov, title = values()
+        return update_circuit_panel(figure, qk, ov, source=token.value, title=title)
+
+    return Explorer([head, token], draw, update)
 
 
 def composition_explorer(model: AttnOnlyTransformer, token_labels: list[str]) -> Explorer:

@@ -114,3 +114,28 @@ def test_every_heatmap_draws_a_matrix_with_nan_entries():
     _png(plotting.side_by_side_heatmaps({"A": M, "B": M}, labels, labels))
     _png(plotting.circuit_panel(M, M, labels, source=1))
     _png(plotting.composition_panel({"K": 0.3}, {"K": (0.1, 0.01)}, M, labels))
+
+
+def test_a_blitted_update_draws_what_a_full_redraw_draws():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    labels = [f"t{i}" for i in range(7)]
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(7, 7, generator=g), 3 * torch.randn(7, 7, generator=g)
+    fig = plotting.circuit_panel(a, a.T, labels, source=1, title="first")
+    for source, M, title in ((3, b, "second"), (None, a, "third")):
+        changed = plotting.update_circuit_panel(fig, M, M.T, source=source, title=title)
+        blitted = plotting.figure_png_blit(fig, changed)
+        full = plotting.figure_png(
+            plotting.circuit_panel(M, M.T, labels, source=source, title=title)
+        )
+        pixels = [
+            np.asarray(Image.open(io.BytesIO(p)).convert("RGB"), float) for p in (blitted, full)
+        ]
+        assert pixels[0].shape == pixels[1].shape
+        assert np.abs(pixels[0] - pixels[1]).mean() < 1.0  # out of 255: the same picture
+    with pytest.raises(ValueError, match="must stay"):
+        plotting.update_circuit_panel(fig, torch.zeros(3, 3), torch.zeros(3, 3))
