@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.text import Text
 from torch import Tensor
 
 
@@ -259,12 +260,17 @@ def figure_png_blit(fig: Figure, changed: Sequence) -> bytes:
     fig.set_dpi(100)
     if getattr(fig, "course_background", None) is None:
         visible = [artist.get_visible() for artist in changed]
+        # an axes title is moved while its axes draw, and, hidden, lands off the figure: keep
+        # every text where it was put
+        placed = [a.get_position() if isinstance(a, Text) else None for a in changed]
         for artist in changed:
             artist.set_visible(False)
         canvas.draw()
         fig.course_background = canvas.copy_from_bbox(fig.bbox)
-        for artist, shown in zip(changed, visible, strict=True):
+        for artist, shown, position in zip(changed, visible, placed, strict=True):
             artist.set_visible(shown)
+            if position is not None:
+                artist.set_position(position)
     canvas.restore_region(fig.course_background)
     renderer = canvas.get_renderer()
     for artist in changed:
@@ -348,7 +354,7 @@ def update_circuit_panel(
         im.set_data(M)
         im.set_norm(diverging_norm(M))
         bar.update_normal(im)
-        changed += [im, bar.ax]
+        changed += [im, *im.axes.spines.values(), bar.ax]  # the frame over the image, as drawn
     _place_outlines(fig, source)
     fig._suptitle.set_text(title)
     return [*changed, *fig.course_outlines, fig._suptitle]
@@ -382,6 +388,22 @@ def composition_panel(
     fig.subplots_adjust(left=0.07, right=0.97, bottom=0.14, top=0.86, wspace=0.3)
     grid = fig.add_gridspec(1, 3)
     ax_bar, ax_mat = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1:])
+    _composition_bars(ax_bar, scores, baselines)
+    im = ax_mat.imshow(M, cmap="RdBu_r", norm=diverging_norm(M), aspect="auto",
+                       interpolation="nearest")  # fmt: skip
+    if len(labels) <= 64:
+        ax_mat.set_xticks(range(len(labels)), labels, fontsize=6)
+        ax_mat.set_yticks(range(len(labels)), labels, fontsize=6)
+    ax_mat.set_title(matrix_title, fontsize=10)
+    ax_mat.set_xlabel(xlabel)
+    ax_mat.set_ylabel(ylabel)
+    bar = fig.colorbar(im, ax=ax_mat, shrink=0.8, pad=0.02)
+    fig.suptitle(title)
+    fig.course_parts = (ax_bar, ax_mat, im, bar)
+    return fig
+
+
+def _composition_bars(ax_bar, scores: Mapping[str, float], baselines) -> None:
     kinds = list(scores)
     x = np.arange(len(kinds))
     ax_bar.bar(
@@ -400,17 +422,37 @@ def composition_panel(
         0, max(max(scores.values()), max(m + 2 * s for m, s in baselines.values())) * 1.3
     )
     ax_bar.legend(loc="upper left", fontsize=8)
-    im = ax_mat.imshow(M, cmap="RdBu_r", norm=diverging_norm(M), aspect="auto",
-                       interpolation="nearest")  # fmt: skip
-    if len(labels) <= 64:
-        ax_mat.set_xticks(range(len(labels)), labels, fontsize=6)
-        ax_mat.set_yticks(range(len(labels)), labels, fontsize=6)
-    ax_mat.set_title(matrix_title, fontsize=10)
-    ax_mat.set_xlabel(xlabel)
-    ax_mat.set_ylabel(ylabel)
-    fig.colorbar(im, ax=ax_mat, shrink=0.8, pad=0.02)
-    fig.suptitle(title)
-    return fig
+
+
+def update_composition_panel(
+    fig: Figure,
+    scores: Mapping[str, float],
+    baselines: Mapping[str, tuple[float, float]],
+    matrix: Tensor | np.ndarray,
+    *,
+    matrix_title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+) -> list:
+    """Redraw a `composition_panel` figure for another pair of heads or kind (a matrix of the
+    same size): the bars, the matrix, its colour bar and the texts change, the token labels
+    stay. Returns the artists that changed (for `figure_png_blit`)."""
+    ax_bar, ax_mat, im, bar = fig.course_parts
+    M = _numpy(matrix)
+    if M.shape != im.get_array().shape:
+        raise ValueError(f"the matrix must stay {im.get_array().shape}, got {M.shape}")
+    ax_bar.cla()
+    _composition_bars(ax_bar, scores, baselines)
+    im.set_data(M)
+    im.set_norm(diverging_norm(M))
+    bar.update_normal(im)
+    ax_mat.title.set_text(matrix_title)
+    ax_mat.xaxis.label.set_text(xlabel)
+    ax_mat.yaxis.label.set_text(ylabel)
+    fig._suptitle.set_text(title)
+    return [ax_bar, im, *ax_mat.spines.values(), bar.ax, ax_mat.title, ax_mat.xaxis.label,
+            ax_mat.yaxis.label, fig._suptitle]  # fmt: skip
 
 
 def loss_by_position(

@@ -34,6 +34,7 @@ from helpers.plotting import (
     figure_png_blit,
     token_heatmap,
     update_circuit_panel,
+    update_composition_panel,
 )
 
 ERROR_CLASS = "course-widget-error"  # the browser tests fail on any element of this class
@@ -222,7 +223,7 @@ def composition_explorer(model: AttnOnlyTransformer, token_labels: list[str]) ->
     scores = {k: circuits.composition_scores(model, k) for k in circuits.COMPOSITION_KINDS}
     baselines = {k: circuits.composition_baseline(model, k) for k in circuits.COMPOSITION_KINDS}
 
-    def draw() -> Figure:
+    def values() -> tuple:
         (_, e), (_, l_) = earlier.value, later.value
         pair = {k: float(scores[k][e, l_]) for k in circuits.COMPOSITION_KINDS}
         if undefined := [k for k, v in pair.items() if not math.isfinite(v)]:
@@ -247,12 +248,19 @@ def composition_explorer(model: AttnOnlyTransformer, token_labels: list[str]) ->
         else:
             M = circuits.virtual_head_ov_circuit(model, (0, e), (1, l_))
             names = ("virtual head's full OV circuit", "output token", "source token")
-        return composition_panel(
-            pair, baselines, M, token_labels, matrix_title=names[0], xlabel=names[1],
-            ylabel=names[2], title=f"L0H{e} → L1H{l_}",
-        )  # fmt: skip
+        texts = dict(matrix_title=names[0], xlabel=names[1], ylabel=names[2],
+                     title=f"L0H{e} → L1H{l_}")  # fmt: skip
+        return pair, M, texts
 
-    return Explorer([earlier, later, kind], draw)
+    def draw() -> Figure:
+        pair, M, texts = values()
+        return composition_panel(pair, baselines, M, token_labels, **texts)
+
+    def update(figure: Figure) -> list:  # same token labels: the rest is redrawn over them
+        pair, M, texts = values()
+        return update_composition_panel(figure, pair, baselines, M, **texts)
+
+    return Explorer([earlier, later, kind], draw, update)
 
 
 def attention_explorer(

@@ -136,6 +136,35 @@ def test_a_blitted_update_draws_what_a_full_redraw_draws():
             np.asarray(Image.open(io.BytesIO(p)).convert("RGB"), float) for p in (blitted, full)
         ]
         assert pixels[0].shape == pixels[1].shape
-        assert np.abs(pixels[0] - pixels[1]).mean() < 1.0  # out of 255: the same picture
+        # the same picture: hardly a pixel differs (a missing title alone is about 0.2 %)
+        assert (np.abs(pixels[0] - pixels[1]).max(-1) > 40).mean() < 0.001
     with pytest.raises(ValueError, match="must stay"):
         plotting.update_circuit_panel(fig, torch.zeros(3, 3), torch.zeros(3, 3))
+
+
+def test_a_blitted_composition_panel_draws_what_a_full_redraw_draws():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    labels = [f"t{i}" for i in range(6)]
+    baselines = {k: (0.12, 0.01) for k in "QKV"}
+    g = torch.Generator().manual_seed(1)
+    panels = [({"Q": 0.1, "K": 0.3, "V": 0.05}, torch.randn(6, 6, generator=g), "first"),
+              ({"Q": 0.2, "K": 0.1, "V": 0.4}, 2 * torch.randn(6, 6, generator=g), "second")]  # fmt: skip
+    scores, M, name = panels[0]
+    texts = lambda name: dict(matrix_title=f"{name} matrix", xlabel=f"{name} x",  # noqa: E731
+                              ylabel=f"{name} y", title=name)  # fmt: skip
+    fig = plotting.composition_panel(scores, baselines, M, labels, **texts(name))
+    for scores, M, name in panels[::-1]:
+        changed = plotting.update_composition_panel(fig, scores, baselines, M, **texts(name))
+        blitted = plotting.figure_png_blit(fig, changed)
+        full = plotting.figure_png(
+            plotting.composition_panel(scores, baselines, M, labels, **texts(name))
+        )
+        pixels = [
+            np.asarray(Image.open(io.BytesIO(p)).convert("RGB"), float) for p in (blitted, full)
+        ]
+        assert pixels[0].shape == pixels[1].shape
+        assert (np.abs(pixels[0] - pixels[1]).max(-1) > 40).mean() < 0.001
