@@ -10,10 +10,12 @@ import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
+from PIL import Image as PILImage
 from torch import Tensor
 
 
@@ -253,9 +255,6 @@ def figure_png_blit(fig: Figure, changed: Sequence) -> bytes:
     everything else, rendered once (at dpi 100) and kept with the figure. Drawing a figure's
     axes and token labels takes most of a redraw (about 1 s of 1.3 s for a circuit panel on a
     2-core laptop); a widget whose controls change only images and texts need not pay it."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from PIL import Image as PILImage
-
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     fig.set_dpi(100)
     if getattr(fig, "course_background", None) is None:
