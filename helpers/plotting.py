@@ -91,8 +91,28 @@ def token_heatmap(
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    fig.colorbar(im, ax=ax, label=colorbar_label, shrink=0.8)
+    bar = fig.colorbar(im, ax=ax, label=colorbar_label, shrink=0.8)
+    fig.course_parts = (ax, im, bar, centre)
     return fig
+
+
+def update_token_heatmap(fig: Figure, matrix: Tensor | np.ndarray, *, title: str = "") -> list:
+    """Redraw a `token_heatmap` figure for another matrix of the same size and labels: the
+    image, its colour bar and the title change. Returns the artists that changed (for
+    `figure_png_blit`)."""
+    ax, im, bar, centre = fig.course_parts
+    M = _numpy(matrix)
+    if M.shape != im.get_array().shape:
+        raise ValueError(f"the matrix must stay {im.get_array().shape}, got {M.shape}")
+    im.set_data(M)
+    if centre:
+        im.set_norm(diverging_norm(M))
+    else:
+        finite = M[np.isfinite(M)]
+        im.set_clim(float(finite.min()), float(finite.max())) if finite.size else None
+    bar.update_normal(im)
+    ax.title.set_text(title)
+    return [im, *ax.spines.values(), bar.ax, ax.title]
 
 
 def side_by_side_heatmaps(
@@ -258,6 +278,9 @@ def figure_png_blit(fig: Figure, changed: Sequence) -> bytes:
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     fig.set_dpi(100)
     if getattr(fig, "course_background", None) is None:
+        if fig.get_layout_engine() is not None:  # lay out once with everything shown, then
+            canvas.draw()  # keep that layout (hiding the changing parts must not move the rest)
+            fig.set_layout_engine("none")
         visible = [artist.get_visible() for artist in changed]
         # an axes title is moved while its axes draw, and, hidden, lands off the figure: keep
         # every text where it was put

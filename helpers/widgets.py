@@ -35,6 +35,7 @@ from helpers.plotting import (
     token_heatmap,
     update_circuit_panel,
     update_composition_panel,
+    update_token_heatmap,
 )
 
 ERROR_CLASS = "course-widget-error"  # the browser tests fail on any element of this class
@@ -282,4 +283,9 @@ def attention_explorer(
             ylabel="query position", ax_size=6,
         )  # fmt: skip
 
-    return Explorer([head], draw)
+    def update(figure: Figure) -> list:  # the same tokens on both axes: only the pattern changes
+        layer, h = head.value
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0, h]
+        return update_token_heatmap(figure, pattern, title=f"L{layer}H{h} attention pattern")
+
+    return Explorer([head], draw, update)

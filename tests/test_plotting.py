@@ -168,3 +168,27 @@ def test_a_blitted_composition_panel_draws_what_a_full_redraw_draws():
         ]
         assert pixels[0].shape == pixels[1].shape
         assert (np.abs(pixels[0] - pixels[1]).max(-1) > 40).mean() < 0.001
+
+
+def test_a_blitted_heatmap_draws_what_a_full_redraw_draws():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    labels = [f"t{i}" for i in range(8)]
+    g = torch.Generator().manual_seed(2)
+    first, second = torch.rand(8, 8, generator=g), 0.5 * torch.rand(8, 8, generator=g)
+    for centre in (False, True):
+        fig = plotting.token_heatmap(first, labels, labels, centre=centre, title="first")
+        blitted = plotting.figure_png_blit(
+            fig, plotting.update_token_heatmap(fig, second, title="second")
+        )
+        full = plotting.figure_png(
+            plotting.token_heatmap(second, labels, labels, centre=centre, title="second")
+        )
+        pixels = [
+            np.asarray(Image.open(io.BytesIO(p)).convert("RGB"), float) for p in (blitted, full)
+        ]
+        assert pixels[0].shape == pixels[1].shape
+        assert (np.abs(pixels[0] - pixels[1]).max(-1) > 40).mean() < 0.001
