@@ -227,15 +227,38 @@ def distribution_comparison(
     width = 0.8 / len(arrays)
     fig = CourseFigure(figsize=(max(6.0, 0.28 * n + 2), 3.6), layout="constrained")
     ax = fig.add_subplot()
-    for i, (name, p) in enumerate(arrays.items()):
-        ax.bar(np.arange(n) + (i - (len(arrays) - 1) / 2) * width, p, width, label=name)
+    bars = [ax.bar(np.arange(n) + (i - (len(arrays) - 1) / 2) * width, p, width, label=name)
+            for i, (name, p) in enumerate(arrays.items())]  # fmt: skip
     ax.set_xticks(range(n), labels, fontsize=8)
     ax.set_xlabel("next token")
     ax.set_ylabel("probability")
     ax.set_title(title)
-    ax.legend()
+    legend = ax.legend()
     ax.grid(axis="y", alpha=0.3)
+    fig.course_parts = (ax, bars, legend)
     return fig
+
+
+def update_distribution_comparison(
+    fig: Figure, distributions: Mapping[str, Tensor | np.ndarray], *, title: str = ""
+) -> list:
+    """Redraw a `distribution_comparison` figure for other distributions over the same tokens:
+    the bars' heights, the probability axis and the title change, the token labels stay.
+    Returns the artists that changed (for `figure_png_blit`)."""
+    ax, bars, legend = fig.course_parts
+    arrays = [_numpy(v).ravel() for v in distributions.values()]
+    if len(arrays) != len(bars) or any(
+        len(p) != len(b) for p, b in zip(arrays, bars, strict=False)
+    ):
+        raise ValueError("the distributions must stay as many, over as many tokens")
+    for p, container in zip(arrays, bars, strict=True):
+        for rectangle, height in zip(container, p, strict=True):
+            rectangle.set_height(float(height))
+    ax.relim()
+    ax.autoscale_view()
+    ax.title.set_text(title)
+    patches = [r for container in bars for r in container]
+    return [*patches, ax.yaxis, *ax.spines.values(), legend, ax.title]  # in drawing order
 
 
 def scatter_comparison(

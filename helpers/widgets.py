@@ -35,6 +35,7 @@ from helpers.plotting import (
     token_heatmap,
     update_circuit_panel,
     update_composition_panel,
+    update_distribution_comparison,
     update_token_heatmap,
 )
 
@@ -160,16 +161,21 @@ def bigram_explorer(
             raise ValueError(f"the {name} probabilities hold NaN or infinite values")
     current = token_dropdown(token_labels, initial, "current")
 
-    def draw() -> Figure:
+    def values() -> tuple:
         i = current.value
         tv = 0.5 * float((predicted[i] - true[i]).abs().sum())
-        return distribution_comparison(
-            {names[0]: predicted[i], names[1]: true[i]},
-            token_labels,
-            title=f"P(next | {token_labels[i]!r}); total variation distance {tv:.3f}",
-        )
+        title = f"P(next | {token_labels[i]!r}); total variation distance {tv:.3f}"
+        return {names[0]: predicted[i], names[1]: true[i]}, title
 
-    return Explorer([current], draw)
+    def draw() -> Figure:
+        distributions, title = values()
+        return distribution_comparison(distributions, token_labels, title=title)
+
+    def update(figure: Figure) -> list:  # the same tokens: bars, probability axis and title
+        distributions, title = values()
+        return update_distribution_comparison(figure, distributions, title=title)
+
+    return Explorer([current], draw, update)
 
 
 def circuit_explorer(

@@ -192,3 +192,23 @@ def test_a_blitted_heatmap_draws_what_a_full_redraw_draws():
         ]
         assert pixels[0].shape == pixels[1].shape
         assert (np.abs(pixels[0] - pixels[1]).max(-1) > 40).mean() < 0.001
+
+
+def test_a_blitted_distribution_comparison_draws_what_a_full_redraw_draws():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    labels = [f"t{i}" for i in range(9)]
+    g = torch.Generator().manual_seed(3)
+    first = {k: torch.rand(9, generator=g).softmax(0) for k in ("model", "true")}
+    second = {k: (3 * torch.rand(9, generator=g)).softmax(0) for k in ("model", "true")}
+    fig = plotting.distribution_comparison(first, labels, title="first")
+    blitted = plotting.figure_png_blit(
+        fig, plotting.update_distribution_comparison(fig, second, title="second")
+    )
+    full = plotting.figure_png(plotting.distribution_comparison(second, labels, title="second"))
+    pixels = [np.asarray(Image.open(io.BytesIO(p)).convert("RGB"), float) for p in (blitted, full)]
+    assert pixels[0].shape == pixels[1].shape
+    assert (np.abs(pixels[0] - pixels[1]).max(-1) > 40).mean() < 0.001
