@@ -1,8 +1,20 @@
+import io
+
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 
 from helpers import plotting
+
+
+def _assert_same_picture(blitted: bytes, full: bytes) -> None:
+    """Two PNGs of one figure: the same size, and hardly a pixel differs (a missing title alone
+    is about 0.2 % of them)."""
+    pixels = [np.asarray(Image.open(io.BytesIO(p)).convert("RGB"), float) for p in (blitted, full)]
+    assert pixels[0].shape == pixels[1].shape
+    assert (np.abs(pixels[0] - pixels[1]).max(-1) > 40).mean() < 0.001
 
 
 def _png(fig):
@@ -117,11 +129,6 @@ def test_every_heatmap_draws_a_matrix_with_nan_entries():
 
 
 def test_a_blitted_update_draws_what_a_full_redraw_draws():
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     labels = [f"t{i}" for i in range(7)]
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(7, 7, generator=g), 3 * torch.randn(7, 7, generator=g)
@@ -132,22 +139,12 @@ def test_a_blitted_update_draws_what_a_full_redraw_draws():
         full = plotting.figure_png(
             plotting.circuit_panel(M, M.T, labels, source=source, title=title)
         )
-        pixels = [
-            np.asarray(Image.open(io.BytesIO(p)).convert("RGB"), float) for p in (blitted, full)
-        ]
-        assert pixels[0].shape == pixels[1].shape
-        # the same picture: hardly a pixel differs (a missing title alone is about 0.2 %)
-        assert (np.abs(pixels[0] - pixels[1]).max(-1) > 40).mean() < 0.001
+        _assert_same_picture(blitted, full)
     with pytest.raises(ValueError, match="must stay"):
         plotting.update_circuit_panel(fig, torch.zeros(3, 3), torch.zeros(3, 3))
 
 
 def test_a_blitted_composition_panel_draws_what_a_full_redraw_draws():
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     labels = [f"t{i}" for i in range(6)]
     baselines = {k: (0.12, 0.01) for k in "QKV"}
     g = torch.Generator().manual_seed(1)
@@ -163,19 +160,10 @@ def test_a_blitted_composition_panel_draws_what_a_full_redraw_draws():
         full = plotting.figure_png(
             plotting.composition_panel(scores, baselines, M, labels, **texts(name))
         )
-        pixels = [
-            np.asarray(Image.open(io.BytesIO(p)).convert("RGB"), float) for p in (blitted, full)
-        ]
-        assert pixels[0].shape == pixels[1].shape
-        assert (np.abs(pixels[0] - pixels[1]).max(-1) > 40).mean() < 0.001
+        _assert_same_picture(blitted, full)
 
 
 def test_a_blitted_heatmap_draws_what_a_full_redraw_draws():
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     labels = [f"t{i}" for i in range(8)]
     g = torch.Generator().manual_seed(2)
     first, second = torch.rand(8, 8, generator=g), 0.5 * torch.rand(8, 8, generator=g)
@@ -187,19 +175,10 @@ def test_a_blitted_heatmap_draws_what_a_full_redraw_draws():
         full = plotting.figure_png(
             plotting.token_heatmap(second, labels, labels, centre=centre, title="second")
         )
-        pixels = [
-            np.asarray(Image.open(io.BytesIO(p)).convert("RGB"), float) for p in (blitted, full)
-        ]
-        assert pixels[0].shape == pixels[1].shape
-        assert (np.abs(pixels[0] - pixels[1]).max(-1) > 40).mean() < 0.001
+        _assert_same_picture(blitted, full)
 
 
 def test_a_blitted_distribution_comparison_draws_what_a_full_redraw_draws():
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     labels = [f"t{i}" for i in range(9)]
     g = torch.Generator().manual_seed(3)
     first = {k: torch.rand(9, generator=g).softmax(0) for k in ("model", "true")}
@@ -209,6 +188,4 @@ def test_a_blitted_distribution_comparison_draws_what_a_full_redraw_draws():
         fig, plotting.update_distribution_comparison(fig, second, title="second")
     )
     full = plotting.figure_png(plotting.distribution_comparison(second, labels, title="second"))
-    pixels = [np.asarray(Image.open(io.BytesIO(p)).convert("RGB"), float) for p in (blitted, full)]
-    assert pixels[0].shape == pixels[1].shape
-    assert (np.abs(pixels[0] - pixels[1]).max(-1) > 40).mean() < 0.001
+    _assert_same_picture(blitted, full)

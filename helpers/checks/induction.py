@@ -14,6 +14,7 @@ from helpers import circuits, evals, handmade
 from helpers.checks._base import (
     Case,
     CheckFailed,
+    _close,
     call_learner,
     check_cases,
     checker,
@@ -73,10 +74,6 @@ def _induction_reference(pattern: Tensor, length: int, shift: int, how: str = "s
     if how == "mean":
         per_query = per_query / target.sum(-1)[queries]
     return float(per_query.mean())
-
-
-def _close(a: float, b: float, widen: float = 1.0) -> bool:
-    return math.isclose(a, b, rel_tol=widen * 2e-4, abs_tol=widen * 1e-6)
 
 
 def _without_bos_reference(pattern: Tensor, length: int, shift: int) -> float:
