@@ -196,21 +196,49 @@ def contribution_bars(
     c = _numpy(contributions).ravel()
     _check_labels("labels", labels, len(c))
     values = np.append(c, c.sum())
-    names = [*labels, total_label]
-    colours = ["tab:red" if v > 0 else "tab:blue" for v in c] + ["0.3"]
     fig = CourseFigure(figsize=(6.5, 0.35 * len(values) + 1.2), layout="constrained")
     ax = fig.add_subplot()
-    ax.barh(range(len(values)), values, color=colours)
-    ax.set_yticks(range(len(values)), names)
+    bars = ax.barh(range(len(values)), values)
+    ax.set_yticks(range(len(values)), [*labels, total_label])
     ax.invert_yaxis()
-    ax.axvline(0, color="black", lw=0.8)
-    for i, v in enumerate(values):
-        ax.annotate(f"{v:+.2f}", (v, i), xytext=(4 if v >= 0 else -4, 0), textcoords="offset points",
-                    ha="left" if v >= 0 else "right", va="center", fontsize=8)  # fmt: skip
+    zero = ax.axvline(0, color="black", lw=0.8)
+    notes = [ax.annotate("", (0, i), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+             for i in range(len(values))]  # fmt: skip
     ax.set_xlabel("contribution to the logit")
     ax.set_title(title)
     ax.margins(x=0.2)
+    fig.course_parts = (ax, bars, zero, notes)
+    _set_contributions(fig, values)
     return fig
+
+
+def _set_contributions(fig: Figure, values: np.ndarray) -> None:
+    ax, bars, _, notes = fig.course_parts
+    for i, (rectangle, note, v) in enumerate(zip(bars, notes, values, strict=True)):
+        rectangle.set_width(float(v))
+        total = i == len(values) - 1
+        rectangle.set_color("0.3" if total else "tab:red" if v > 0 else "tab:blue")
+        note.set_text(f"{v:+.2f}")
+        note.xy = (float(v), i)
+        note.xyann = (4 if v >= 0 else -4, 0)  # points beside the bar's end
+        note.set_horizontalalignment("left" if v >= 0 else "right")
+    ax.relim()
+    ax.autoscale_view(scaley=False)
+
+
+def update_contribution_bars(
+    fig: Figure, contributions: Tensor | np.ndarray, *, title: str = ""
+) -> list:
+    """Redraw a `contribution_bars` figure for other contributions of the same components: the
+    bars, their values, the contribution axis and the title change, the component names stay.
+    Returns the artists that changed (for `figure_png_blit`)."""
+    ax, bars, zero, notes = fig.course_parts
+    c = _numpy(contributions).ravel()
+    if len(c) != len(bars) - 1:
+        raise ValueError(f"need {len(bars) - 1} contributions (one per component), got {len(c)}")
+    _set_contributions(fig, np.append(c, c.sum()))
+    ax.title.set_text(title)
+    return [*bars, zero, ax.xaxis, *ax.spines.values(), *notes, ax.title]  # in drawing order
 
 
 def distribution_comparison(
@@ -301,12 +329,14 @@ def figure_png_blit(fig: Figure, changed: Sequence) -> bytes:
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     fig.set_dpi(100)
     if getattr(fig, "course_background", None) is None:
-        if fig.get_layout_engine() is not None:  # lay out once with everything shown, then
-            canvas.draw()  # keep that layout (hiding the changing parts must not move the rest)
+        # draw once with everything shown: the layout, and the place of every text an axes
+        # positions while drawing (titles, axis labels), are then kept (hiding the changing
+        # parts must not move the rest)
+        canvas.draw()
+        if fig.get_layout_engine() is not None:
             fig.set_layout_engine("none")
         visible = [artist.get_visible() for artist in changed]
-        # an axes title is moved while its axes draw, and, hidden, lands off the figure: keep
-        # every text where it was put
+        # a hidden title or label is moved off the figure as its axes draw: put it back after
         placed = [a.get_position() if isinstance(a, Text) else None for a in changed]
         for artist in changed:
             artist.set_visible(False)
@@ -316,12 +346,23 @@ def figure_png_blit(fig: Figure, changed: Sequence) -> bytes:
             artist.set_visible(shown)
             if position is not None:
                 artist.set_position(position)
-    canvas.restore_region(fig.course_background)
+    # an update may mark the first `course_blit_still` changed artists as drawn the same as last
+    # time: they come from the copy of the canvas taken after the first `course_blit_layer`
+    layer, still = getattr(fig, "course_blit_layer", 0), getattr(fig, "course_blit_still", 0)
+    layered = getattr(fig, "course_layered", None)
+    if still and layered is not None and layered[0] == still == layer:
+        canvas.restore_region(layered[1])
+    else:
+        canvas.restore_region(fig.course_background)
+        still = 0
     renderer = canvas.get_renderer()
-    for artist in changed:
+    for i, artist in enumerate(changed[still:], start=still):
+        if i == layer and layer:
+            fig.course_layered = (layer, canvas.copy_from_bbox(fig.bbox))
         if artist.get_visible():
             artist.draw(renderer)
     image = PILImage.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba())
+    image = image.convert("RGB")  # a quarter less to encode and send; the figure is opaque
     buffer = io.BytesIO()
     image.save(buffer, format="png", compress_level=1)
     return buffer.getvalue()
@@ -392,14 +433,20 @@ def update_circuit_panel(
     """Redraw a `circuit_panel` figure for other circuits of the same size, or another source:
     its images, colour bars, outlines and title change, its axes and token labels stay. Returns
     the artists that changed (for `figure_png_blit`)."""
-    changed = []
+    changed, same = [], []
     for (im, bar), M in zip(fig.course_parts, (_numpy(qk), _numpy(ov)), strict=True):
         if M.shape != im.get_array().shape:
             raise ValueError(f"the circuits must stay {im.get_array().shape}, got {M.shape}")
-        im.set_data(M)
-        im.set_norm(diverging_norm(M))
-        bar.update_normal(im)
+        same.append(np.array_equal(M, im.get_array(), equal_nan=True))
+        if not same[-1]:
+            im.set_data(M)
+            im.set_norm(diverging_norm(M))
+            bar.update_normal(im)
         changed += [im, *im.axes.spines.values(), bar.ax]  # the frame over the image, as drawn
+    # the same circuits (another source token): the images and colour bars come from the last
+    # frame, only the outlines and the title are drawn
+    fig.course_blit_layer = len(changed)
+    fig.course_blit_still = len(changed) if all(same) else 0
     _place_outlines(fig, source)
     fig._suptitle.set_text(title)
     return [*changed, *fig.course_outlines, fig._suptitle]
@@ -419,9 +466,11 @@ def composition_panel(
     xlabel: str = "",
     ylabel: str = "",
     title: str = "",
+    ymax: float | None = None,
 ) -> Figure:
     """Composition scores of one pair of heads as bars against the random baseline (mean, with a
-    band of ±2 standard deviations), beside a token × token product matrix."""
+    band of ±2 standard deviations), beside a token × token product matrix. `ymax` fixes the
+    bars' scale (an explorer passes the largest score of any pair, so that pairs compare)."""
     if set(scores) != set(baselines):
         raise ValueError(
             f"scores and baselines need the same kinds, got {sorted(scores)} and {sorted(baselines)}"
@@ -433,7 +482,7 @@ def composition_panel(
     fig.subplots_adjust(left=0.07, right=0.97, bottom=0.14, top=0.86, wspace=0.3)
     grid = fig.add_gridspec(1, 3)
     ax_bar, ax_mat = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1:])
-    _composition_bars(ax_bar, scores, baselines)
+    _composition_bars(ax_bar, scores, baselines, ymax)
     im = ax_mat.imshow(M, cmap="RdBu_r", norm=diverging_norm(M), aspect="auto",
                        interpolation="nearest")  # fmt: skip
     if len(labels) <= 64:
@@ -448,25 +497,31 @@ def composition_panel(
     return fig
 
 
-def _composition_bars(ax_bar, scores: Mapping[str, float], baselines) -> None:
+def _composition_bars(ax_bar, scores: Mapping[str, float], baselines, ymax=None) -> None:
     kinds = list(scores)
     x = np.arange(len(kinds))
-    ax_bar.bar(
+    bars = ax_bar.bar(
         x, [scores[k] for k in kinds], color=["tab:orange", "tab:red", "tab:purple"][: len(kinds)]
     )
+    bands, notes = [], []
     for i, k in enumerate(kinds):
         mean, std = baselines[k]
-        ax_bar.fill_between([i - 0.45, i + 0.45], mean - 2 * std, mean + 2 * std, color="0.7", alpha=0.6,
-                            label="random baseline ±2σ" if i == 0 else None)  # fmt: skip
-        ax_bar.hlines(mean, i - 0.45, i + 0.45, color="black", lw=1)
-        ax_bar.annotate(f"{scores[k]:.2f}\n({scores[k] / mean:.1f}×)", (i, scores[k]),
-                        ha="center", va="bottom", fontsize=8)  # fmt: skip
+        bands.append(ax_bar.fill_between([i - 0.45, i + 0.45], mean - 2 * std, mean + 2 * std,
+                     color="0.7", alpha=0.6, label="random baseline ±2σ" if i == 0 else None))  # fmt: skip
+        bands.append(ax_bar.hlines(mean, i - 0.45, i + 0.45, color="black", lw=1))
+        notes.append(ax_bar.annotate(f"{scores[k]:.2f}\n({scores[k] / mean:.1f}×)",
+                     (i, scores[k]), ha="center", va="bottom", fontsize=8))  # fmt: skip
     ax_bar.set_xticks(x, [f"{k}-comp." for k in kinds])
     ax_bar.set_ylabel("composition score")
-    ax_bar.set_ylim(
-        0, max(max(scores.values()), max(m + 2 * s for m, s in baselines.values())) * 1.3
-    )
-    ax_bar.legend(loc="upper left", fontsize=8)
+    top = _composition_top(scores, baselines, ymax)
+    ax_bar.set_ylim(0, top)
+    legend = ax_bar.legend(loc="upper left", fontsize=8)
+    ax_bar.course_parts = (kinds, bars, bands, notes, legend, ymax, top)
+
+
+def _composition_top(scores: Mapping[str, float], baselines, ymax: float | None) -> float:
+    largest = max(max(scores.values()), max(m + 2 * s for m, s in baselines.values()))
+    return max(largest, ymax or 0.0) * 1.3
 
 
 def update_composition_panel(
@@ -487,8 +542,20 @@ def update_composition_panel(
     M = _numpy(matrix)
     if M.shape != im.get_array().shape:
         raise ValueError(f"the matrix must stay {im.get_array().shape}, got {M.shape}")
-    ax_bar.cla()
-    _composition_bars(ax_bar, scores, baselines)
+    kinds, bars, bands, notes, legend, ymax, top = ax_bar.course_parts
+    if list(scores) == kinds and _composition_top(scores, baselines, ymax) == top:
+        for i, (k, rectangle, note) in enumerate(zip(kinds, bars, notes, strict=True)):
+            mean = baselines[k][0]
+            rectangle.set_height(scores[k])
+            note.set_text(f"{scores[k]:.2f}\n({scores[k] / mean:.1f}×)")
+            note.xy = note.xyann = (i, scores[k])  # the point and the text placed on it
+        # in drawing order, the bands over the bars; the legend, in the top eighth, stays above
+        # the tallest bar and its note (at most 1 / 1.3 of the height, plus two lines)
+        bar_parts = [*bars, *bands, *notes]
+    else:  # another scale: the whole bar chart
+        ax_bar.cla()
+        _composition_bars(ax_bar, scores, baselines, ymax)
+        bar_parts = [ax_bar]
     im.set_data(M)
     im.set_norm(diverging_norm(M))
     bar.update_normal(im)
@@ -496,7 +563,7 @@ def update_composition_panel(
     ax_mat.xaxis.label.set_text(xlabel)
     ax_mat.yaxis.label.set_text(ylabel)
     fig._suptitle.set_text(title)
-    return [ax_bar, im, *ax_mat.spines.values(), bar.ax, ax_mat.title, ax_mat.xaxis.label,
+    return [*bar_parts, im, *ax_mat.spines.values(), bar.ax, ax_mat.title, ax_mat.xaxis.label,
             ax_mat.yaxis.label, fig._suptitle]  # fmt: skip
 
 

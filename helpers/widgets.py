@@ -35,6 +35,7 @@ from helpers.plotting import (
     token_heatmap,
     update_circuit_panel,
     update_composition_panel,
+    update_contribution_bars,
     update_distribution_comparison,
     update_token_heatmap,
 )
@@ -129,17 +130,21 @@ def logit_attribution_explorer(
         token_labels, int(tokens[min(position.value + 1, len(tokens) - 1)]), "next token"
     )
 
-    def draw() -> Figure:
+    def values() -> tuple:
         pos, tok = position.value, next_token.value
         context = " ".join(text[max(0, pos - 5) : pos + 1])
-        return contribution_bars(
-            contributions[:, pos, tok],
-            labels,
-            title=f"logit of {token_labels[tok]!r} after …{context}  (position {pos})",
-            total_label="total = model's logit",
-        )
+        title = f"logit of {token_labels[tok]!r} after …{context}  (position {pos})"
+        return contributions[:, pos, tok], title
 
-    return Explorer([position, next_token], draw)
+    def draw() -> Figure:
+        values_, title = values()
+        return contribution_bars(values_, labels, title=title, total_label="total = model's logit")
+
+    def update(figure: Figure) -> list:  # the same components: bars, values, axis and title
+        values_, title = values()
+        return update_contribution_bars(figure, values_, title=title)
+
+    return Explorer([position, next_token], draw, update)
 
 
 def bigram_explorer(
@@ -229,6 +234,8 @@ def composition_explorer(model: AttnOnlyTransformer, token_labels: list[str]) ->
     kind = widgets.ToggleButtons(options=["K", "Q", "V"], value="K", description="matrix")
     scores = {k: circuits.composition_scores(model, k) for k in circuits.COMPOSITION_KINDS}
     baselines = {k: circuits.composition_baseline(model, k) for k in circuits.COMPOSITION_KINDS}
+    finite = [float(v[v.isfinite()].max()) for v in scores.values() if v.isfinite().any()]
+    ymax = max(finite, default=None)  # one scale for every pair, so that pairs compare
 
     def values() -> tuple:
         (_, e), (_, l_) = earlier.value, later.value
@@ -261,7 +268,7 @@ def composition_explorer(model: AttnOnlyTransformer, token_labels: list[str]) ->
 
     def draw() -> Figure:
         pair, M, texts = values()
-        return composition_panel(pair, baselines, M, token_labels, **texts)
+        return composition_panel(pair, baselines, M, token_labels, ymax=ymax, **texts)
 
     def update(figure: Figure) -> list:  # same token labels: the rest is redrawn over them
         pair, M, texts = values()

@@ -76,8 +76,14 @@ def notebooks() -> None:
             print(f"    circuitsvis views: {', '.join(f'{v / 1e3:.1f} KB' for v in views)}")
 
 
+ROUNDS = 5
+
+
 def widget_response() -> None:
-    print("widget response (value change -> redrawn figure), median of 10")
+    print(
+        f"widget response (value change -> redrawn figure): median of {ROUNDS} interleaved rounds"
+        " of about 10 changes per widget"
+    )
     copying = recipes.load("copying_2l")
     lang0 = copying.language
     bigram = recipes.load("bigram_0l")
@@ -102,22 +108,29 @@ def widget_response() -> None:
             lang3.token_labels,
         ),
     }
-    for name, explorer in explorers.items():
-        times = []
-        for control in explorer.controls:
-            options = getattr(control, "options", None)
-            values = [o[1] if isinstance(o, tuple) else o for o in options] if options else None
-            for _ in range(10 // len(explorer.controls) + 1):
-                if values:
-                    new = values[(values.index(control.value) + 1) % len(values)]
-                else:
-                    new = control.min + (control.value - control.min + 1) % (
-                        control.max - control.min + 1
-                    )
-                start = time.perf_counter()
-                control.value = new
-                times.append(time.perf_counter() - start)
-        print(f"  {name:28s} {1000 * statistics.median(times):6.0f} ms")
+    # rounds interleave the widgets, so that a spell of load on the machine hits them alike
+    times: dict[str, list[float]] = {name: [] for name in explorers}
+    for _ in range(ROUNDS):
+        for name, explorer in explorers.items():
+            for control in explorer.controls:
+                options = getattr(control, "options", None)
+                values = [o[1] if isinstance(o, tuple) else o for o in options] if options else None
+                for _ in range(10 // len(explorer.controls) + 1):
+                    if values:
+                        new = values[(values.index(control.value) + 1) % len(values)]
+                    else:
+                        new = control.min + (control.value - control.min + 1) % (
+                            control.max - control.min + 1
+                        )
+                    start = time.perf_counter()
+                    control.value = new
+                    times[name].append(time.perf_counter() - start)
+    for name in explorers:
+        ms = [1000 * t for t in times[name]]
+        q = statistics.quantiles(ms, n=4)
+        print(
+            f"  {name:28s} {statistics.median(ms):6.0f} ms   (quartiles {q[0]:.0f}-{q[2]:.0f} ms)"
+        )
 
 
 def _seconds_to_induction(threads: int) -> tuple[int, float, float] | None:
