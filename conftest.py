@@ -47,6 +47,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if item not in deselected]
         _RUN_IN_BROWSER.extend(sorted(item.callspec.params["path"].name for item in deselected))
+    # The longest units first (each executes a notebook, 5-30 s), so that the workers finish
+    # together rather than one running a notebook while the other waits: the suite's wall time
+    # drops by about a tenth on 2 cores. The order is otherwise kept (a stable sort).
+    items.sort(key=lambda item: not _executes_a_notebook(item))
+
+
+def _executes_a_notebook(item: pytest.Item) -> bool:
+    return ".ipynb::" in item.nodeid or getattr(item, "originalname", None) in (
+        "test_learner_notebook_runs_and_prints_the_readmes_claims",
+        "test_notebook_in_jupyterlab",
+    )
 
 
 _RUN_IN_BROWSER: list[str] = []

@@ -3,7 +3,8 @@ notebook's unfinished exercises fail with NotImplementedError and nothing else, 
 tagged and asserted, the README's claims table what the notebooks print, and the exercises counted.
 
 nbval executes every solution notebook as part of the same pytest run; each learner notebook is
-executed once: in the browser tests when Chromium is there, here otherwise (tests/conftest.py).
+executed here, in the everyday suite. The browser tests (`-m slow`) run every notebook again in
+JupyterLab; a run that selects both executes a learner notebook only there (conftest.py).
 """
 
 import re

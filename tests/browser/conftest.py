@@ -125,13 +125,12 @@ def find_notebooks() -> list[tuple[str, str]]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Parametrised from the files on disk, so a new chapter is tested without editing the tests.
-    # Solution notebooks are `slow` here: nbval executes them in the everyday suite already.
+    # Every notebook run in the browser is `slow` (`.ci/run` selects it): in the everyday suite,
+    # nbval executes the solution notebooks and tests/test_notebooks.py the learner notebooks,
+    # in a third of the time a browser takes (kernel start-up, rendering, screenshots).
     if "notebook" in metafunc.fixturenames:
         cases = [
-            pytest.param(
-                case, id=case[0], marks=[pytest.mark.slow] if case[1] == "solution" else []
-            )
-            for case in find_notebooks()
+            pytest.param(case, id=case[0], marks=[pytest.mark.slow]) for case in find_notebooks()
         ]
         metafunc.parametrize("notebook", cases)
 
