@@ -610,3 +610,87 @@ def horizontal_bars(values: Mapping[str, float], *, xlabel: str = "", title: str
     ax.set_title(title)
     ax.margins(x=0.15)
     return fig
+
+
+def phase_change_panel(
+    steps: Sequence[int],
+    patterns: Tensor | np.ndarray,
+    prefix_matching: Tensor | np.ndarray,
+    previous_token: Tensor | np.ndarray,
+    loss: Sequence[float],
+    icl: Sequence[float],
+    index: int,
+    *,
+    title: str = "",
+) -> Figure:
+    """Training replayed at record `index`: every head's attention pattern on one sequence
+    (`patterns`: [record, layer, head, query, key]), each head's prefix-matching and
+    previous-token scores up to that step ([record, layer, head]), and the held-out loss and ICL
+    score over the whole run with a cursor at that step. `update_phase_change_panel` moves it."""
+    P = _numpy(patterns)
+    pm, pt = _numpy(prefix_matching), _numpy(previous_token)
+    steps = np.asarray(steps)
+    n_records, n_layers, n_heads = P.shape[:3]
+    if not (pm.shape == pt.shape == (n_records, n_layers, n_heads) == (len(steps), *P.shape[1:3])
+            and len(loss) == len(icl) == len(steps)):  # fmt: skip
+        raise ValueError("patterns, scores, loss and icl need one entry per recorded step")
+    fig = CourseFigure(figsize=(13, 2.2 * n_layers + 2.2))
+    fig.subplots_adjust(left=0.02, right=0.93, bottom=0.1, top=0.86)
+    outer = fig.add_gridspec(1, 2, width_ratios=[n_heads, 3.2], wspace=0.12)
+    left = outer[0].subgridspec(n_layers, n_heads, wspace=0.08, hspace=0.25)
+    right = outer[1].subgridspec(2, 1, hspace=0.45)
+    images = []
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            ax = fig.add_subplot(left[layer, head])
+            images.append(ax.imshow(P[index, layer, head], cmap="viridis", vmin=0, vmax=1,
+                                    interpolation="nearest"))  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"L{layer}H{head}", fontsize=9)
+    ax_scores = fig.add_subplot(right[0])
+    ax_loss = fig.add_subplot(right[1])
+    lines = []
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            colour = f"C{head}"
+            style = "-" if layer == n_layers - 1 else ":"
+            (line,) = ax_scores.plot(steps[: index + 1], pm[: index + 1, layer, head], style,
+                                     color=colour, lw=1.2)  # fmt: skip
+            lines.append((line, pm[:, layer, head]))
+    (prev_line,) = ax_scores.plot(steps[: index + 1], pt[: index + 1, 0].max(-1), color="black",
+                                  lw=1.5, label="best previous-token score, layer 0")  # fmt: skip
+    lines.append((prev_line, pt[:, 0].max(-1)))
+    ax_scores.plot([], [], "-", color="0.4", label=f"prefix-matching, layer {n_layers - 1} heads")
+    if n_layers > 1:
+        ax_scores.plot([], [], ":", color="0.4", label="prefix-matching, earlier layers")
+    ax_scores.set_xlim(steps[0], steps[-1])
+    ax_scores.set_ylim(0, 1)
+    ax_scores.set_ylabel("score")
+    ax_scores.legend(loc="upper left", fontsize=7)
+    ax_loss.plot(steps, loss, color="tab:blue", label="held-out loss")
+    ax_loss.set_ylabel("loss (nats)", color="tab:blue")
+    ax_loss.set_xlabel("training step")
+    ax_icl = ax_loss.twinx()
+    ax_icl.plot(steps, icl, color="tab:red", label="ICL score")
+    ax_icl.set_ylabel("ICL score (nats)", color="tab:red")
+    cursor = ax_loss.axvline(steps[index], color="black", lw=1)
+    fig.suptitle(title)
+    fig.course_parts = (P, steps, images, lines, cursor)
+    return fig
+
+
+def update_phase_change_panel(fig: Figure, index: int, *, title: str = "") -> list:
+    """Move a `phase_change_panel` to record `index`: the patterns, the scores drawn so far, the
+    cursor and the title change. Returns the artists that changed (for `figure_png_blit`)."""
+    P, steps, images, lines, cursor = fig.course_parts
+    if not isinstance(index, (int, np.integer)) or not 0 <= index < len(steps):
+        raise ValueError(f"index must be a record in 0..{len(steps) - 1}, got {index!r}")
+    for image, pattern in zip(images, P[index].reshape(-1, *P.shape[-2:]), strict=True):
+        image.set_data(pattern)
+    for line, values in lines:
+        line.set_data(steps[: index + 1], values[: index + 1])
+    cursor.set_xdata([steps[index], steps[index]])
+    fig._suptitle.set_text(title)
+    frames = [spine for image in images for spine in image.axes.spines.values()]
+    return [*images, *frames, *(line for line, _ in lines), cursor, fig._suptitle]

@@ -25,6 +25,7 @@ from helpers import circuits
 from helpers.attribution import logit_contributions
 from helpers.data import BOS
 from helpers.models import AttnOnlyTransformer, as_index
+from helpers.phase_change import TrainingRecord
 from helpers.plotting import (
     circuit_panel,
     composition_panel,
@@ -32,11 +33,13 @@ from helpers.plotting import (
     distribution_comparison,
     figure_png,
     figure_png_blit,
+    phase_change_panel,
     token_heatmap,
     update_circuit_panel,
     update_composition_panel,
     update_contribution_bars,
     update_distribution_comparison,
+    update_phase_change_panel,
     update_token_heatmap,
 )
 
@@ -302,3 +305,51 @@ def attention_explorer(
         return update_token_heatmap(figure, pattern, title=f"L{layer}H{h} attention pattern")
 
     return Explorer([head], draw, update)
+
+
+def phase_change_replay(record: TrainingRecord, tokens: Tensor) -> Explorer:
+    """Chapter 05: a slider over the recorded steps of a training run; see every head's attention
+    pattern on one sequence (e.g. repeated random tokens) at that step, the heads' scores so far,
+    and the held-out loss and ICL score of the whole run with a cursor at that step. Every
+    pattern is computed when the widget is made, so moving the slider only redraws."""
+    if not record.snapshots:
+        raise ValueError("the record kept no weights: record_training(..., snapshots=True)")
+    if record.cfg.n_layers == 0:
+        raise ValueError("a zero-layer model has no attention patterns to replay")
+    model = record.model_at(0)
+    tokens = model.validate_tokens(tokens)[:1]
+    patterns = []
+    for snapshot in record.snapshots:
+        model.load_state_dict(snapshot)
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+        patterns.append(
+            torch.stack(
+                [
+                    cache[f"blocks.{layer}.attn.hook_pattern"][0]
+                    for layer in range(record.cfg.n_layers)
+                ]
+            )  # fmt: skip
+        )
+    patterns = torch.stack(patterns)  # [record, layer, head, query, key]
+    step = widgets.IntSlider(
+        value=len(record.steps) - 1, min=0, max=len(record.steps) - 1, description="record",
+        continuous_update=False,
+    )  # fmt: skip
+
+    def title() -> str:
+        i = step.value
+        best = float(record.prefix_matching[i, -1].max())
+        return (f"{record.name or 'training'}: step {record.steps[i]}, held-out loss "
+                f"{record.heldout_loss[i]:.2f}, ICL {record.icl[i]:+.2f}, best prefix-matching "
+                f"{best:.2f}")  # fmt: skip
+
+    def draw() -> Figure:
+        return phase_change_panel(
+            record.steps, patterns, record.prefix_matching, record.previous_token,
+            record.heldout_loss, record.icl, step.value, title=title(),
+        )  # fmt: skip
+
+    def update(figure: Figure) -> list:
+        return update_phase_change_panel(figure, step.value, title=title())
+
+    return Explorer([step], draw, update)

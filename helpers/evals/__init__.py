@@ -11,6 +11,7 @@ from helpers.evals.ablations import (
     run_with_ablation,
     run_with_frozen_patterns,
     run_with_path_ablation,
+    run_with_pattern_preserving_ablation,
     term_importance,
 )
 from helpers.evals.continuation import (
@@ -52,6 +53,7 @@ __all__ = [
     "run_with_ablation",
     "run_with_path_ablation",
     "run_with_frozen_patterns",
+    "run_with_pattern_preserving_ablation",
     "TermImportance",
     "term_importance",
 ]

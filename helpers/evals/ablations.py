@@ -167,3 +167,32 @@ def run_with_frozen_patterns(
         layer = as_index("layer", layer, model.cfg.n_layers)
         hooks.append((f"blocks.{layer}.attn.hook_pattern", lambda x, hook, p=pattern: p))
     return model.run_with_hooks(tokens, hooks)
+
+
+@reference
+@torch.no_grad()
+def run_with_pattern_preserving_ablation(
+    model: AttnOnlyTransformer, tokens: Tensor, heads
+) -> Tensor:
+    """Logits with the outputs of `heads` (a list of (layer, head)) zeroed while every head's
+    attention pattern is held at what it was without the ablation (Olsson et al. 2022, "Model
+    analysis table": pattern-preserving ablation). Only what later heads read through their
+    values changes, so the effect is the heads' own contribution, not a change of where the
+    later heads look."""
+    heads = _check_heads(model, heads)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    patterns = {
+        layer: cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(model.cfg.n_layers)
+    }
+    hooks = [(f"blocks.{layer}.attn.hook_pattern", lambda x, hook, p=p: p)
+             for layer, p in patterns.items()]  # fmt: skip
+    for layer in sorted({layer for layer, _ in heads}):
+        chosen = [h for layer_, h in heads if layer_ == layer]
+
+        def ablate(result: Tensor, hook, chosen=chosen) -> Tensor:
+            result = result.clone()  # [batch, pos, head, d_model]
+            result[:, :, chosen] = 0.0
+            return result
+
+        hooks.append((f"blocks.{layer}.attn.hook_result", ablate))
+    return model.run_with_hooks(tokens, hooks)

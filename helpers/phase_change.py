@@ -1,0 +1,288 @@
+"""The induction-head phase change (chapter 05): train while recording what forms, measure
+in-context learning, and find the window where everything changes at once.
+
+Olsson et al. (2022), "In-context Learning and Induction Heads", Argument 1: early in training,
+in one narrow window, induction heads form (the prefix-matching score jumps), in-context learning
+appears (the ICL score drops from > -0.15 to about -0.4 nats) and the training loss bends down, the
+one place where its curve is not convex; a one-layer model shows none of these.
+`record_training` trains a model and records, every `every` steps, the held-out loss, the ICL
+score, each head's previous-token and prefix-matching scores and a copy of the weights;
+`find_phase_change` finds the onset of each change; `continuation_kinds` splits tokens into the
+paper's "Dursleys" (an earlier bigram repeated) and "Mrs Potter" (an earlier bigram contradicted).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from helpers.data import BOS, PROBE_LENGTH, induction_probe
+from helpers.evals import induction_scores, previous_token_scores, repeat_loss
+from helpers.models import AttnOnlyTransformer, HookedTransformerConfig, next_token_loss
+from helpers.references import reference
+from helpers.train import Task, TrainConfig, train
+
+# Thresholds of `find_phase_change`, calibrated on the course's runs (chapter 05 prints them):
+# the two-layer model's max prefix-matching score rises by ~0.7 and its ICL score falls by ~1.2
+# nats; the one-layer control's change by less than 0.1. Its loss bends down by ~0.4 nats per 100
+# steps at the phase change; the control's slope never falls more than ~0.03 below its best.
+MIN_RISE = 0.3  # prefix-matching score
+MIN_DROP = 0.3  # ICL score, nats
+MIN_BEND = 0.1  # held-out loss slope, nats per 100 steps
+BEND_ONSET = 0.05  # nats per 100 steps
+ONSET_FRACTION = 0.1  # a change starts when a tenth of it is done
+
+
+def icl_positions(n_ctx: int) -> tuple[int, int]:
+    """(early, late) token positions of the ICL score for sequences of `n_ctx` tokens: about a
+    tenth and nine tenths of the way in (Olsson et al. use the 50th and 500th of 512)."""
+    if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 4:
+        raise ValueError(f"n_ctx must be an int >= 4, got {n_ctx!r}")
+    return max(1, round(0.1 * n_ctx)), min(n_ctx - 1, round(0.9 * n_ctx))
+
+
+@reference
+def icl_score_from_losses(losses: Tensor, early: int, late: int) -> float:
+    """The in-context-learning score from per-token losses `[batch, pos - 1]` (entry i is the
+    loss of predicting token i + 1): mean loss of the token at position `late` minus mean loss
+    of the token at position `early`. Negative when later tokens are easier (Olsson et al.,
+    "In-context learning score"; they quote it with the opposite sign, as early minus late)."""
+    if not isinstance(losses, Tensor) or losses.ndim != 2:
+        raise ValueError("losses must be a [batch, pos - 1] tensor of per-token losses")
+    n = losses.shape[1] + 1
+    for name, position in (("early", early), ("late", late)):
+        if not isinstance(position, int) or isinstance(position, bool) or not 1 <= position < n:
+            raise ValueError(f"{name} must be a token position in 1..{n - 1}, got {position!r}")
+    if early >= late:
+        raise ValueError(f"early ({early}) must come before late ({late})")
+    return float(losses[:, late - 1].mean().detach() - losses[:, early - 1].mean().detach())
+
+
+@torch.no_grad()
+def icl_score(
+    model: AttnOnlyTransformer, tokens: Tensor, early: int | None = None, late: int | None = None
+) -> float:
+    """The model's ICL score on `tokens` (held-out sequences from the training distribution);
+    positions default to `icl_positions` of the sequence length."""
+    tokens = model.validate_tokens(tokens)
+    default = icl_positions(tokens.shape[1])
+    early, late = default[0] if early is None else early, default[1] if late is None else late
+    losses = next_token_loss(model(tokens), tokens, per_token=True)
+    return icl_score_from_losses(losses, early, late)
+
+
+@dataclass
+class TrainingRecord:
+    """What `record_training` saw, one entry per record (every `every` steps and at the end)."""
+
+    name: str
+    cfg: HookedTransformerConfig
+    steps: list[int]
+    heldout_loss: list[float]  # mean loss over every position of the held-out batch
+    icl: list[float]
+    repeat_ratio: list[float]  # loss on repeated / fresh tokens of the induction probe
+    previous_token: Tensor  # [record, layer, head]
+    prefix_matching: Tensor  # [record, layer, head]
+    train_loss: list[float]  # every step
+    seconds: float  # of training, the records included
+    snapshots: list[dict[str, Tensor]] = field(default_factory=list, repr=False)
+
+    def model_at(self, index: int) -> AttnOnlyTransformer:
+        """The model as it was at record `index` (needs snapshots)."""
+        if not self.snapshots:
+            raise ValueError("this record kept no weights (record_training(snapshots=False))")
+        if not isinstance(index, int) or not -len(self.steps) <= index < len(self.steps):
+            raise ValueError(f"index must be an int in 0..{len(self.steps) - 1}, got {index!r}")
+        model = AttnOnlyTransformer(self.cfg)
+        model.load_state_dict(self.snapshots[index])
+        return model.eval()
+
+    def index_of(self, step: int) -> int:
+        """The record at `step`, or the last one before it."""
+        return max(0, int(np.searchsorted(self.steps, step, side="right")) - 1)
+
+
+def record_training(
+    cfg: HookedTransformerConfig,
+    task: Task,
+    train_cfg: TrainConfig,
+    *,
+    name: str = "",
+    every: int = 20,
+    snapshots: bool = True,
+    heldout: Tensor | None = None,
+    progress: bool = True,
+) -> TrainingRecord:
+    """Train a fresh model of `cfg` on `task` and record, every `every` steps: the held-out loss
+    and ICL score on `heldout` (default: 256 sequences of the task, a fixed seed), each head's
+    previous-token and prefix-matching scores on the induction probe, the loss ratio on repeats,
+    and (if `snapshots`) the weights."""
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"every must be a positive int, got {every!r}")
+    seq_len = train_cfg.sequence_length(cfg)
+    probe = induction_probe(cfg.d_vocab - 1, batch_size=50, seed=0)
+    if probe.shape[1] > cfg.n_ctx:
+        raise ValueError(
+            f"the induction probe has {probe.shape[1]} positions; the model's n_ctx must be at "
+            f"least that to score its heads, got {cfg.n_ctx}"
+        )
+    if heldout is None:
+        heldout = task.sample(256, seq_len, generator=torch.Generator().manual_seed(12345))
+    early, late = icl_positions(heldout.shape[1])
+    record = TrainingRecord(name, cfg, [], [], [], [], torch.empty(0), torch.empty(0), [], 0.0)
+    previous, prefix = [], []
+    model = AttnOnlyTransformer(cfg)
+
+    def observe(m: AttnOnlyTransformer) -> float:
+        losses = next_token_loss(m(heldout), heldout, per_token=True)
+        record.heldout_loss.append(float(losses.mean()))
+        record.icl.append(icl_score_from_losses(losses, early, late))
+        record.repeat_ratio.append(repeat_loss(m(probe), probe, PROBE_LENGTH).ratio)
+        if cfg.n_layers:
+            previous.append(previous_token_scores(m, probe))
+            prefix.append(induction_scores(m, probe, PROBE_LENGTH))
+        if snapshots:
+            record.snapshots.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return record.heldout_loss[-1]
+
+    history = train(model, task, replace(train_cfg, eval_every=every), {"heldout": observe},
+                    progress=progress)  # fmt: skip
+    record.steps = list(history["eval_step"])
+    record.train_loss = history["loss"]
+    record.seconds = history["seconds"][0]
+    empty = torch.zeros(len(record.steps), 0, 0)
+    record.previous_token = torch.stack(previous) if previous else empty
+    record.prefix_matching = torch.stack(prefix) if prefix else empty
+    return record
+
+
+# -- finding the window --------------------------------------------------------------------
+
+
+def _smooth(values) -> np.ndarray:
+    """A 3-point moving average (the ends kept), so that one noisy record moves nothing."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 3:
+        return v
+    inner = np.convolve(v, np.ones(3) / 3, mode="valid")
+    return np.concatenate(([v[0]], inner, [v[-1]]))
+
+
+def change_onset(steps, values, direction: str, min_change: float) -> int | None:
+    """The step where a sustained rise (`direction="up"`) or fall ("down") of `values` starts:
+    from the curve's extreme before its steepest stretch, the first step by which a tenth of the
+    change to its final value is done. None when the change is smaller than `min_change`."""
+    if direction not in ("up", "down"):
+        raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
+    steps = np.asarray(steps)
+    v = _smooth(values) * (1 if direction == "up" else -1)  # a rise either way
+    if len(v) < 3:
+        return None
+    steepest = int(np.argmax(np.diff(v))) + 1
+    start = int(np.argmin(v[:steepest]))
+    change = v[-1] - v[start]
+    if not change >= min_change:
+        return None
+    reached = np.nonzero(v[start:] >= v[start] + ONSET_FRACTION * change)[0]
+    return int(steps[start + reached[0]])
+
+
+def loss_bend(steps, losses) -> tuple[float, int | None]:
+    """How far the loss curve departs from convex, and where: its slope (nats per 100 steps,
+    smoothed) can only rise towards 0 on a convex curve; returns the largest fall of the slope
+    below its best so far, and the first step where it fell by `BEND_ONSET` (None if never)."""
+    steps = np.asarray(steps, dtype=float)
+    v = _smooth(losses)
+    if len(v) < 3:
+        return 0.0, None
+    slope = np.diff(v) / np.diff(steps) * 100
+    fall = np.maximum.accumulate(slope) - slope
+    where = np.nonzero(fall >= BEND_ONSET)[0]
+    onset = int(round(steps[where[0]])) if len(where) else None
+    return float(fall.max()), onset
+
+
+@dataclass(frozen=True)
+class PhaseChange:
+    """Onsets (steps) of the three changes in one run; None where a change did not happen."""
+
+    prefix_matching: int | None
+    icl: int | None
+    loss_bend: int | None
+    bend: float  # nats per 100 steps (see `loss_bend`)
+    n_steps: int
+
+    @property
+    def onsets(self) -> dict[str, int | None]:
+        return {"prefix matching": self.prefix_matching, "ICL": self.icl, "loss": self.loss_bend}
+
+    @property
+    def happened(self) -> bool:
+        """All three changes found."""
+        return None not in self.onsets.values()
+
+    @property
+    def spread(self) -> float:
+        """Largest distance between two onsets, as a fraction of the run (inf if one is
+        missing)."""
+        found = [s for s in self.onsets.values() if s is not None]
+        if len(found) < 3:
+            return math.inf
+        return (max(found) - min(found)) / self.n_steps
+
+    @property
+    def window(self) -> tuple[int, int] | None:
+        found = [s for s in self.onsets.values() if s is not None]
+        return (min(found), max(found)) if self.happened else None
+
+
+def find_phase_change(record: TrainingRecord) -> PhaseChange:
+    """The onsets of the phase change in a recorded run: the rise of the largest prefix-matching
+    score of any head in the last layer, the fall of the ICL score and the loss's bend."""
+    prefix = (
+        record.prefix_matching[:, -1].amax(-1).tolist()
+        if record.prefix_matching.numel()
+        else [0.0] * len(record.steps)
+    )
+    bend, bend_onset = loss_bend(record.steps, record.heldout_loss)
+    return PhaseChange(
+        prefix_matching=change_onset(record.steps, prefix, "up", MIN_RISE),
+        icl=change_onset(record.steps, record.icl, "down", MIN_DROP),
+        loss_bend=bend_onset if bend >= MIN_BEND else None,
+        bend=bend,
+        n_steps=record.steps[-1],
+    )
+
+
+# -- "Mrs Potter" -------------------------------------------------------------------------
+
+
+@reference
+def continuation_kinds(tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """(repeats, conflicts), both `[batch, pos]` bool: token t repeats an earlier bigram when the
+    token before it, t - 1, occurred earlier and was followed there by the same token as now (the
+    paper's " The Dursleys" the second time); it conflicts when the most recent earlier
+    occurrence of token t - 1 was followed by a different token (the first " Mrs Potter" after
+    two " Mrs Dursley"). BOS and the first token are neither."""
+    if not isinstance(tokens, Tensor) or tokens.ndim != 2:
+        raise ValueError("tokens must be a [batch, pos] tensor of token ids")
+    batch, n = tokens.shape
+    previous = tokens[:, :-1]  # token t - 1 for t = 1..n-1
+    # same[b, t, j]: token at j (< t - 1) equals token t - 1
+    same = previous[:, :, None] == previous[:, None, :]
+    earlier = torch.ones(n - 1, n - 1).tril(-1).bool()
+    occurs = same & earlier & (previous[:, None, :] != BOS)
+    any_earlier = occurs.any(-1)
+    # the most recent earlier occurrence j, and what followed it (token j + 1)
+    latest = torch.where(occurs, torch.arange(n - 1), -1).amax(-1).clamp_min(0)
+    followed_by = tokens.gather(1, latest + 1)
+    now = tokens[:, 1:]
+    repeats = torch.zeros(batch, n, dtype=torch.bool)
+    conflicts = torch.zeros(batch, n, dtype=torch.bool)
+    repeats[:, 1:] = any_earlier & (followed_by == now)
+    conflicts[:, 1:] = any_earlier & (followed_by != now)
+    return repeats, conflicts

@@ -1,0 +1,162 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import evals, phase_change, plotting, widgets
+from helpers.data import RepeatedSegmentLanguage, induction_probe
+from helpers.models import AttnOnlyTransformer, HookedTransformerConfig, next_token_loss
+from helpers.train import TrainConfig
+from tests.test_plotting import _assert_same_picture
+
+CFG = HookedTransformerConfig(
+    n_layers=2, d_model=32, n_heads=2, d_head=8, n_ctx=32, d_vocab=21, seed=3
+)
+LANGUAGE = RepeatedSegmentLanguage(n_states=20, segment_len=(3, 6), seed=0)
+
+
+@pytest.fixture(scope="module")
+def record():
+    return phase_change.record_training(
+        CFG, LANGUAGE, TrainConfig(n_steps=30, batch_size=16, lr=5e-3, seed=1), every=10,
+        progress=False,
+    )  # fmt: skip
+
+
+def test_icl_positions_and_score():
+    assert phase_change.icl_positions(32) == (3, 29)
+    assert phase_change.icl_positions(512)[1] == 461
+    losses = torch.arange(12.0).repeat(2, 1)  # entry i: the loss of token i + 1 is i
+    assert phase_change.icl_score_from_losses(losses, 2, 10) == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="early .* must come before late"):
+        phase_change.icl_score_from_losses(losses, 10, 2)
+    with pytest.raises(ValueError, match="late must be a token position in 1..12"):
+        phase_change.icl_score_from_losses(losses, 2, 13)
+    with pytest.raises(ValueError, match="n_ctx must be an int >= 4"):
+        phase_change.icl_positions(3)
+
+
+def test_icl_score_of_a_model_is_late_minus_early_loss():
+    model = AttnOnlyTransformer(CFG)
+    tokens = LANGUAGE.sample(8, 24, generator=torch.Generator().manual_seed(0))
+    losses = next_token_loss(model(tokens), tokens, per_token=True).detach()
+    assert phase_change.icl_score(model, tokens) == pytest.approx(
+        float(losses[:, 21].mean() - losses[:, 1].mean()), abs=1e-6
+    )
+
+
+def test_record_training_keeps_scores_and_weights(record):
+    n = len(record.steps)
+    assert record.steps == [0, 10, 20, 30] and len(record.train_loss) == 30
+    assert len(record.heldout_loss) == len(record.icl) == len(record.repeat_ratio) == n
+    assert record.prefix_matching.shape == record.previous_token.shape == (n, 2, 2)
+    final = record.model_at(-1)
+    again = phase_change.record_training(
+        CFG, LANGUAGE, TrainConfig(n_steps=30, batch_size=16, lr=5e-3, seed=1), every=10,
+        progress=False,
+    )  # fmt: skip
+    tokens = induction_probe(20, batch_size=4)
+    assert torch.equal(final(tokens), again.model_at(-1)(tokens))  # deterministic from the seeds
+    assert not torch.equal(record.model_at(0)(tokens), final(tokens))
+    scores = evals.induction_scores(final, induction_probe(20, batch_size=50), 10)
+    assert torch.allclose(record.prefix_matching[-1], scores, atol=1e-6)
+    assert record.index_of(25) == 2 and record.index_of(1000) == n - 1
+    with pytest.raises(ValueError, match="index must be an int in 0..3"):
+        record.model_at(4)
+
+
+def test_onsets_of_changes():
+    steps = np.arange(0, 1001, 20)
+    rise = 0.1 + 0.7 / (1 + np.exp(-(steps - 400) / 25))  # a jump centred at step 400
+    onset = phase_change.change_onset(steps, rise, "up", 0.3)
+    assert 300 <= onset <= 380
+    assert phase_change.change_onset(steps, -rise, "down", 0.3) == onset
+    assert phase_change.change_onset(steps, 0.1 + 0.01 * np.sin(steps), "up", 0.3) is None
+    with pytest.raises(ValueError, match="direction must be"):
+        phase_change.change_onset(steps, rise, "sideways", 0.3)
+    convex = 3 + np.exp(-steps / 200)
+    bend, where = phase_change.loss_bend(steps, convex)
+    assert bend < 1e-9 and where is None
+    bent = convex - rise  # the loss falls again at step ~400
+    bend, where = phase_change.loss_bend(steps, bent)
+    assert bend > phase_change.MIN_BEND and 280 <= where <= 400
+
+
+def test_find_phase_change_on_a_run_without_one(record):
+    found = phase_change.find_phase_change(record)
+    assert found.prefix_matching is None and not found.happened and found.spread == math.inf
+    assert found.window is None and set(found.onsets) == {"prefix matching", "ICL", "loss"}
+
+
+def test_continuation_kinds_dursleys_and_mrs_potter():
+    # BOS a b c a b d a: the second "b" repeats "a b"; "d" contradicts "b c"; the last "a"
+    # follows "d", which never occurred before
+    tokens = torch.tensor([[0, 1, 2, 3, 1, 2, 4, 1]])
+    repeats, conflicts = phase_change.continuation_kinds(tokens)
+    assert repeats[0].nonzero().flatten().tolist() == [5]
+    assert conflicts[0].nonzero().flatten().tolist() == [6]
+    # the latest earlier occurrence decides: "a b … a c … a" then "b" contradicts "a c"
+    tokens = torch.tensor([[0, 1, 2, 1, 3, 1, 2]])
+    repeats, conflicts = phase_change.continuation_kinds(tokens)
+    assert conflicts[0].nonzero().flatten().tolist() == [4, 6] and not repeats.any()
+    with pytest.raises(ValueError, match=r"\[batch, pos\]"):
+        phase_change.continuation_kinds(tokens[0])
+
+
+def test_pattern_preserving_ablation_of_a_last_layer_head_removes_its_direct_effect():
+    model = AttnOnlyTransformer(CFG)
+    tokens = LANGUAGE.sample(4, 24, generator=torch.Generator().manual_seed(1))
+    logits, cache = model.run_with_cache(tokens)
+    ablated = evals.run_with_pattern_preserving_ablation(model, tokens, [(1, 0)])
+    direct = cache["blocks.1.attn.hook_result"][:, :, 0] @ model.W_U
+    assert torch.allclose(ablated, logits - direct, atol=1e-5)
+    assert torch.allclose(
+        evals.run_with_pattern_preserving_ablation(model, tokens, []), logits, atol=1e-5
+    )
+    # a layer-0 head: the layer-1 patterns stay as they were, unlike a plain ablation
+    frozen = evals.run_with_pattern_preserving_ablation(model, tokens, [(0, 1)])
+    plain = evals.run_with_ablation(model, tokens, [(0, 1)])
+    assert not torch.allclose(frozen, plain, atol=1e-4)
+    with pytest.raises(ValueError):
+        evals.run_with_pattern_preserving_ablation(model, tokens, (0, 1))
+
+
+def test_phase_change_replay_moves_and_blits_what_a_full_drawing_shows(record):
+    tokens = induction_probe(20, batch_size=1, seed=2)
+    replay = widgets.phase_change_replay(record, tokens)
+    (step,) = replay.controls
+    first = replay.output.outputs[0]["data"]["image/png"]
+    step.value = 1
+    assert replay.error is None and replay.output.outputs[0]["data"]["image/png"] != first
+    figure = replay._figure
+    changed = plotting.update_phase_change_panel(figure, 2, title="two")
+    blitted = plotting.figure_png_blit(figure, changed)
+    patterns = torch.stack(
+        [torch.stack([c[f"blocks.{layer}.attn.hook_pattern"][0] for layer in range(2)])
+         for c in (record.model_at(i).run_with_cache(tokens)[1] for i in range(4))]
+    )  # fmt: skip
+    full = plotting.figure_png(
+        plotting.phase_change_panel(
+            record.steps,
+            patterns,
+            record.prefix_matching,
+            record.previous_token,
+            record.heldout_loss,
+            record.icl,
+            2,
+            title="two",
+        )  # fmt: skip
+    )
+    _assert_same_picture(blitted, full)
+    with pytest.raises(ValueError, match="index must be a record in 0..3"):
+        plotting.update_phase_change_panel(figure, 4)
+
+
+def test_phase_change_replay_needs_weights():
+    record = phase_change.record_training(
+        CFG, LANGUAGE, TrainConfig(n_steps=2, batch_size=4, seed=0), every=1, snapshots=False,
+        progress=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="kept no weights"):
+        widgets.phase_change_replay(record, induction_probe(20, batch_size=1))
