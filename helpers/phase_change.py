@@ -62,6 +62,7 @@ def icl_score_from_losses(losses: Tensor, early: int, late: int) -> float:
     return float(losses[:, late - 1].mean().detach() - losses[:, early - 1].mean().detach())
 
 
+@reference
 @torch.no_grad()
 def icl_score(
     model: AttnOnlyTransformer, tokens: Tensor, early: int | None = None, late: int | None = None

@@ -49,6 +49,11 @@ from helpers.checks.one_layer import (
     check_skip_trigrams,
     check_top_skip_trigrams,
 )
+from helpers.checks.phase_change import (
+    check_continuation_kinds,
+    check_icl_score,
+    check_pattern_preserving_ablation,
+)
 from helpers.checks.residual_stream import (
     check_attention_layer,
     check_attention_pattern,
@@ -98,6 +103,9 @@ __all__ = [
     "check_virtual_head_ov",
     "check_previous_token_score",
     "check_induction_score",
+    "check_icl_score",
+    "check_continuation_kinds",
+    "check_pattern_preserving_ablation",
     "check_duplicate_token_score",
     "check_ablate_heads",
     "check_k_composition_circuit",

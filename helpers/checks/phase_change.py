@@ -1,0 +1,144 @@
+"""Checkers of chapter 05: the in-context-learning score, Dursleys and Mrs Potter, and the
+pattern-preserving ablation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from helpers import evals, phase_change
+from helpers.checks._base import (
+    Case,
+    check_cases,
+    checker,
+    draw_seed,
+    generator,
+    passed,
+    random_models,
+    random_tokens,
+)
+from helpers.data import BOS
+
+
+@checker
+def check_icl_score(icl_score: Callable) -> None:
+    """Exercise 5.1: `icl_score(losses, early, late) -> float` from per-token losses
+    `[batch, pos - 1]` (entry i: the loss of predicting token i + 1)."""
+    ex = "Exercise 5.1 (icl_score)"
+    seed = draw_seed()
+    cases = []
+    for i, (batch, n) in enumerate(((6, 21), (4, 33))):
+        losses = torch.rand(batch, n - 1, generator=generator(seed + i)) * 4
+        early, late = phase_change.icl_positions(n)
+        late -= i  # not always the default positions
+        expected = phase_change.icl_score_from_losses(losses, early, late)
+        mistakes = [
+            ("the sign is flipped: the score is late minus early, negative when later tokens are "
+             "easier.", -expected),
+            ("one position off: entry i of the losses predicts token i + 1, so the token at "
+             "position p is entry p - 1.", float(losses[:, late].mean() - losses[:, early].mean())
+             if late < n - 1 else float("nan")),
+            ("one position off the other way: the token at position p is entry p - 1.",
+             float(losses[:, late - 2].mean() - losses[:, early - 2].mean())),
+            ("a ratio was taken; the score is a difference of losses, in nats.",
+             float(losses[:, late - 1].mean() / losses[:, early - 1].mean())),
+            ("the losses were averaged over every position from `late` on, not at `late`.",
+             float(losses[:, late - 1 :].mean() - losses[:, early - 1].mean())),
+        ]  # fmt: skip
+        where = f"{batch} sequences of {n} tokens, early={early}, late={late}"
+        cases.append(Case((losses, early, late), expected, mistakes, where))
+    check_cases(ex, icl_score, "icl_score", cases,
+                withhold=[phase_change.icl_score_from_losses, phase_change.icl_score])  # fmt: skip
+    passed(ex, "right on random losses of two lengths.")
+
+
+def _kinds(tokens: Tensor, latest: bool = True, shift: int = 1, skip_bos: bool = True) -> Tensor:
+    """0 neither, 1 repeats an earlier bigram, 2 contradicts it; the variants are mistakes:
+    `latest=False` compares with the first earlier occurrence, `shift=0` looks for earlier
+    occurrences of the token itself, `skip_bos=False` counts BOS as a token that occurred."""
+    batch, n = tokens.shape
+    out = torch.zeros(batch, n, dtype=torch.long)
+    for b in range(batch):
+        seq = tokens[b].tolist()
+        for t in range(1, n):
+            key = seq[t - shift] if shift else seq[t]
+            if skip_bos and key == BOS:
+                continue
+            before = [j for j in range(t - shift) if seq[j] == key and j + 1 < t + 1 - shift]
+            if shift == 0:
+                before = [j for j in range(t) if seq[j] == key]
+            if not before:
+                continue
+            j = before[-1] if latest else before[0]
+            follower = seq[j + 1] if shift else seq[j]
+            out[b, t] = 1 if follower == seq[t] else 2
+            if shift == 0:
+                out[b, t] = 1
+    return out
+
+
+@checker
+def check_continuation_kinds(continuation_kind: Callable) -> None:
+    """Exercise 5.2: `continuation_kind(tokens) -> [batch, pos]` long tensor: 1 where token t
+    repeats an earlier bigram (the most recent earlier occurrence of token t - 1 was followed by
+    token t), 2 where it contradicts it, 0 elsewhere (BOS, the first token, no earlier
+    occurrence)."""
+    ex = "Exercise 5.2 (continuation_kind)"
+    seed = draw_seed()
+    cases = []
+    for i, (batch, n, vocab) in enumerate(((3, 14, 5), (2, 20, 7))):
+        g = generator(seed + i)
+        tokens = torch.randint(1, vocab, (batch, n), generator=g)
+        tokens[:, 0] = BOS
+        repeats, conflicts = phase_change.continuation_kinds(tokens)
+        expected = repeats.long() + 2 * conflicts.long()
+        mistakes = [
+            ("the earliest occurrence of the previous token was used; the most recent one "
+             "decides (the last thing seen after it).", _kinds(tokens, latest=False)),
+            ("earlier occurrences of token t itself were looked for; look for the token before "
+             "it, t - 1, and compare what followed it then with token t now.",
+             _kinds(tokens, shift=0)),
+            ("1 and 2 are swapped: 1 marks a repeated bigram, 2 a contradicted one.",
+             expected.where(expected == 0, 3 - expected)),
+            ("the kinds sit one position early: mark the position of the token being judged, t, "
+             "not of the token before it.", torch.nn.functional.pad(expected[:, 1:], (0, 1))),
+        ]  # fmt: skip
+        cases.append(
+            Case((tokens,), expected, mistakes, f"{batch} sequences over {vocab - 1} tokens")
+        )
+    check_cases(ex, continuation_kind, "continuation_kind", cases,
+                withhold=[phase_change.continuation_kinds])  # fmt: skip
+    passed(ex, "right on random sequences with many repeated tokens.")
+
+
+@checker
+def check_pattern_preserving_ablation(pattern_preserving_ablation: Callable) -> None:
+    """Exercise 5.3: `pattern_preserving_ablation(model, tokens, heads) -> logits`: the chosen
+    heads' outputs zeroed, every head's attention pattern held at its clean value."""
+    ex = "Exercise 5.3 (pattern_preserving_ablation)"
+    seed = draw_seed()
+    cases = []
+    for i, model in enumerate(random_models(seed, n_layers=2)):
+        tokens = random_tokens(model, seed + 10 + i, batch=3)
+        rng = generator(seed + 20 + i)
+        h = [int(t) for t in torch.randint(model.cfg.n_heads, (2,), generator=rng)]
+        if i == 0 and h[0] == 0:
+            h[0] = 1  # "always head 0" cannot pass by luck
+        for heads in ([(0, h[0])], [(0, h[0]), (1, h[1])]):
+            expected = evals.run_with_pattern_preserving_ablation(model, tokens, heads)
+            mistakes = {
+                "the patterns were not held: with a layer-0 head removed, the layer-1 heads "
+                "looked elsewhere. Record every layer's pattern in a clean run and put them "
+                "back with hooks on hook_pattern.": evals.run_with_ablation(model, tokens, heads),
+                "the heads' outputs were replaced by their mean, not by zero.": evals.run_with_ablation(
+                    model, tokens, heads, kind="mean"
+                ),
+                "the patterns were held but nothing was removed.": model(tokens),
+            }  # fmt: skip
+            where = f"ablation of {', '.join(f'L{a}H{b}' for a, b in heads)}"
+            cases.append(Case((model, tokens, heads), expected, mistakes, where))
+    check_cases(ex, pattern_preserving_ablation, "pattern_preserving_ablation", cases,
+                withhold=[evals.run_with_pattern_preserving_ablation])  # fmt: skip
+    passed(ex, "one and two heads removed, patterns held, for two random models.")

@@ -1,0 +1,144 @@
+"""Chapter 05's checkers accept the reference and reject plausible wrong answers."""
+
+import pytest
+import torch
+
+from helpers import checks, evals, phase_change
+from helpers.checks import CheckFailed
+from helpers.data import BOS
+from tests.checks.conftest import assert_accepts, assert_rejects
+
+
+def icl_reference(losses, early, late):
+    return float(losses[:, late - 1].mean() - losses[:, early - 1].mean())
+
+
+def test_icl_score_accepts_the_reference():
+    assert_accepts(checks.check_icl_score, icl_reference)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda x, e, t: float(x[:, e - 1].mean() - x[:, t - 1].mean()), "sign is flipped"),
+        (lambda x, e, t: float(x[:, t - 2].mean() - x[:, e - 2].mean()), "one position off"),
+        (lambda x, e, t: float(x[:, t - 1].mean() / x[:, e - 1].mean()), "ratio"),
+        (lambda x, e, t: float(x[:, t - 1 :].mean() - x[:, e - 1].mean()), "every position"),
+        (lambda x, e, t: float(x[:, 17].mean() - x[:, 1].mean()), None),  # positions fixed
+        (lambda x, e, t: -0.4, None),
+        (lambda x, e, t: phase_change.icl_score_from_losses(x, e, t), "withholds"),
+    ],
+)
+def test_icl_score_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_icl_score, wrong, diagnosis=diagnosis or "")
+
+
+def kinds_reference(tokens):
+    out = torch.zeros_like(tokens)
+    for b, seq in enumerate(tokens.tolist()):
+        for t in range(2, len(seq)):
+            before = [j for j in range(t - 1) if seq[j] == seq[t - 1] and seq[j] != BOS]
+            if before:
+                out[b, t] = 1 if seq[before[-1] + 1] == seq[t] else 2
+    return out
+
+
+def kinds_first_occurrence(tokens):
+    out = torch.zeros_like(tokens)
+    for b, seq in enumerate(tokens.tolist()):
+        for t in range(2, len(seq)):
+            before = [j for j in range(t - 1) if seq[j] == seq[t - 1] and seq[j] != BOS]
+            if before:
+                out[b, t] = 1 if seq[before[0] + 1] == seq[t] else 2
+    return out
+
+
+def test_continuation_kinds_accepts_the_reference():
+    assert_accepts(checks.check_continuation_kinds, kinds_reference)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (kinds_first_occurrence, "earliest occurrence"),
+        (lambda t: (lambda k: k.where(k == 0, 3 - k))(kinds_reference(t)), "swapped"),
+        (
+            lambda t: torch.nn.functional.pad(kinds_reference(t)[:, 1:], (0, 1)),
+            "one position early",
+        ),
+        (lambda t: kinds_reference(t).float(), None),
+        (lambda t: (kinds_reference(t) > 0).long(), None),
+        (lambda t: torch.zeros_like(t), None),
+        (lambda t: kinds_reference(t)[:, 1:], None),
+        (
+            lambda t: (lambda r, c: r.long() + 2 * c.long())(*phase_change.continuation_kinds(t)),
+            "withholds",
+        ),
+    ],
+)
+def test_continuation_kinds_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_continuation_kinds, wrong, diagnosis=diagnosis or "")
+
+
+def ablation_reference(model, tokens, heads):
+    _, cache = model.run_with_cache(tokens)
+    hooks = [(f"blocks.{layer}.attn.hook_pattern",
+              lambda x, hook, p=cache[f"blocks.{layer}.attn.hook_pattern"]: p)
+             for layer in range(model.cfg.n_layers)]  # fmt: skip
+    for layer, head in heads:
+
+        def zero(result, hook, head=head):
+            result = result.clone()
+            result[:, :, head] = 0
+            return result
+
+        hooks.append((f"blocks.{layer}.attn.hook_result", zero))
+    return model.run_with_hooks(tokens, hooks)
+
+
+def test_pattern_preserving_ablation_accepts_the_reference():
+    assert_accepts(checks.check_pattern_preserving_ablation, ablation_reference)
+
+
+def _no_freeze(model, tokens, heads):
+    return evals.run_with_ablation(model, tokens, heads)
+
+
+def _late_binding(model, tokens, heads):
+    _, cache = model.run_with_cache(tokens)
+    hooks = [(f"blocks.{layer}.attn.hook_pattern",
+              lambda x, hook, p=cache[f"blocks.{layer}.attn.hook_pattern"]: p)
+             for layer in range(model.cfg.n_layers)]  # fmt: skip
+    for layer, head in heads:
+
+        def zero(result, hook):
+            result = result.clone()
+            result[:, :, head] = 0  # noqa: B023 (the mistake under test)
+            return result
+
+        hooks.append((f"blocks.{layer}.attn.hook_result", zero))
+    return model.run_with_hooks(tokens, hooks)
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_no_freeze, "patterns were not held"),
+        (lambda m, t, h: evals.run_with_ablation(m, t, h, kind="mean"), "mean"),
+        (lambda m, t, h: m(t), "nothing was removed"),
+        (_late_binding, None),
+        (lambda m, t, h: ablation_reference(m, t, [(0, 0)]), None),
+        (lambda m, t, h: evals.run_with_pattern_preserving_ablation(m, t, h), "withholds"),
+    ],
+)
+def test_pattern_preserving_ablation_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_pattern_preserving_ablation, wrong, diagnosis=diagnosis or "")
+
+
+def test_a_stub_is_reported_as_not_done():
+    def stub(*args):
+        raise NotImplementedError("Exercise 5.1")
+
+    with pytest.raises(Exception, match="5.1") as info:
+        checks.check_icl_score(stub)
+    assert not isinstance(info.value, CheckFailed) or "5.1" in str(info.value)
