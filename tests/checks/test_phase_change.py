@@ -33,23 +33,14 @@ def test_icl_score_rejects(wrong, diagnosis):
     assert_rejects(checks.check_icl_score, wrong, diagnosis=diagnosis or "")
 
 
-def kinds_reference(tokens):
+def kinds_reference(tokens, pick=-1):
+    """The answer (pick -1: the latest earlier occurrence decides); pick 0 is a mistake."""
     out = torch.zeros_like(tokens)
     for b, seq in enumerate(tokens.tolist()):
         for t in range(2, len(seq)):
             before = [j for j in range(t - 1) if seq[j] == seq[t - 1] and seq[j] != BOS]
             if before:
-                out[b, t] = 1 if seq[before[-1] + 1] == seq[t] else 2
-    return out
-
-
-def kinds_first_occurrence(tokens):
-    out = torch.zeros_like(tokens)
-    for b, seq in enumerate(tokens.tolist()):
-        for t in range(2, len(seq)):
-            before = [j for j in range(t - 1) if seq[j] == seq[t - 1] and seq[j] != BOS]
-            if before:
-                out[b, t] = 1 if seq[before[0] + 1] == seq[t] else 2
+                out[b, t] = 1 if seq[before[pick] + 1] == seq[t] else 2
     return out
 
 
@@ -60,7 +51,7 @@ def test_continuation_kinds_accepts_the_reference():
 @pytest.mark.parametrize(
     "wrong, diagnosis",
     [
-        (kinds_first_occurrence, "earliest occurrence"),
+        (lambda t: kinds_reference(t, pick=0), "earliest occurrence"),
         (lambda t: (lambda k: k.where(k == 0, 3 - k))(kinds_reference(t)), "swapped"),
         (
             lambda t: torch.nn.functional.pad(kinds_reference(t)[:, 1:], (0, 1)),
