@@ -694,3 +694,31 @@ def update_phase_change_panel(fig: Figure, index: int, *, title: str = "") -> li
     fig._suptitle.set_text(title)
     frames = [spine for image in images for spine in image.axes.spines.values()]
     return [*images, *frames, *(line for line, _ in lines), cursor, fig._suptitle]
+
+
+def phase_change_curves(
+    runs: Mapping[str, object], *, windows: Mapping[str, tuple[int, int] | None] | None = None
+) -> Figure:
+    """Held-out loss, ICL score and the best prefix-matching score of the last layer over
+    training, one line per run (`runs`: name -> a `phase_change.TrainingRecord`), with each
+    run's phase-change window shaded where `windows` gives one."""
+    fig = CourseFigure(figsize=(13, 3.6), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for i, (name, run) in enumerate(runs.items()):
+        colour = f"C{i}"
+        best = (run.prefix_matching[:, -1].amax(-1).numpy() if run.prefix_matching.numel()
+                else np.zeros(len(run.steps)))  # fmt: skip
+        for ax, values in zip(axes, (run.heldout_loss, run.icl, best), strict=True):
+            ax.plot(run.steps, values, color=colour, label=name)
+            window = (windows or {}).get(name)
+            if window is not None:
+                ax.axvspan(*window, color=colour, alpha=0.12)
+    for ax, label in zip(axes, ("held-out loss (nats)", "ICL score (nats)",
+                                "best prefix-matching score, last layer"), strict=True):  # fmt: skip
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].axhline(0, color="0.5", lw=0.8)
+    axes[2].set_ylim(0, 1)
+    axes[0].legend()
+    return fig

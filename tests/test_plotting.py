@@ -7,6 +7,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from helpers import plotting
+from helpers.phase_change import TrainingRecord
 
 
 def _assert_same_picture(blitted: bytes, full: bytes) -> None:
@@ -207,3 +208,15 @@ def test_a_blitted_contribution_bars_draws_what_a_full_redraw_draws():
         _assert_same_picture(blitted, full)
     with pytest.raises(ValueError, match="need 4 contributions"):
         plotting.update_contribution_bars(fig, torch.zeros(3))
+
+
+def test_phase_change_curves_draw_every_run_and_window():
+    def run(name: str, scores: torch.Tensor) -> TrainingRecord:
+        return TrainingRecord(name, None, [0, 10, 20], [3.0, 2.5, 2.0], [0.0, -0.2, -0.5],
+                              [1.0, 0.8, 0.5], scores, scores, [], 1.0)  # fmt: skip
+
+    runs = {"two": run("two", torch.rand(3, 2, 2)), "zero layers": run("zero", torch.empty(0))}
+    fig = plotting.phase_change_curves(runs, windows={"two": (5, 15)})
+    assert [len(ax.lines) for ax in fig.axes] == [2, 3, 2]  # the ICL axis has its zero line
+    assert len(fig.axes[0].patches) == 1
+    _png(fig)
