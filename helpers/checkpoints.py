@@ -4,7 +4,7 @@ A checkpoint is one `torch.save` file holding only tensors and plain containers:
 
     {"format": FORMAT,
      "config": {...},        # HookedTransformerConfig fields (TransformerLens names)
-     "state_dict": {...},    # TransformerLens parameter names and shapes
+     "state_dict": {...},    # TransformerLens parameter names and shapes (plus smear_logit)
      "task": {...},          # the language's parameters and its planted ground truth
      "history": {...}}       # loss and evaluation scores over training
 

@@ -14,6 +14,13 @@ its `HookedTransformer` (attn_only=True, normalization_type=None).
 Positions are "shortformer" by default: the positional embedding is added to the input of the
 queries and keys only and never enters the residual stream, as in the paper's models (footnote on
 positional embeddings; Press et al. 2021). With "standard" it is added to the residual stream.
+
+One documented extension beyond the framework paper: smeared keys (`smeared_keys=True`), from
+Olsson et al. (2022), "In-context Learning and Induction Heads", "Argument 2: architectural
+requirements". Each head h blends every key with the previous position's,
+k'_j = sigmoid(alpha^h) k_j + (1 - sigmoid(alpha^h)) k_{j-1} (and k'_0 = k_0), with alpha^h a
+trainable scalar, the parameter `blocks.{l}.attn.smear_logit`. A key then carries the previous
+token, so a single layer can form induction heads. TransformerLens has no such parameter.
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ class HookedTransformerConfig:
     `d_vocab` counts every token, the BOS token included. `initializer_range` is the standard
     deviation of the weights at initialisation; None means TransformerLens's default,
     0.8 / sqrt(d_model). `seed` seeds the initialisation (through a private generator: the global
-    RNG is never touched).
+    RNG is never touched). `smeared_keys` switches on Olsson et al.'s smeared keys (module
+    docstring, `Attention.smear_keys`); off, the model is exactly the framework paper's.
     """
 
     n_layers: int
@@ -56,6 +64,7 @@ class HookedTransformerConfig:
     device: str = "cpu"
     attn_only: bool = True
     normalization_type: None = None
+    smeared_keys: bool = False
 
     def __post_init__(self) -> None:
         for name in ("d_model", "d_head", "n_ctx", "d_vocab"):
@@ -83,6 +92,8 @@ class HookedTransformerConfig:
             )
         if not isinstance(self.use_bias, bool):
             raise ValueError(f"use_bias must be True or False, got {self.use_bias!r}")
+        if not isinstance(self.smeared_keys, bool):
+            raise ValueError(f"smeared_keys must be True or False, got {self.smeared_keys!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if self.attn_only is not True or self.normalization_type is not None:
@@ -95,7 +106,12 @@ class HookedTransformerConfig:
         return 0.8 / math.sqrt(self.d_model)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a plain dict. `smeared_keys` appears only when on, so a plain model's
+        dict (and checkpoint) is exactly what it was before the extension existed."""
+        d = asdict(self)
+        if not self.smeared_keys:
+            del d["smeared_keys"]
+        return d
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """The state dict's keys and shapes for this config, computed without allocating it."""
@@ -108,6 +124,8 @@ class HookedTransformerConfig:
             if self.use_bias:
                 shapes |= {prefix + n: (H, d) for n in ("b_Q", "b_K", "b_V")}
                 shapes[prefix + "b_O"] = (D,)
+            if self.smeared_keys:
+                shapes[prefix + "smear_logit"] = (H,)
         shapes["unembed.W_U"] = (D, V)
         if self.use_bias:
             shapes["unembed.b_U"] = (V,)
@@ -221,6 +239,9 @@ class Attention(nn.Module):
     Framework paper, "Attention Heads are Independent and Additive": each head reads the residual
     stream, moves information between positions with its pattern A^h, and writes through its own
     W_O^h; the layer's output is the sum of the heads' outputs.
+
+    With `cfg.smeared_keys`, `smear_logit` [n_heads] holds each head's alpha^h and the keys are
+    smeared (`smear_keys`) before `hook_k`, in both forward paths.
     """
 
     def __init__(self, cfg: HookedTransformerConfig) -> None:
@@ -238,13 +259,31 @@ class Attention(nn.Module):
             self.b_O = nn.Parameter(torch.zeros(D))
         else:
             self.b_Q = self.b_K = self.b_V = self.b_O = None
+        # Olsson et al.'s alpha^h; not a TransformerLens parameter, hence a name of its own
+        self.smear_logit = nn.Parameter(torch.zeros(H)) if cfg.smeared_keys else None
         self.hook_q = HookPoint()  # [batch, pos, head_index, d_head]
-        self.hook_k = HookPoint()
+        self.hook_k = HookPoint()  # the keys the scores use: smeared, with smeared_keys
         self.hook_v = HookPoint()
         self.hook_attn_scores = HookPoint()  # [batch, head_index, query_pos, key_pos], masked
         self.hook_pattern = HookPoint()  # [batch, head_index, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, head_index, d_head]
         self.hook_result = HookPoint()  # [batch, pos, head_index, d_model]
+
+    def smear_keys(self, k: Tensor) -> Tensor:
+        """Smeared keys, Olsson et al. (2022), "Argument 2: architectural requirements":
+        k'_j = sigmoid(alpha^h) k_j + (1 - sigmoid(alpha^h)) k_{j-1} for j >= 1, and k'_0 = k_0.
+
+        `k` is [batch, pos, head_index, d_head]; so is the result. Queries and values are not
+        smeared. alpha^h (`smear_logit`) starts at 0, an even mix. The paper does not give its
+        initialisation; 0 is where the sigmoid is steepest (a saturated start, such as
+        sigmoid ~ 1 for "no smearing", would give alpha almost no gradient, so training could not
+        discover smearing), training can move from it either way (towards k_j or k_{j-1}), and it
+        is where AdamW's weight decay pulls alpha anyway.
+        """
+        keep = torch.sigmoid(self.smear_logit)[:, None]  # [head_index, 1], broadcasts over d_head
+        prev = torch.cat((k[:, :1], k[:, :-1]), dim=1)  # k_{j-1}; at j = 0, k_0 itself
+        # lerp(prev, k, keep) = keep * k + (1 - keep) * prev, and exactly k_0 at j = 0
+        return torch.lerp(prev, k, keep)
 
     def forward(self, qk_input: Tensor, v_input: Tensor, want_result: bool = False) -> Tensor:
         q = torch.einsum("bpm,hmd->bphd", qk_input, self.W_Q)
@@ -252,6 +291,9 @@ class Attention(nn.Module):
         v = torch.einsum("bpm,hmd->bphd", v_input, self.W_V)
         if self.b_Q is not None:
             q, k, v = q + self.b_Q, k + self.b_K, v + self.b_V
+        if self.smear_logit is not None:
+            # before hook_k, so caches, hooks and pattern analyses see the keys the model uses
+            k = self.smear_keys(k)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
 
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.cfg.d_head)
@@ -294,6 +336,8 @@ class Attention(nn.Module):
                 v = v + self.b_V.flatten()
             q, k = qk.view(batch, n_pos, 2 * H, d).transpose(1, 2).split(H, dim=1)
             v = v.view(batch, n_pos, H, d).transpose(1, 2)
+        if self.smear_logit is not None:
+            k = self.smear_keys(k.transpose(1, 2)).transpose(1, 2)  # smears along pos
         z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [batch, H, pos, d]
         out = z.transpose(1, 2).reshape(batch, n_pos, H * d) @ self.W_O.reshape(H * d, D)
         return out if self.b_O is None else out + self.b_O
@@ -341,10 +385,15 @@ class AttnOnlyTransformer(nn.Module):
     # -- parameters ---------------------------------------------------------------------------
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Normal(0, cfg.init_std) weights and zero biases, from a generator seeded by cfg.seed."""
+        """Normal(0, cfg.init_std) weights and zero biases, from a generator seeded by cfg.seed.
+
+        `smear_logit` starts at 0 (see `Attention.smear_keys`) and draws nothing from the
+        generator, so a smeared model's other weights are those of the plain model of its seed.
+        """
         gen = torch.Generator().manual_seed(self.cfg.seed)
         for name, p in self.named_parameters():
-            if name.split(".")[-1].startswith("b_"):
+            last = name.split(".")[-1]
+            if last.startswith("b_") or last == "smear_logit":
                 p.zero_()
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * self.cfg.init_std)

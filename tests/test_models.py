@@ -1,8 +1,10 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from helpers.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from helpers.models import AttnOnlyTransformer, HookedTransformerConfig, next_token_loss
 from tests.conftest import make_model, random_tokens
 
@@ -26,6 +28,9 @@ def brute_force_logits(model: AttnOnlyTransformer, tokens: torch.Tensor) -> torc
                 q, k, v = qk_in @ attn.W_Q[h], qk_in @ attn.W_K[h], resid @ attn.W_V[h]
                 if attn.b_Q is not None:
                     q, k, v = q + attn.b_Q[h], k + attn.b_K[h], v + attn.b_V[h]
+                if attn.smear_logit is not None:  # Olsson et al. (2022), smeared keys
+                    s = torch.sigmoid(attn.smear_logit[h])
+                    k = torch.stack([k[0]] + [s * k[j] + (1 - s) * k[j - 1] for j in range(1, n)])
                 for i in range(n):
                     scores = torch.stack(
                         [q[i] @ k[j] / math.sqrt(cfg.d_head) for j in range(i + 1)]
@@ -43,16 +48,38 @@ def brute_force_logits(model: AttnOnlyTransformer, tokens: torch.Tensor) -> torc
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("positions", ["shortformer", "standard"])
-@pytest.mark.parametrize("n_layers", [0, 1, 2])
-@pytest.mark.parametrize("use_bias", [False, True])
-def test_forward_matches_brute_force(positions, n_layers, use_bias):
-    model = make_model(n_layers=n_layers, positional_embedding_type=positions, use_bias=use_bias)
-    if use_bias:  # biases start at zero; make them matter
+def randomise_smear(model: AttnOnlyTransformer, seed: int = 3) -> AttnOnlyTransformer:
+    """Give each head its own alpha (all start at 0), so that a mix-up of heads would show."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.smear_logit.copy_(2 * torch.randn(model.cfg.n_heads, generator=gen))
+    return model
+
+
+def _model_with_everything_set(positions, n_layers, use_bias, smeared, bias_scale, bias_seed):
+    """A model whose biases and smearing (which start at zero) are random, so that they matter."""
+    model = make_model(
+        n_layers=n_layers, positional_embedding_type=positions, use_bias=use_bias,
+        smeared_keys=smeared,
+    )  # fmt: skip
+    if smeared:
+        randomise_smear(model)
+    if use_bias:
+        gen = torch.Generator().manual_seed(bias_seed)
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name.split(".")[-1].startswith("b_"):
-                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+                    p.copy_(bias_scale * torch.randn(p.shape, generator=gen))
+    return model
+
+
+@pytest.mark.parametrize("positions", ["shortformer", "standard"])
+@pytest.mark.parametrize("n_layers", [0, 1, 2])
+@pytest.mark.parametrize("use_bias", [False, True])
+@pytest.mark.parametrize("smeared", [False, True])
+def test_forward_matches_brute_force(positions, n_layers, use_bias, smeared):
+    model = _model_with_everything_set(positions, n_layers, use_bias, smeared, 1.0, 1)
     tokens = random_tokens(model, batch=2, pos=7)
     with torch.no_grad():
         reference = brute_force_logits(model, tokens)
@@ -63,13 +90,9 @@ def test_forward_matches_brute_force(positions, n_layers, use_bias):
 @pytest.mark.parametrize("positions", ["shortformer", "standard"])
 @pytest.mark.parametrize("n_layers", [0, 1, 2])
 @pytest.mark.parametrize("use_bias", [False, True])
-def test_fast_path_and_hooked_path_agree(positions, n_layers, use_bias):
-    model = make_model(n_layers=n_layers, positional_embedding_type=positions, use_bias=use_bias)
-    if use_bias:
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name.split(".")[-1].startswith("b_"):
-                    p.copy_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+@pytest.mark.parametrize("smeared", [False, True])
+def test_fast_path_and_hooked_path_agree(positions, n_layers, use_bias, smeared):
+    model = _model_with_everything_set(positions, n_layers, use_bias, smeared, 0.1, 2)
     tokens = random_tokens(model, batch=3, pos=model.cfg.n_ctx)
     with torch.no_grad():
         fast = model(tokens)
@@ -310,6 +333,8 @@ def test_head_indices_may_be_what_argmax_returns(model):
         ({"initializer_range": float("nan")}, "initializer_range must be a finite number > 0"),
         ({"use_bias": "no"}, "use_bias must be True or False, got 'no'"),
         ({"seed": 1.5}, "seed must be an int"),
+        ({"smeared_keys": 1}, "smeared_keys must be True or False, got 1"),
+        ({"smeared_keys": "yes"}, "smeared_keys must be True or False, got 'yes'"),
     ],
 )
 def test_config_values_that_would_give_garbage_are_errors(overrides, message):
@@ -319,8 +344,9 @@ def test_config_values_that_would_give_garbage_are_errors(overrides, message):
 
 @pytest.mark.parametrize("n_layers", [0, 1, 2])
 @pytest.mark.parametrize("use_bias", [False, True])
-def test_parameter_shapes_without_building_the_model(n_layers, use_bias):
-    model = make_model(n_layers=n_layers, use_bias=use_bias)
+@pytest.mark.parametrize("smeared", [False, True])
+def test_parameter_shapes_without_building_the_model(n_layers, use_bias, smeared):
+    model = make_model(n_layers=n_layers, use_bias=use_bias, smeared_keys=smeared)
     assert model.cfg.parameter_shapes() == {
         k: tuple(v.shape) for k, v in model.state_dict().items()
     }
@@ -343,3 +369,120 @@ def test_next_token_loss_needs_two_positions_and_matching_shapes():
         next_token_loss(torch.zeros(2, 1, 5), torch.zeros(2, 1, dtype=torch.long))
     with pytest.raises(ValueError, match="same batch and pos"):
         next_token_loss(torch.zeros(2, 4, 5), torch.zeros(4, dtype=torch.long))
+
+
+# -- smeared keys (Olsson et al. 2022, "Argument 2: architectural requirements") ----------------
+
+
+def test_smeared_keys_add_one_named_parameter_per_layer_and_nothing_else():
+    plain, smeared = make_model(), make_model(smeared_keys=True)
+    assert plain.blocks[0].attn.smear_logit is None
+    shapes = {k: tuple(v.shape) for k, v in smeared.state_dict().items()}
+    extra = {"blocks.0.attn.smear_logit": (3,), "blocks.1.attn.smear_logit": (3,)}
+    assert shapes == {k: tuple(v.shape) for k, v in plain.state_dict().items()} | extra
+    for name in extra:
+        assert torch.equal(smeared.state_dict()[name], torch.zeros(3))  # sigmoid = 1/2: even mix
+
+
+def test_smeared_keys_follow_the_definition_position_by_position():
+    """k'_j = sigmoid(alpha^h) k_j + (1 - sigmoid(alpha^h)) k_{j-1}, k'_0 = k_0; the unsmeared
+    keys come from the plain model of the same seed, which shares every other weight."""
+    plain = make_model(n_layers=1, use_bias=True)
+    smeared = randomise_smear(make_model(n_layers=1, use_bias=True, smeared_keys=True))
+    for name, p in plain.named_parameters():
+        assert torch.equal(p, smeared.get_parameter(name))
+    tokens = random_tokens(plain)
+    _, raw = plain.run_with_cache(tokens)
+    _, cache = smeared.run_with_cache(tokens)
+    k, k_smeared = raw["blocks.0.attn.hook_k"], cache["blocks.0.attn.hook_k"]
+    keep = torch.sigmoid(smeared.blocks[0].attn.smear_logit)
+    assert torch.equal(k_smeared[:, 0], k[:, 0])  # the first position is unchanged
+    for j in range(1, tokens.shape[1]):
+        for h in range(3):
+            expected = keep[h] * k[:, j, h] + (1 - keep[h]) * k[:, j - 1, h]
+            assert torch.allclose(k_smeared[:, j, h], expected, atol=1e-6)
+    for name in ("hook_q", "hook_v"):  # queries and values are not smeared
+        assert torch.equal(cache[f"blocks.0.attn.{name}"], raw[f"blocks.0.attn.{name}"])
+    # the cached (smeared) keys are the ones the scores use
+    q = cache["blocks.0.attn.hook_q"]
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k_smeared) / 2.0  # d_head = 4
+    lower = torch.ones(10, 10, dtype=torch.bool).tril()
+    assert torch.allclose(cache["blocks.0.attn.hook_attn_scores"][..., lower], scores[..., lower])
+
+
+def test_a_smeared_key_carries_the_previous_token():
+    """Changing the token at position 4 changes the keys at 4 and, only when smeared, at 5: what
+    lets one layer match "the token before this key" (an induction head's key)."""
+    tokens = random_tokens(make_model(), batch=1)
+    changed = tokens.clone()
+    changed[0, 4] = (changed[0, 4] + 1) % 13
+    for smeared, moved in ((False, [4]), (True, [4, 5])):
+        model = make_model(n_layers=1, smeared_keys=smeared)
+        _, a = model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_k")
+        _, b = model.run_with_cache(changed, names_filter="blocks.0.attn.hook_k")
+        diff = (a["blocks.0.attn.hook_k"] - b["blocks.0.attn.hook_k"]).abs().amax(dim=(0, 2, 3))
+        assert (diff > 1e-4).nonzero().flatten().tolist() == moved
+    # and by gradient: the smeared key at 5 depends on the embedding at 4
+    model = make_model(n_layers=1, smeared_keys=True)
+    embed = model.embed(tokens).detach().requires_grad_()
+    keys = []
+    model.run_with_hooks(
+        tokens,
+        [
+            ("hook_embed", lambda x, hook: embed),
+            ("blocks.0.attn.hook_k", lambda x, h: keys.append(x)),
+        ],
+    )
+    (grad,) = torch.autograd.grad(keys[0][0, 5].sum(), embed)
+    assert grad[0, 4].abs().max() > 1e-4 and grad[0, 6:].abs().max() == 0
+
+
+def test_smeared_models_are_seed_deterministic_and_share_the_plain_models_weights():
+    a, b = make_model(seed=5, smeared_keys=True), make_model(seed=5, smeared_keys=True)
+    for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(p, q), name
+    plain = make_model(seed=5).state_dict()
+    assert all(torch.equal(plain[k], v) for k, v in a.state_dict().items() if k in plain)
+
+
+def test_smeared_keys_in_the_config_dict_only_when_on():
+    plain = make_model().cfg
+    assert "smeared_keys" not in plain.to_dict()  # a plain model's checkpoint is as before
+    smeared = make_model(smeared_keys=True).cfg
+    assert smeared.to_dict()["smeared_keys"] is True
+    assert HookedTransformerConfig.from_dict(smeared.to_dict()) == smeared
+    assert HookedTransformerConfig.from_dict(plain.to_dict()) == plain
+
+
+def test_a_smeared_checkpoint_round_trips_and_a_plain_one_is_unchanged(tmp_path):
+    smeared = randomise_smear(make_model(smeared_keys=True))
+    path = save_checkpoint(tmp_path / "s.pt", smeared, {}, {})
+    payload = torch.load(path, weights_only=True)
+    assert payload["config"]["smeared_keys"] is True
+    ckpt = load_checkpoint(path)
+    tokens = random_tokens(smeared)
+    assert ckpt.cfg == smeared.cfg
+    assert torch.equal(ckpt.model.blocks[1].attn.smear_logit, smeared.blocks[1].attn.smear_logit)
+    assert torch.equal(ckpt.model(tokens), smeared(tokens))
+
+    plain = make_model()
+    old = torch.load(save_checkpoint(tmp_path / "p.pt", plain, {}, {}), weights_only=True)
+    assert "smeared_keys" not in old["config"]  # what checkpoints written before it hold
+    assert not [k for k in old["state_dict"] if "smear" in k]
+    assert load_checkpoint(tmp_path / "p.pt").cfg == plain.cfg  # loads as a plain model
+    course = Path(__file__).resolve().parent.parent / "data" / "induction_1l.pt"
+    assert not load_checkpoint(course).cfg.smeared_keys  # a checkpoint from before the field
+
+    payload["config"]["smeared_keys"] = False  # smeared weights under a plain config
+    torch.save(payload, tmp_path / "mixed.pt")
+    with pytest.raises(CheckpointError, match=r"unexpected keys \['blocks.0.attn.smear_logit'"):
+        load_checkpoint(tmp_path / "mixed.pt")
+
+
+def test_check_finite_names_the_smear_logit():
+    model = make_model(smeared_keys=True)
+    model.check_finite()
+    with torch.no_grad():
+        model.blocks[0].attn.smear_logit[1] = float("nan")
+    with pytest.raises(ValueError, match=r"weight blocks.0.attn.smear_logit holds NaN values"):
+        model.check_finite()
