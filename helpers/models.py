@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from helpers.references import reference
+
 PositionalEmbeddingType = Literal["shortformer", "standard"]
 HookFn = Callable[[Tensor, "HookPoint"], Tensor | None]
 
@@ -233,6 +235,19 @@ class Unembed(nn.Module):
         return logits if self.b_U is None else logits + self.b_U
 
 
+@reference
+def smear_keys(k: Tensor, smear_logit: Tensor) -> Tensor:
+    """Smeared keys, Olsson et al. (2022), "Argument 2: architectural requirements":
+    k'_j = sigmoid(alpha^h) k_j + (1 - sigmoid(alpha^h)) k_{j-1} for j >= 1, and k'_0 = k_0.
+
+    `k` is [batch, pos, head_index, d_head], `smear_logit` (alpha) [head_index]; the result has
+    the shape of `k`. Queries and values are not smeared."""
+    keep = torch.sigmoid(smear_logit)[:, None]  # [head_index, 1], broadcasts over d_head
+    prev = torch.cat((k[:, :1], k[:, :-1]), dim=1)  # k_{j-1}; at j = 0, k_0 itself
+    # lerp(prev, k, keep) = keep * k + (1 - keep) * prev, and exactly k_0 at j = 0
+    return torch.lerp(prev, k, keep)
+
+
 class Attention(nn.Module):
     """One layer of attention heads, computed head by head in parallel.
 
@@ -270,20 +285,12 @@ class Attention(nn.Module):
         self.hook_result = HookPoint()  # [batch, pos, head_index, d_model]
 
     def smear_keys(self, k: Tensor) -> Tensor:
-        """Smeared keys, Olsson et al. (2022), "Argument 2: architectural requirements":
-        k'_j = sigmoid(alpha^h) k_j + (1 - sigmoid(alpha^h)) k_{j-1} for j >= 1, and k'_0 = k_0.
-
-        `k` is [batch, pos, head_index, d_head]; so is the result. Queries and values are not
-        smeared. alpha^h (`smear_logit`) starts at 0, an even mix. The paper does not give its
-        initialisation; 0 is where the sigmoid is steepest (a saturated start, such as
-        sigmoid ~ 1 for "no smearing", would give alpha almost no gradient, so training could not
-        discover smearing), training can move from it either way (towards k_j or k_{j-1}), and it
-        is where AdamW's weight decay pulls alpha anyway.
-        """
-        keep = torch.sigmoid(self.smear_logit)[:, None]  # [head_index, 1], broadcasts over d_head
-        prev = torch.cat((k[:, :1], k[:, :-1]), dim=1)  # k_{j-1}; at j = 0, k_0 itself
-        # lerp(prev, k, keep) = keep * k + (1 - keep) * prev, and exactly k_0 at j = 0
-        return torch.lerp(prev, k, keep)
+        """`smear_keys(k, self.smear_logit)`. alpha^h (`smear_logit`) starts at 0, an even mix.
+        The paper does not give its initialisation; 0 is where the sigmoid is steepest (a
+        saturated start, such as sigmoid ~ 1 for "no smearing", would give alpha almost no
+        gradient, so training could not discover smearing), training can move from it either way
+        (towards k_j or k_{j-1}), and it is where AdamW's weight decay pulls alpha anyway."""
+        return smear_keys(k, self.smear_logit)
 
     def forward(self, qk_input: Tensor, v_input: Tensor, want_result: bool = False) -> Tensor:
         q = torch.einsum("bpm,hmd->bphd", qk_input, self.W_Q)

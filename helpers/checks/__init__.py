@@ -53,6 +53,7 @@ from helpers.checks.phase_change import (
     check_continuation_kinds,
     check_icl_score,
     check_pattern_preserving_ablation,
+    check_smear_keys,
 )
 from helpers.checks.residual_stream import (
     check_attention_layer,
@@ -106,6 +107,7 @@ __all__ = [
     "check_icl_score",
     "check_continuation_kinds",
     "check_pattern_preserving_ablation",
+    "check_smear_keys",
     "check_duplicate_token_score",
     "check_ablate_heads",
     "check_k_composition_circuit",

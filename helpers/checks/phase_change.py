@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from helpers import evals, phase_change
+from helpers import evals, models, phase_change
 from helpers.checks._base import (
     Case,
     check_cases,
@@ -142,3 +142,48 @@ def check_pattern_preserving_ablation(pattern_preserving_ablation: Callable) -> 
     check_cases(ex, pattern_preserving_ablation, "pattern_preserving_ablation", cases,
                 withhold=[evals.run_with_pattern_preserving_ablation])  # fmt: skip
     passed(ex, "one and two heads removed, patterns held, for two random models.")
+
+
+def _shifted(k: Tensor, dim: int, first: str) -> Tensor:
+    """The previous entry along `dim`; the first gets itself ("self"), zeros or the last
+    entry ("roll"): the right answer and two mistakes."""
+    if first == "roll":
+        return torch.roll(k, 1, dims=dim)
+    head = k.narrow(dim, 0, 1)
+    head = head if first == "self" else torch.zeros_like(head)
+    return torch.cat((head, k.narrow(dim, 0, k.shape[dim] - 1)), dim=dim)
+
+
+@checker
+def check_smear_keys(smear_keys: Callable) -> None:
+    """Exercise 5.4: `smear_keys(k, alpha) -> k'` for keys `[batch, pos, head, d_head]` and one
+    alpha per head: k'_j = sigmoid(alpha) k_j + (1 - sigmoid(alpha)) k_{j-1}, k'_0 = k_0."""
+    ex = "Exercise 5.4 (smear_keys)"
+    seed = draw_seed()
+    cases = []
+    for i, (batch, n, heads, d) in enumerate(((2, 7, 3, 4), (3, 5, 4, 6))):
+        g = generator(seed + i)
+        k = torch.randn(batch, n, heads, d, generator=g)
+        alpha = 3 * torch.rand(heads, generator=g) - 1.5
+        expected = models.smear_keys(k, alpha)
+        keep = torch.sigmoid(alpha)[:, None]
+        previous = _shifted(k, 1, "self")
+        nxt = torch.cat((k[:, 1:], k[:, -1:]), dim=1)
+        mistakes = [
+            ("sigmoid(alpha) weighs the previous key; it weighs the key's own position, and "
+             "1 - sigmoid(alpha) the previous one.", torch.lerp(k, previous, keep)),
+            ("alpha was used as the weight; the weight is sigmoid(alpha), between 0 and 1.",
+             alpha[:, None] * k + (1 - alpha[:, None]) * previous),
+            ("the first position was mixed with zeros; its key stays as it is (k'_0 = k_0).",
+             torch.lerp(_shifted(k, 1, "zeros"), k, keep)),
+            ("torch.roll wrapped the last key round to the first position; the first key "
+             "stays as it is.", torch.lerp(_shifted(k, 1, "roll"), k, keep)),
+            ("the next position's key was mixed in; a key takes the *previous* position's "
+             "(dim 1 is the position).", torch.lerp(nxt, k, keep)),
+            ("the keys were smeared along the head axis; smear along the positions (dim 1).",
+             torch.lerp(_shifted(k, 2, "self"), k, keep)),
+        ]  # fmt: skip
+        where = f"keys of shape {tuple(k.shape)}"
+        cases.append(Case((k, alpha), expected, mistakes, where))
+    check_cases(ex, smear_keys, "smear_keys", cases, withhold=[models.smear_keys])
+    passed(ex, "right for two shapes of keys and alphas of both signs.")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import checks, evals, phase_change
+from helpers import checks, evals, models, phase_change
 from helpers.checks import CheckFailed
 from helpers.data import BOS
 from tests.checks.conftest import assert_accepts, assert_rejects
@@ -133,3 +133,40 @@ def test_a_stub_is_reported_as_not_done():
     with pytest.raises(Exception, match="5.1") as info:
         checks.check_icl_score(stub)
     assert not isinstance(info.value, CheckFailed) or "5.1" in str(info.value)
+
+
+def smear_reference(k, alpha):
+    keep = torch.sigmoid(alpha)[:, None]
+    previous = torch.cat((k[:, :1], k[:, :-1]), dim=1)
+    return keep * k + (1 - keep) * previous
+
+
+def test_smear_keys_accepts_the_reference():
+    assert_accepts(checks.check_smear_keys, smear_reference)
+
+
+def _smear_with(previous, weight=torch.sigmoid):
+    def smear(k, alpha):
+        keep = weight(alpha)[:, None]
+        return keep * k + (1 - keep) * previous(k)
+
+    return smear
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda k, a: smear_reference(k, -a), "weighs the previous key"),
+        (_smear_with(lambda k: torch.cat((k[:, :1], k[:, :-1]), 1), lambda a: a), "alpha was used"),
+        (_smear_with(lambda k: torch.cat((0 * k[:, :1], k[:, :-1]), 1)), "mixed with zeros"),
+        (_smear_with(lambda k: torch.roll(k, 1, dims=1)), "torch.roll"),
+        (_smear_with(lambda k: torch.cat((k[:, 1:], k[:, -1:]), 1)), "next position"),
+        (_smear_with(lambda k: torch.cat((k[:, :, :1], k[:, :, :-1]), 2)), "head axis"),
+        (lambda k, a: k, ""),
+        (lambda k, a: 0.5 * k + 0.5 * torch.cat((k[:, :1], k[:, :-1]), 1), ""),
+        (lambda k, a: smear_reference(k, a).transpose(1, 2), ""),
+        (lambda k, a: models.smear_keys(k, a), "withholds"),
+    ],
+)
+def test_smear_keys_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_smear_keys, wrong, diagnosis=diagnosis)
