@@ -117,11 +117,13 @@ def record_training(
     snapshots: bool = True,
     heldout: Tensor | None = None,
     progress: bool = True,
+    stop_below: float | None = None,
 ) -> TrainingRecord:
     """Train a fresh model of `cfg` on `task` and record, every `every` steps: the held-out loss
     and ICL score on `heldout` (default: 256 sequences of the task, a fixed seed), each head's
     previous-token and prefix-matching scores on the induction probe, the loss ratio on repeats,
-    and (if `snapshots`) the weights."""
+    and (if `snapshots`) the weights. With `stop_below`, training stops at the first record
+    where the loss ratio on repeats is below it (induction has formed)."""
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise ValueError(f"every must be a positive int, got {every!r}")
     seq_len = train_cfg.sequence_length(cfg)
@@ -150,8 +152,11 @@ def record_training(
             record.snapshots.append({k: v.detach().clone() for k, v in m.state_dict().items()})
         return record.heldout_loss[-1]
 
+    def formed(_history) -> bool:
+        return stop_below is not None and record.repeat_ratio[-1] < stop_below
+
     history = train(model, task, replace(train_cfg, eval_every=every), {"heldout": observe},
-                    progress=progress)  # fmt: skip
+                    progress=progress, stop_when=formed)  # fmt: skip
     record.steps = list(history["eval_step"])
     record.train_loss = history["loss"]
     record.seconds = history["seconds"][0]
@@ -192,18 +197,26 @@ def change_onset(steps, values, direction: str, min_change: float) -> int | None
     return int(steps[start + reached[0]])
 
 
+@reference
+def slope_fall(steps, losses) -> np.ndarray:
+    """For each interval between records, how far the loss's slope (nats per 100 steps) lies
+    below the best (highest) slope of the intervals up to it: 0 throughout on a convex curve,
+    whose slope only rises towards 0; positive where the curve bends down again."""
+    steps, losses = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
+    if steps.shape != losses.shape or steps.ndim != 1 or len(steps) < 2:
+        raise ValueError("steps and losses must be 1-d, of the same length >= 2")
+    slope = np.diff(losses) / np.diff(steps) * 100
+    return np.maximum.accumulate(slope) - slope
+
+
 def loss_bend(steps, losses) -> tuple[float, int | None]:
-    """How far the loss curve departs from convex, and where: its slope (nats per 100 steps,
-    smoothed) can only rise towards 0 on a convex curve; returns the largest fall of the slope
-    below its best so far, and the first step where it fell by `BEND_ONSET` (None if never)."""
-    steps = np.asarray(steps, dtype=float)
-    v = _smooth(losses)
-    if len(v) < 3:
+    """How far the loss curve (smoothed) departs from convex, and where: the largest
+    `slope_fall`, and the first step where it reached `BEND_ONSET` (None if never)."""
+    if len(losses) < 3:
         return 0.0, None
-    slope = np.diff(v) / np.diff(steps) * 100
-    fall = np.maximum.accumulate(slope) - slope
+    fall = slope_fall(steps, _smooth(losses))
     where = np.nonzero(fall >= BEND_ONSET)[0]
-    onset = int(round(steps[where[0]])) if len(where) else None
+    onset = int(round(float(steps[where[0]]))) if len(where) else None
     return float(fall.max()), onset
 
 
@@ -287,3 +300,11 @@ def continuation_kinds(tokens: Tensor) -> tuple[Tensor, Tensor]:
     repeats[:, 1:] = any_earlier & (followed_by == now)
     conflicts[:, 1:] = any_earlier & (followed_by != now)
     return repeats, conflicts
+
+
+def formation_step(record: TrainingRecord, below: float = 0.5) -> int | None:
+    """The first recorded step at which the loss ratio on repeats was below `below`: when
+    induction (or some other use of the context) had formed; None if it never was."""
+    return next(
+        (s for s, r in zip(record.steps, record.repeat_ratio, strict=True) if r < below), None
+    )

@@ -106,13 +106,15 @@ def train(
     cfg: TrainConfig,
     callbacks: Mapping[str, Callback] | None = None,
     progress: bool = True,
+    stop_when: Callable[[dict[str, list]], bool] | None = None,
 ) -> dict[str, list]:
     """Train `model` in place on batches from `task`; return the history.
 
     The history holds `loss` (every step) and, every `cfg.eval_every` steps and at the end, the
     value of each callback under its name, at the steps listed in `eval_step`.
     Callbacks run in `torch.no_grad()` mode with the model in eval mode. A loss that becomes NaN
-    or infinite stops training with `TrainingDiverged`.
+    or infinite stops training with `TrainingDiverged`. `stop_when(history)`, if given, is asked
+    after each evaluation; True ends training there (e.g. once induction heads have formed).
     """
     if task.d_vocab != model.cfg.d_vocab:
         raise ValueError(f"task has d_vocab={task.d_vocab} but the model {model.cfg.d_vocab}")
@@ -142,7 +144,9 @@ def train(
         model.train()
 
     with one_thread():  # see one_thread: faster here, and much faster beside other work
-        return _train_loop(model, task, cfg, progress, optimizer, history, evaluate, generator)
+        return _train_loop(
+            model, task, cfg, progress, optimizer, history, evaluate, generator, stop_when
+        )
 
 
 @contextmanager
@@ -162,16 +166,20 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _train_loop(model, task, cfg, progress, optimizer, history, evaluate, generator):
+def _train_loop(model, task, cfg, progress, optimizer, history, evaluate, generator, stop_when):
     """The loop of `train`: a step per batch, the callbacks every `cfg.eval_every` steps."""
     device = model.W_E.device
     seq_len = cfg.sequence_length(model.cfg)
     start = time.perf_counter()
     model.train()
     bar = tqdm(range(cfg.n_steps), disable=not progress, desc="training", leave=False)
+    stopped = False
     for step in bar:
         if step % cfg.eval_every == 0:
             evaluate(step)
+            if step and stop_when is not None and stop_when(history):
+                stopped = True
+                break
         tokens = task.sample(cfg.batch_size, seq_len, generator=generator).to(device)
         loss = next_token_loss(model(tokens), tokens)
         if not torch.isfinite(loss):
@@ -188,7 +196,10 @@ def _train_loop(model, task, cfg, progress, optimizer, history, evaluate, genera
         history["loss"].append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    evaluate(cfg.n_steps)
+    if stopped:
+        bar.close()
+    else:
+        evaluate(cfg.n_steps)
     model.eval()
     history["seconds"] = [time.perf_counter() - start]
     return history

@@ -160,3 +160,17 @@ def test_phase_change_replay_needs_weights():
     )  # fmt: skip
     with pytest.raises(ValueError, match="kept no weights"):
         widgets.phase_change_replay(record, induction_probe(20, batch_size=1))
+
+
+def test_training_stops_once_induction_has_formed():
+    never = phase_change.record_training(
+        CFG, LANGUAGE, TrainConfig(n_steps=30, batch_size=8, seed=0), every=10, snapshots=False,
+        progress=False, stop_below=0.0,
+    )  # fmt: skip
+    assert never.steps == [0, 10, 20, 30] and phase_change.formation_step(never, 0.0) is None
+    at_once = phase_change.record_training(
+        CFG, LANGUAGE, TrainConfig(n_steps=30, batch_size=8, seed=0), every=10, snapshots=False,
+        progress=False, stop_below=2.0,  # any ratio is below 2: stops at the first check
+    )  # fmt: skip
+    assert at_once.steps == [0, 10] and len(at_once.train_loss) == 10
+    assert phase_change.formation_step(at_once, 2.0) == 0

@@ -34,7 +34,7 @@ import nbformat
 import torch
 from nbclient import NotebookClient
 
-from helpers import evals, recipes, widgets
+from helpers import evals, phase_change, recipes, widgets
 from helpers.data import PROBE_LENGTH, induction_probe
 from helpers.models import AttnOnlyTransformer
 from helpers.train import TrainConfig, train
@@ -107,6 +107,16 @@ def widget_response() -> None:
             induction_probe(52, batch_size=1),
             lang3.token_labels,
         ),
+        "phase_change_replay": widgets.phase_change_replay(
+            phase_change.record_training(
+                induction.model.cfg,
+                lang3,
+                TrainConfig(n_steps=400, batch_size=64, lr=5e-3),
+                every=20,
+                progress=False,
+            ),
+            induction_probe(52, batch_size=1),
+        ),  # fmt: skip
     }
     # rounds interleave the widgets, so that a spell of load on the machine hits them alike
     times: dict[str, list[float]] = {name: [] for name in explorers}

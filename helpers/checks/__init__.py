@@ -53,6 +53,7 @@ from helpers.checks.phase_change import (
     check_continuation_kinds,
     check_icl_score,
     check_pattern_preserving_ablation,
+    check_slope_fall,
     check_smear_keys,
 )
 from helpers.checks.residual_stream import (
@@ -108,6 +109,7 @@ __all__ = [
     "check_continuation_kinds",
     "check_pattern_preserving_ablation",
     "check_smear_keys",
+    "check_slope_fall",
     "check_duplicate_token_score",
     "check_ablate_heads",
     "check_k_composition_circuit",

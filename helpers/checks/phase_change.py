@@ -81,11 +81,11 @@ def _kinds(tokens: Tensor, latest: bool = True, shift: int = 1, skip_bos: bool =
 
 @checker
 def check_continuation_kinds(continuation_kind: Callable) -> None:
-    """Exercise 5.2: `continuation_kind(tokens) -> [batch, pos]` long tensor: 1 where token t
+    """Exercise 5.4: `continuation_kind(tokens) -> [batch, pos]` long tensor: 1 where token t
     repeats an earlier bigram (the most recent earlier occurrence of token t - 1 was followed by
     token t), 2 where it contradicts it, 0 elsewhere (BOS, the first token, no earlier
     occurrence)."""
-    ex = "Exercise 5.2 (continuation_kind)"
+    ex = "Exercise 5.4 (continuation_kind)"
     seed = draw_seed()
     cases = []
     for i, (batch, n, vocab) in enumerate(((3, 14, 5), (2, 20, 7))):
@@ -156,9 +156,9 @@ def _shifted(k: Tensor, dim: int, first: str) -> Tensor:
 
 @checker
 def check_smear_keys(smear_keys: Callable) -> None:
-    """Exercise 5.4: `smear_keys(k, alpha) -> k'` for keys `[batch, pos, head, d_head]` and one
+    """Exercise 5.5: `smear_keys(k, alpha) -> k'` for keys `[batch, pos, head, d_head]` and one
     alpha per head: k'_j = sigmoid(alpha) k_j + (1 - sigmoid(alpha)) k_{j-1}, k'_0 = k_0."""
-    ex = "Exercise 5.4 (smear_keys)"
+    ex = "Exercise 5.5 (smear_keys)"
     seed = draw_seed()
     cases = []
     for i, (batch, n, heads, d) in enumerate(((2, 7, 3, 4), (3, 5, 4, 6))):
@@ -187,3 +187,44 @@ def check_smear_keys(smear_keys: Callable) -> None:
         cases.append(Case((k, alpha), expected, mistakes, where))
     check_cases(ex, smear_keys, "smear_keys", cases, withhold=[models.smear_keys])
     passed(ex, "right for two shapes of keys and alphas of both signs.")
+
+
+def _fall(slope: Tensor, best: str = "so far") -> Tensor:
+    top = torch.cummax(slope, 0).values if best == "so far" else slope.max().expand_as(slope)
+    return top - slope
+
+
+@checker
+def check_slope_fall(slope_fall: Callable) -> None:
+    """Exercise 5.2: `slope_fall(steps, losses) -> [len - 1]` tensor: per interval between
+    records, the best slope so far (nats per 100 steps) minus this interval's slope."""
+    ex = "Exercise 5.2 (slope_fall)"
+    seed = draw_seed()
+    cases = []
+    for i, n in enumerate((12, 17)):
+        g = generator(seed + i)
+        gaps = torch.randint(1, 4, (n - 1,), generator=g) * 10  # records not evenly spaced
+        steps = torch.cat((torch.zeros(1, dtype=torch.long), gaps.cumsum(0))).double()
+        t = steps / steps[-1]
+        bend = 0.8 / (1 + torch.exp(-(t - 0.6) / 0.05))
+        losses = (
+            3 + torch.exp(-4 * t) - bend + 0.01 * torch.randn(n, generator=g, dtype=torch.float64)
+        )
+        expected = torch.from_numpy(phase_change.slope_fall(steps.numpy(), losses.numpy()))
+        slope = torch.diff(losses) / torch.diff(steps) * 100
+        mistakes = [
+            ("the slope is per step; the exercise asks for nats per 100 steps.", expected / 100),
+            ("the loss differences were not divided by the steps between records (they are not "
+             "evenly spaced here).", _fall(torch.diff(losses))),
+            ("the sign is flipped: the best slope so far minus this one, positive where the loss "
+             "bends down.", -expected),
+            ("the running minimum was taken; the best slope is the highest (the closest to 0).",
+             torch.cummin(slope, 0).values - slope),
+            ("the best slope of the whole run was used; only the intervals up to this one count.",
+             _fall(slope, "whole run")),
+        ]  # fmt: skip
+        where = f"{n} records at uneven steps"
+        cases.append(Case((steps.clone(), losses.clone()), expected, mistakes, where))
+    check_cases(ex, slope_fall, "slope_fall", cases,
+                withhold=[phase_change.slope_fall])  # fmt: skip
+    passed(ex, "right on two bent loss curves recorded at uneven steps.")
