@@ -722,3 +722,29 @@ def phase_change_curves(
     axes[2].set_ylim(0, 1)
     axes[0].legend()
     return fig
+
+
+def formation_steps(
+    formed: Mapping[str, int | None], trained: Mapping[str, int], *, title: str = ""
+) -> Figure:
+    """When induction formed in each run of a sweep: a bar per run to the step where it formed
+    (`formed`), or, where it never did (None), a pale bar to the last step trained (`trained`)."""
+    names = list(formed)
+    fig = CourseFigure(figsize=(8, 0.45 * len(names) + 1.3), layout="constrained")
+    ax = fig.add_subplot()
+    for i, name in enumerate(names):
+        step = formed[name]
+        if step is None:
+            ax.barh(i, trained[name], color="0.85", hatch="//", edgecolor="0.6")
+            ax.annotate(
+                f" none by step {trained[name]}", (trained[name], i), va="center", fontsize=8
+            )
+        else:
+            ax.barh(i, step, color="tab:blue" if i else "0.3")
+            ax.annotate(f" {step}", (step, i), va="center", fontsize=8)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("training step where induction formed (loss on repeats < half the fresh loss)")
+    ax.margins(x=0.25)
+    ax.set_title(title)
+    return fig

@@ -174,3 +174,16 @@ def test_training_stops_once_induction_has_formed():
     )  # fmt: skip
     assert at_once.steps == [0, 10] and len(at_once.train_loss) == 10
     assert phase_change.formation_step(at_once, 2.0) == 0
+
+
+def test_sweep_trains_each_setting_until_induction_or_the_end():
+    settings = {
+        "tiny": (CFG, LANGUAGE, TrainConfig(n_steps=20, batch_size=8, seed=0)),
+        "tinier": (CFG, LANGUAGE, TrainConfig(n_steps=10, batch_size=8, seed=1)),
+    }
+    runs = phase_change.sweep(settings, every=5, below=0.0, progress=False)
+    assert list(runs) == ["tiny", "tinier"] and runs["tiny"].steps[-1] == 20
+    assert runs["tinier"].steps[-1] == 10 and not runs["tiny"].snapshots
+    chapter = phase_change.sweep_settings()
+    assert len(chapter) >= 8 and "base" in chapter
+    assert all(cfg.n_ctx >= 31 for cfg, _, _ in chapter.values())  # the induction probe fits

@@ -220,3 +220,11 @@ def test_phase_change_curves_draw_every_run_and_window():
     assert [len(ax.lines) for ax in fig.axes] == [2, 3, 2]  # the ICL axis has its zero line
     assert len(fig.axes[0].patches) == 1
     _png(fig)
+
+
+def test_formation_steps_show_runs_that_never_formed():
+    fig = plotting.formation_steps({"base": 150, "slow": None}, {"base": 150, "slow": 300})
+    ax = fig.axes[0]
+    assert [p.get_width() for p in ax.patches] == [150, 300]
+    assert "none by step 300" in ax.texts[1].get_text()
+    _png(fig)

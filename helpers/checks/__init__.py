@@ -55,6 +55,7 @@ from helpers.checks.phase_change import (
     check_pattern_preserving_ablation,
     check_slope_fall,
     check_smear_keys,
+    check_sweep_predictions,
 )
 from helpers.checks.residual_stream import (
     check_attention_layer,
@@ -110,6 +111,7 @@ __all__ = [
     "check_pattern_preserving_ablation",
     "check_smear_keys",
     "check_slope_fall",
+    "check_sweep_predictions",
     "check_duplicate_token_score",
     "check_ablate_heads",
     "check_k_composition_circuit",

@@ -11,6 +11,7 @@ from torch import Tensor
 from helpers import evals, models, phase_change
 from helpers.checks._base import (
     Case,
+    CheckFailed,
     check_cases,
     checker,
     draw_seed,
@@ -228,3 +229,41 @@ def check_slope_fall(slope_fall: Callable) -> None:
     check_cases(ex, slope_fall, "slope_fall", cases,
                 withhold=[phase_change.slope_fall])  # fmt: skip
     passed(ex, "right on two bent loss curves recorded at uneven steps.")
+
+
+OUTCOMES = ("earlier", "the same", "later", "never")
+
+
+@checker
+def check_sweep_predictions(predict: Callable) -> None:
+    """Exercise 5.6: `predict() -> {setting: outcome}` for every setting of
+    `phase_change.sweep_settings()` but "base": when induction forms compared with the base run,
+    one of "earlier", "the same", "later", "never". Checked against the sweep itself (run once,
+    about half a minute)."""
+    ex = "Exercise 5.6 (predict)"
+    names = [n for n in phase_change.sweep_settings() if n != "base"]
+    prediction = predict()
+    if not isinstance(prediction, dict) or set(prediction) != set(names):
+        got = sorted(prediction) if isinstance(prediction, dict) else type(prediction).__name__
+        raise CheckFailed(
+            ex, f"predict() must return a dict with one entry per setting, {names}; got {got}."
+        )
+    if bad := {k: v for k, v in prediction.items() if v not in OUTCOMES}:
+        raise CheckFailed(ex, f"each prediction must be one of {OUTCOMES}; got {bad}.")
+    runs = phase_change.chapter_sweep()
+    base = phase_change.formation_step(runs["base"])
+    wrong = []
+    for name in names:
+        step = phase_change.formation_step(runs[name])
+        outcome = ("never" if step is None else "earlier" if step < base
+                   else "later" if step > base else "the same")  # fmt: skip
+        if prediction[name] != outcome:
+            seen = (f"no induction by step {runs[name].steps[-1]}" if step is None
+                    else f"induction at step {step}")  # fmt: skip
+            wrong.append(
+                f"{name!r}: you said {prediction[name]}, it was {outcome} ({seen}; base: step {base})"
+            )
+    if wrong:
+        raise CheckFailed(ex, f"{len(wrong)} of {len(names)} predictions missed:\n  " + "\n  ".join(wrong)
+                          + "\nWhy? The figure below shows every run; the text after it explains.")  # fmt: skip
+    passed(ex, f"all {len(names)} predictions right.")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from helpers import checks, evals, models, phase_change
+from helpers.checks import CheckFailed
 from helpers.data import BOS
 from tests.checks.conftest import assert_accepts, assert_rejects
 
@@ -200,3 +201,57 @@ def test_slope_fall_accepts_the_reference():
 )
 def test_slope_fall_rejects(wrong, diagnosis):
     assert_rejects(checks.check_slope_fall, wrong, diagnosis=diagnosis)
+
+
+@pytest.fixture
+def measured_sweep(monkeypatch):
+    """Exercise 5.6's checker against a sweep whose outcomes are set here (the real one trains
+    for half a minute, and runs in the chapter's notebook)."""
+    outcomes = {"base": 150, "half the learning rate": 225, "a fifth of the learning rate": None,
+                "segments of 4-8 tokens": None, "standard positions": 225, "smeared keys": 100,
+                "one layer": None, "one layer, smeared keys": 150}  # fmt: skip
+
+    def run(name, step):
+        steps = list(range(0, (step or 300) + 1, 25))
+        ratio = [1.0] * (len(steps) - 1) + [0.4 if step is not None else 0.9]
+        n = len(steps)
+        return phase_change.TrainingRecord(name, None, steps, [0.0] * n, [0.0] * n, ratio,
+                                           torch.empty(0), torch.empty(0), [], 0.0)  # fmt: skip
+
+    monkeypatch.setattr(
+        phase_change, "chapter_sweep", lambda: {n: run(n, s) for n, s in outcomes.items()}
+    )
+    return {"half the learning rate": "later", "a fifth of the learning rate": "never",
+            "segments of 4-8 tokens": "never", "standard positions": "later",
+            "smeared keys": "earlier", "one layer": "never", "one layer, smeared keys": "the same"}  # fmt: skip
+
+
+def test_sweep_predictions_accepts_what_was_measured(measured_sweep):
+    checks.check_sweep_predictions(lambda: dict(measured_sweep))
+
+
+@pytest.mark.parametrize(
+    "change, diagnosis",
+    [
+        (
+            {"smeared keys": "later"},
+            "'smeared keys': you said later, it was earlier (induction at step 100",
+        ),
+        ({"one layer": "later"}, "no induction by step 300"),
+        ({"one layer, smeared keys": "earlier"}, "it was the same"),
+        ({"standard positions": "sooner"}, "must be one of"),
+        ({"base": "the same"}, "one entry per setting"),
+    ],
+)
+def test_sweep_predictions_rejects(measured_sweep, change, diagnosis):
+    with pytest.raises(CheckFailed) as info:
+        checks.check_sweep_predictions(lambda: {**measured_sweep, **change})
+    assert diagnosis in str(info.value)
+
+
+def test_sweep_predictions_needs_a_dict(measured_sweep):
+    for answer in (None, list(measured_sweep), {k: "never" for k in list(measured_sweep)[:-1]}):
+        with pytest.raises(CheckFailed, match="one entry per setting"):
+            checks.check_sweep_predictions(lambda answer=answer: answer)
+    with pytest.raises(CheckFailed, match="4 of 7 predictions missed"):
+        checks.check_sweep_predictions(lambda: dict.fromkeys(measured_sweep, "never"))
