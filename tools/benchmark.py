@@ -143,16 +143,22 @@ def widget_response() -> None:
         )
 
 
-def _seconds_to_induction(threads: int) -> tuple[int, float, float] | None:
-    """(step, seconds of training, ratio) when the recipe's training of induction_2l first
-    reaches loss on repeats <= 0.25 x loss on fresh tokens, checked every 50 steps (the time
-    spent checking is not counted), with `threads` threads."""
+def _seconds_to_induction(
+    threads: int, setting: tuple | None = None, every: int = 50
+) -> tuple[int, float, float] | None:
+    """(step, seconds of training, ratio) when a model first reaches loss on repeats <= 0.25 x
+    loss on fresh tokens, checked every `every` steps (the time spent checking is not counted),
+    with `threads` threads. `setting` is (model config, task, training config); by default the
+    recipe of induction_2l."""
     torch.set_num_threads(threads)
-    recipe = recipes.RECIPES["induction_2l"]
-    tokens = induction_probe(52, batch_size=50)
-    model = AttnOnlyTransformer(recipe.model)
-    cfg = TrainConfig(n_steps=recipe.training.n_steps, batch_size=recipe.training.batch_size,
-                      lr=recipe.training.lr, seed=recipe.training.seed, eval_every=50)  # fmt: skip
+    if setting is None:
+        recipe = recipes.RECIPES["induction_2l"]
+        setting = (recipe.model, recipe.make_task(), recipe.training)
+    model_cfg, task, training = setting
+    tokens = induction_probe(model_cfg.d_vocab - 1, batch_size=50)
+    model = AttnOnlyTransformer(model_cfg)
+    cfg = TrainConfig(n_steps=training.n_steps, batch_size=training.batch_size, lr=training.lr,
+                      seed=training.seed, eval_every=every)  # fmt: skip
     state = {"check_seconds": 0.0, "reached": None, "step": 0}
     start = time.perf_counter()
 
@@ -167,7 +173,7 @@ def _seconds_to_induction(threads: int) -> tuple[int, float, float] | None:
         return ratio
 
     with contextlib.suppress(_Reached):
-        train(model, recipe.make_task(), cfg, {"ratio": check}, progress=False)
+        train(model, task, cfg, {"ratio": check}, progress=False)
     return state["reached"]
 
 
@@ -199,6 +205,13 @@ def training() -> None:
                 step, seconds, ratio = reached
                 print(f"  {threads} thread(s), {load:22s} ratio {ratio:.3f} at step {step}, "
                       f"after {seconds:5.1f} s of training")  # fmt: skip
+    reached = _seconds_to_induction(1, phase_change.sweep_settings()["base"], every=10)
+    if reached is None:
+        print("  chapter 05's sweep model (d_model 32, one head of 32 per layer): not reached")
+    else:
+        step, seconds, ratio = reached
+        print(f"  chapter 05's sweep model (d_model 32, one head of 32 per layer), 1 thread, quiet: "
+              f"ratio {ratio:.3f} at step {step}, after {seconds:4.1f} s of training")  # fmt: skip
     torch.set_num_threads(1)
     print("each recipe retrained from its seed, as `RETRAIN = True` does in the notebooks")
     for name in recipes.RECIPES:

@@ -105,6 +105,8 @@ def check_continuation_kinds(continuation_kind: Callable) -> None:
              expected.where(expected == 0, 3 - expected)),
             ("the kinds sit one position early: mark the position of the token being judged, t, "
              "not of the token before it.", torch.nn.functional.pad(expected[:, 1:], (0, 1))),
+            ("the kinds sit one position late: mark the position of the token being judged, t, "
+             "not of the token after it.", torch.nn.functional.pad(expected[:, :-1], (1, 0))),
         ]  # fmt: skip
         cases.append(
             Case((tokens,), expected, mistakes, f"{batch} sequences over {vocab - 1} tokens")
@@ -121,28 +123,44 @@ def check_pattern_preserving_ablation(pattern_preserving_ablation: Callable) -> 
     ex = "Exercise 5.3 (pattern_preserving_ablation)"
     seed = draw_seed()
     cases = []
-    for i, model in enumerate(random_models(seed, n_layers=2)):
+    # a second model of three layers: holding the patterns of layer 1 only (all a two-layer model
+    # needs) is not enough there
+    models_ = random_models(seed, n_layers=2, per_model=[{}, {"n_layers": 3}])
+    for i, model in enumerate(models_):
         tokens = random_tokens(model, seed + 10 + i, batch=3)
         rng = generator(seed + 20 + i)
-        h = [int(t) for t in torch.randint(model.cfg.n_heads, (2,), generator=rng)]
-        if i == 0 and h[0] == 0:
-            h[0] = 1  # "always head 0" cannot pass by luck
-        for heads in ([(0, h[0])], [(0, h[0]), (1, h[1])]):
+        first = int(torch.randint(1, model.cfg.n_heads, (1,), generator=rng))  # never head 0
+        # the second head differs from the first, so that a hook zeroing the loop's last head
+        # for every layer (late binding) is seen
+        second = (first + 1 + int(torch.randint(model.cfg.n_heads - 1, (1,), generator=rng))) % (
+            model.cfg.n_heads
+        )
+        for heads in ([(0, first)], [(0, first), (model.cfg.n_layers - 1, second)]):
             expected = evals.run_with_pattern_preserving_ablation(model, tokens, heads)
             mistakes = {
-                "the patterns were not held: with a layer-0 head removed, the layer-1 heads "
-                "looked elsewhere. Record every layer's pattern in a clean run and put them "
-                "back with hooks on hook_pattern.": evals.run_with_ablation(model, tokens, heads),
+                "the patterns were not held: with a layer-0 head removed, the later heads looked "
+                "elsewhere. Record every layer's pattern in a clean run and put them back with "
+                "hooks on hook_pattern.": evals.run_with_ablation(model, tokens, heads),
                 "the heads' outputs were replaced by their mean, not by zero.": evals.run_with_ablation(
                     model, tokens, heads, kind="mean"
                 ),
                 "the patterns were held but nothing was removed.": model(tokens),
             }  # fmt: skip
+            if len(heads) > 1:
+                mistakes["every hook zeroed the last head in the list: a function defined in a "
+                         "loop sees the loop variable's final value. Bind it when the hook is "
+                         "made, e.g. `def zero(result, hook, head=head): ...`."] = (
+                    evals.run_with_pattern_preserving_ablation(
+                        model, tokens, [(layer, heads[-1][1]) for layer, _ in heads]
+                    )
+                )  # fmt: skip
             where = f"ablation of {', '.join(f'L{a}H{b}' for a, b in heads)}"
             cases.append(Case((model, tokens, heads), expected, mistakes, where))
     check_cases(ex, pattern_preserving_ablation, "pattern_preserving_ablation", cases,
                 withhold=[evals.run_with_pattern_preserving_ablation])  # fmt: skip
-    passed(ex, "one and two heads removed, patterns held, for two random models.")
+    passed(
+        ex, "one and two heads removed, patterns held, in random models of two and three layers."
+    )
 
 
 def _shifted(k: Tensor, dim: int, first: str) -> Tensor:
@@ -217,6 +235,8 @@ def check_slope_fall(slope_fall: Callable) -> None:
             ("the slope is per step; the exercise asks for nats per 100 steps.", expected / 100),
             ("the loss differences were not divided by the steps between records (they are not "
              "evenly spaced here).", _fall(torch.diff(losses))),
+            ("the loss differences were multiplied by 100 but not divided by the steps between "
+             "records (they are not evenly spaced here).", _fall(torch.diff(losses) * 100)),
             ("the sign is flipped: the best slope so far minus this one, positive where the loss "
              "bends down.", -expected),
             ("the running minimum was taken; the best slope is the highest (the closest to 0).",

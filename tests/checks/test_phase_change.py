@@ -57,6 +57,10 @@ def test_continuation_kinds_accepts_the_reference():
             lambda t: torch.nn.functional.pad(kinds_reference(t)[:, 1:], (0, 1)),
             "one position early",
         ),
+        (
+            lambda t: torch.nn.functional.pad(kinds_reference(t)[:, :-1], (1, 0)),
+            "one position late",
+        ),
         (lambda t: kinds_reference(t).float(), None),
         (lambda t: (kinds_reference(t) > 0).long(), None),
         (lambda t: torch.zeros_like(t), None),
@@ -95,6 +99,22 @@ def _no_freeze(model, tokens, heads):
     return evals.run_with_ablation(model, tokens, heads)
 
 
+def _layer_1_only(model, tokens, heads):
+    """Holds layer 1's patterns only: enough for two layers, not for three."""
+    _, cache = model.run_with_cache(tokens)
+    pattern = cache["blocks.1.attn.hook_pattern"]
+    hooks = [("blocks.1.attn.hook_pattern", lambda x, hook: pattern)]
+    for layer, head in heads:
+
+        def zero(result, hook, head=head):
+            result = result.clone()
+            result[:, :, head] = 0
+            return result
+
+        hooks.append((f"blocks.{layer}.attn.hook_result", zero))
+    return model.run_with_hooks(tokens, hooks)
+
+
 def _late_binding(model, tokens, heads):
     _, cache = model.run_with_cache(tokens)
     hooks = [(f"blocks.{layer}.attn.hook_pattern",
@@ -117,7 +137,8 @@ def _late_binding(model, tokens, heads):
         (_no_freeze, "patterns were not held"),
         (lambda m, t, h: evals.run_with_ablation(m, t, h, kind="mean"), "mean"),
         (lambda m, t, h: m(t), "nothing was removed"),
-        (_late_binding, None),
+        (_late_binding, "loop sees the loop variable"),
+        (_layer_1_only, ""),
         (lambda m, t, h: ablation_reference(m, t, [(0, 0)]), None),
         (lambda m, t, h: evals.run_with_pattern_preserving_ablation(m, t, h), "withholds"),
     ],
@@ -186,6 +207,7 @@ def test_slope_fall_accepts_the_reference():
     [
         (lambda s, x: slope_fall_reference(s, x) / 100, "per step"),
         (lambda s, x: slope_fall_reference(torch.arange(len(s)) * 100.0, x), "not divided"),
+        (lambda s, x: slope_fall_reference(torch.arange(len(s)) * 1.0, x), "multiplied by 100"),
         (lambda s, x: -slope_fall_reference(s, x), "sign is flipped"),
         (
             lambda s, x: (lambda d: torch.cummin(d, 0).values - d)(
