@@ -75,20 +75,27 @@ def test_continuation_kinds_rejects(wrong, diagnosis):
     assert_rejects(checks.check_continuation_kinds, wrong, diagnosis=diagnosis or "")
 
 
-def ablation_reference(model, tokens, heads):
+def _held_and_zeroed(model, tokens, heads, held_layers=None, late_binding=False):
+    """The answer, or a mistake: patterns of `held_layers` (default: all) held at their clean
+    values, the chosen heads zeroed; `late_binding` makes every hook zero the loop's last head."""
     _, cache = model.run_with_cache(tokens)
+    layers = range(model.cfg.n_layers) if held_layers is None else held_layers
     hooks = [(f"blocks.{layer}.attn.hook_pattern",
               lambda x, hook, p=cache[f"blocks.{layer}.attn.hook_pattern"]: p)
-             for layer in range(model.cfg.n_layers)]  # fmt: skip
+             for layer in layers]  # fmt: skip
     for layer, head in heads:
 
-        def zero(result, hook, head=head):
+        def zero(result, hook, bound=head):
             result = result.clone()
-            result[:, :, head] = 0
+            result[:, :, heads[-1][1] if late_binding else bound] = 0
             return result
 
         hooks.append((f"blocks.{layer}.attn.hook_result", zero))
     return model.run_with_hooks(tokens, hooks)
+
+
+def ablation_reference(model, tokens, heads):
+    return _held_and_zeroed(model, tokens, heads)
 
 
 def test_pattern_preserving_ablation_accepts_the_reference():
@@ -101,34 +108,11 @@ def _no_freeze(model, tokens, heads):
 
 def _layer_1_only(model, tokens, heads):
     """Holds layer 1's patterns only: enough for two layers, not for three."""
-    _, cache = model.run_with_cache(tokens)
-    pattern = cache["blocks.1.attn.hook_pattern"]
-    hooks = [("blocks.1.attn.hook_pattern", lambda x, hook: pattern)]
-    for layer, head in heads:
-
-        def zero(result, hook, head=head):
-            result = result.clone()
-            result[:, :, head] = 0
-            return result
-
-        hooks.append((f"blocks.{layer}.attn.hook_result", zero))
-    return model.run_with_hooks(tokens, hooks)
+    return _held_and_zeroed(model, tokens, heads, held_layers=[1])
 
 
 def _late_binding(model, tokens, heads):
-    _, cache = model.run_with_cache(tokens)
-    hooks = [(f"blocks.{layer}.attn.hook_pattern",
-              lambda x, hook, p=cache[f"blocks.{layer}.attn.hook_pattern"]: p)
-             for layer in range(model.cfg.n_layers)]  # fmt: skip
-    for layer, head in heads:
-
-        def zero(result, hook):
-            result = result.clone()
-            result[:, :, head] = 0  # noqa: B023 (the mistake under test)
-            return result
-
-        hooks.append((f"blocks.{layer}.attn.hook_result", zero))
-    return model.run_with_hooks(tokens, hooks)
+    return _held_and_zeroed(model, tokens, heads, late_binding=True)
 
 
 @pytest.mark.parametrize(
