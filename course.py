@@ -6,8 +6,17 @@
     python3 course.py checkpoints  retrain every checkpoint in data/ from its seed
     python3 course.py notebooks    regenerate the learner notebooks from the solution notebooks
 
+For teachers (see TEACHING.md):
+    python3 course.py site              build a static site of the course under site/
+    python3 course.py progress [DIR..]  run a learner's notebooks headless: which exercises are
+                                        done, failing (and why) or not started; --json for tools
+    python3 course.py wheelhouse DIR    download every pinned requirement into DIR, for a
+                                        classroom without internet (see README)
+
 Every command first makes sure the virtual environment `.venv/` exists and matches
-`requirements.txt`, creating or updating it when needed (first use: a few minutes).
+`requirements.txt`, creating or updating it when needed (first use: a few minutes). If the
+course folder holds a `wheelhouse/` folder (made by `course.py wheelhouse wheelhouse`), it
+installs from there alone, with no internet.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 REQUIREMENTS = ROOT / "requirements.txt"
 STAMP = VENV / "requirements.sha256"
+WHEELHOUSE = ROOT / "wheelhouse"  # a classroom's offline copy of every requirement, if present
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 
@@ -39,16 +49,20 @@ def ensure_environment() -> None:
         print(f"Creating the virtual environment {VENV.relative_to(ROOT)}/ ...", flush=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
     print("Installing the course's requirements (first use only; a few minutes) ...", flush=True)
+    offline = []
+    if WHEELHOUSE.is_dir():
+        print(f"(from {WHEELHOUSE.name}/, without the internet)", flush=True)
+        offline = ["--no-index", "--find-links", str(WHEELHOUSE)]
     subprocess.run(
-        [str(PYTHON), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)],
+        [str(PYTHON), "-m", "pip", "install", "--quiet", *offline, "-r", str(REQUIREMENTS)],
         cwd=ROOT,
         check=True,
     )
     STAMP.write_text(wanted + "\n")
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> int:
-    return subprocess.run([str(PYTHON), *args], cwd=ROOT, env=env).returncode
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> int:
+    return subprocess.run([str(PYTHON), *args], cwd=cwd, env=env).returncode
 
 
 # JupyterLab asks the internet for news and for updates of itself and of extensions; the course
@@ -94,11 +108,26 @@ def cmd_notebooks(extra: list[str]) -> int:
     return run(str(ROOT / "tools" / "build_learner_notebooks.py"), *extra)
 
 
+def cmd_site(extra: list[str]) -> int:
+    return run(str(ROOT / "tools" / "build_site.py"), *extra, cwd=Path.cwd())  # paths as typed
+
+
+def cmd_progress(extra: list[str]) -> int:
+    return run(str(ROOT / "tools" / "progress.py"), *extra, cwd=Path.cwd())  # paths as typed
+
+
+def cmd_wheelhouse(extra: list[str]) -> int:
+    return run(str(ROOT / "tools" / "wheelhouse.py"), *extra, cwd=Path.cwd())  # paths as typed
+
+
 COMMANDS = {
     "lab": cmd_lab,
     "test": cmd_test,
     "checkpoints": cmd_checkpoints,
     "notebooks": cmd_notebooks,
+    "site": cmd_site,
+    "progress": cmd_progress,
+    "wheelhouse": cmd_wheelhouse,
 }
 
 
