@@ -748,3 +748,66 @@ def formation_steps(
     ax.margins(x=0.25)
     ax.set_title(title)
     return fig
+
+
+def read_share_bars(
+    shares: Mapping[str, float | None],
+    baselines: Mapping[str, float],
+    *,
+    xlabel: str = "share of the read weight's squared norm inside the writer's subspace",
+    title: str = "",
+) -> Figure:
+    """Horizontal bars of a reader's share in each writer's subspace (`circuits.read_shares`),
+    each with its random share (a writer of dimension k: k / d_model) as a black tick; a share
+    of None is a writer whose output does not reach this input. The scale is fixed (0 to 1), so
+    that readers and inputs compare."""
+    writers = list(shares)
+    if set(baselines) != set(writers):
+        raise ValueError(
+            f"shares and baselines need the same writers, got {writers} and {sorted(baselines)}"
+        )
+    fig = CourseFigure(figsize=(7.5, 0.42 * len(writers) + 1.4), layout="constrained")
+    ax = fig.add_subplot()
+    y = np.arange(len(writers))
+    bars = ax.barh(y, [0.0] * len(writers), color="tab:purple")
+    ticks = [ax.vlines(baselines[w], i - 0.42, i + 0.42, color="black", lw=2,
+                       label="random share" if i == 0 else None)
+             for i, w in enumerate(writers)]  # fmt: skip
+    notes = [ax.annotate("", (0, i), xytext=(4, 0), textcoords="offset points", va="center",
+                         fontsize=8) for i in range(len(writers))]  # fmt: skip
+    for note in notes:  # texts that change must not move the axes (the layout is kept)
+        note.set_in_layout(False)
+    ax.set_yticks(y, writers)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.35)  # room for the notes right of a full bar
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title)
+    fig.course_parts = (ax, writers, bars, ticks, notes)
+    _set_read_shares(fig, shares, baselines)
+    return fig
+
+
+def _set_read_shares(fig: Figure, shares, baselines) -> None:
+    _, writers, bars, ticks, notes = fig.course_parts
+    for i, (w, rectangle, tick, note) in enumerate(zip(writers, bars, ticks, notes, strict=True)):
+        share, random = shares[w], baselines[w]
+        rectangle.set_width(share or 0.0)
+        tick.set_segments([[(random, i - 0.42), (random, i + 0.42)]])
+        note.xy = (max(share or 0.0, random), i)  # right of the bar and of the tick
+        note.set_text("does not enter this input" if share is None
+                      else f"{share:.2f} ({share / random:.1f}× random)")  # fmt: skip
+
+
+def update_read_share_bars(
+    fig: Figure, shares: Mapping[str, float | None], baselines: Mapping[str, float], *, title=""
+) -> list:
+    """Redraw a `read_share_bars` figure for another reader or input with the same writers.
+    Returns the artists that changed (for `figure_png_blit`)."""
+    ax, writers, bars, ticks, notes = fig.course_parts
+    if list(shares) != writers:
+        raise ValueError(f"the writers must stay {writers}, got {list(shares)}")
+    _set_read_shares(fig, shares, baselines)
+    ax.title.set_text(title)
+    # in drawing order: the spines and the legend are drawn over the bars
+    return [*bars, *ticks, *ax.spines.values(), *notes, ax.get_legend(), ax.title]

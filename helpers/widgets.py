@@ -34,12 +34,14 @@ from helpers.plotting import (
     figure_png,
     figure_png_blit,
     phase_change_panel,
+    read_share_bars,
     token_heatmap,
     update_circuit_panel,
     update_composition_panel,
     update_contribution_bars,
     update_distribution_comparison,
     update_phase_change_panel,
+    update_read_share_bars,
     update_token_heatmap,
 )
 
@@ -278,6 +280,47 @@ def composition_explorer(model: AttnOnlyTransformer, token_labels: list[str]) ->
         return update_composition_panel(figure, pair, baselines, M, **texts)
 
     return Explorer([earlier, later, kind], draw, update)
+
+
+def memory_traffic_explorer(model: AttnOnlyTransformer) -> Explorer:
+    """Chapter 03: pick a reader head (layer 1 or later) and one of its inputs (Q, K or V); see
+    the share of that input's read weight inside every writer's subspace (the embedding, the
+    positions where they enter, each earlier head) against the random share (claim 31)."""
+    if model.cfg.n_layers < 2:
+        raise ValueError(
+            f"memory_traffic_explorer needs two layers or more (a layer-0 head reads only the "
+            f"embedding), got {model.cfg.n_layers}"
+        )
+    model.check_finite()
+    reader = head_dropdown(model, layers=range(1, model.cfg.n_layers), description="reader")
+    kind = widgets.ToggleButtons(options=["K", "Q", "V"], value="K", description="input")
+    d_model = model.cfg.d_model
+    dims = {"embed": circuits.row_space(model.W_E).shape[0],
+            "pos": circuits.row_space(model.W_pos).shape[0]}  # fmt: skip
+    table = {(r, k): circuits.read_shares(model, *r, k.lower())
+             for _, r in reader.options for k in kind.options}  # fmt: skip
+    last = model.cfg.n_layers - 1
+    writers = [f"L{layer}H{head}" for layer in range(last) for head in range(model.cfg.n_heads)]
+    writers += ["embed", "pos"]
+    baselines = {w: dims.get(w, model.cfg.d_head) / d_model for w in writers}
+
+    def values() -> tuple[dict, str]:
+        found = table[(reader.value, kind.value)]
+        layer, head = reader.value
+        return (
+            {w: found.get(w) for w in writers},
+            f"what L{layer}H{head}'s W_{kind.value} reads: its share in each writer's subspace",
+        )
+
+    def draw() -> Figure:
+        shares, title = values()
+        return read_share_bars(shares, baselines, title=title)
+
+    def update(figure: Figure) -> list:
+        shares, title = values()
+        return update_read_share_bars(figure, shares, baselines, title=title)
+
+    return Explorer([reader, kind], draw, update)
 
 
 def attention_explorer(

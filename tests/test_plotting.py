@@ -210,6 +210,22 @@ def test_a_blitted_contribution_bars_draws_what_a_full_redraw_draws():
         plotting.update_contribution_bars(fig, torch.zeros(3))
 
 
+def test_a_blitted_read_share_bars_draws_what_a_full_redraw_draws():
+    baselines = {"L0H0": 0.25, "L0H1": 0.25, "embed": 0.8, "pos": 0.5}
+    first = {"L0H0": 0.75, "L0H1": 0.1, "embed": 0.6, "pos": 0.3}
+    second = {"L0H0": 0.2, "L0H1": 0.3, "embed": 0.95, "pos": None}  # positions do not enter
+    fig = plotting.read_share_bars(first, baselines, title="first")
+    for shares, title in ((second, "second"), (first, "first")):
+        changed = plotting.update_read_share_bars(fig, shares, baselines, title=title)
+        blitted = plotting.figure_png_blit(fig, changed)
+        full = plotting.figure_png(plotting.read_share_bars(shares, baselines, title=title))
+        _assert_same_picture(blitted, full)
+    with pytest.raises(ValueError, match="the writers must stay"):
+        plotting.update_read_share_bars(fig, {"L0H0": 0.1}, baselines)
+    with pytest.raises(ValueError, match="same writers"):
+        plotting.read_share_bars(first, {"L0H0": 0.25})
+
+
 def test_phase_change_curves_draw_every_run_and_window():
     def run(name: str, scores: torch.Tensor) -> TrainingRecord:
         return TrainingRecord(name, None, [0, 10, 20], [3.0, 2.5, 2.0], [0.0, -0.2, -0.5],

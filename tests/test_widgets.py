@@ -77,6 +77,20 @@ def test_composition_explorer_redraws_for_every_control():
         widgets.composition_explorer(make_model(n_layers=1), [f"t{i}" for i in range(13)])
 
 
+def test_memory_traffic_explorer_redraws_for_every_control():
+    model = make_model()
+    explorer = widgets.memory_traffic_explorer(model)
+    reader, kind = explorer.controls
+    assert [label for label, _ in reader.options] == ["L1H0", "L1H1", "L1H2"]  # readers only
+    seen = {_png(explorer)}
+    for control, value in ((reader, (1, 2)), (kind, "V"), (kind, "Q")):
+        control.value = value
+        seen.add(_png(explorer))
+    assert len(seen) == 4 and explorer.error is None
+    with pytest.raises(ValueError, match="needs two layers or more"):
+        widgets.memory_traffic_explorer(make_model(n_layers=1))
+
+
 def test_attention_explorer_redraws():
     model = make_model()
     explorer = widgets.attention_explorer(
@@ -111,6 +125,7 @@ def test_a_failing_drawing_is_shown_in_the_widget_not_swallowed():
     [
         lambda m: widgets.circuit_explorer(m, [f"t{i}" for i in range(13)]),
         lambda m: widgets.composition_explorer(m, [f"t{i}" for i in range(13)]),
+        widgets.memory_traffic_explorer,
         lambda m: widgets.attention_explorer(
             m, random_tokens(m, batch=1), [f"t{i}" for i in range(13)]
         ),

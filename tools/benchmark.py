@@ -102,6 +102,7 @@ def widget_response() -> None:
         ),
         "circuit_explorer": widgets.circuit_explorer(skip.model, lang2.token_labels),
         "composition_explorer": widgets.composition_explorer(induction.model, lang3.token_labels),
+        "memory_traffic_explorer": widgets.memory_traffic_explorer(induction.model),
         "attention_explorer": widgets.attention_explorer(
             induction.model,
             induction_probe(52, batch_size=1),

@@ -23,9 +23,11 @@ from helpers.checks.composition import (
     check_composition_map,
     check_composition_scores,
     check_path_ablation,
+    check_read_share,
     check_run_with_frozen_patterns,
     check_term_importance,
     check_virtual_head_ov,
+    check_virtual_weight,
 )
 from helpers.checks.induction import (
     check_ablate_heads,
@@ -65,7 +67,9 @@ from helpers.checks.residual_stream import (
     check_direct_path_logits,
     check_head_output,
     check_logit_contributions,
+    check_rotate_residual,
     check_with_uniform_attention,
+    check_write_projector,
 )
 
 __all__ = [
@@ -80,6 +84,8 @@ __all__ = [
     "check_with_uniform_attention",
     "check_direct_path_logits",
     "check_logit_contributions",
+    "check_rotate_residual",
+    "check_write_projector",
     "check_count_bigrams",
     "check_empirical_log_probs",
     "check_zero_layer_circuit",
@@ -104,6 +110,8 @@ __all__ = [
     "check_path_ablation",
     "check_composition_map",
     "check_virtual_head_ov",
+    "check_virtual_weight",
+    "check_read_share",
     "check_previous_token_score",
     "check_induction_score",
     "check_icl_score",

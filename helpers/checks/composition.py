@@ -1,5 +1,6 @@
 """Checkers of chapter 03: composition scores and their random baseline, virtual heads, frozen
-patterns, term importance, path ablation, and a model's wiring reverse-engineered."""
+patterns, term importance, path ablation, a model's wiring reverse-engineered, virtual weights
+and the share of a read weight in a writer's subspace."""
 
 from __future__ import annotations
 
@@ -467,3 +468,240 @@ def _as_composition_map(ex: str, out: object, n_heads: int) -> dict:
             raise CheckFailed(ex, f"{_MAP_FORMAT}; got the kind {entry[0]!r}.")
         got[head] = entry
     return got
+
+
+# ---- 3.8 virtual weights --------------------------------------------------------------------------
+_READ_WITH = {"q": "queries, W_Q", "k": "keys, W_K", "v": "values, W_V"}
+
+
+def _virtual_weight_cases(seed: int) -> list[Case]:
+    """Every pair of layers (writer earlier) of a random two- and three-layer model, each kind,
+    with heads drawn at check time: writer and reader heads differ, so that no mix-up of the two
+    can pass."""
+    per_model = [{"n_layers": 2}, {"n_layers": 3}]
+    g = generator(seed + 1)
+    cases = []
+    for model in random_models(seed, 2, per_model=per_model):
+        L, H, d, D = (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head, model.cfg.d_model)
+        W = {kind: getattr(model, f"W_{kind.upper()}").detach() for kind in ("q", "k", "v", "o")}
+        hints = {
+            (D, D): "[d_model, d_model] is the shape of W_V @ W_O (a head's OV circuit) or of "
+            "W_kind^B @ W_O^A (the factors in the wrong order). The virtual weight goes from A's "
+            "output (d_head) to B's input (d_head): W_O^A @ W_kind^B, [d_head, d_head].",
+            (D, d): "[d_model, d_head] is the shape of a W_Q, W_K or W_V alone, or of the "
+            "writer's whole OV circuit before the reader's weight (W_V^A @ W_O^A @ W_kind^B). The "
+            "virtual weight starts at A's output z_A, after W_V^A: W_O^A @ W_kind^B, "
+            "[d_head, d_head].",
+            (d, D): "[d_head, d_model] is the shape of a W_O alone, or of W_O^A @ W_V^B @ W_O^B "
+            "(through the reader's output too). The virtual weight stops at B's input: "
+            "W_O^A @ W_kind^B, [d_head, d_head].",
+        }
+        for la in range(L):
+            for lb in range(la + 1, L):
+                for kind in circuits.READ_KINDS:
+                    ha, hb = (int(h) for h in torch.randperm(H, generator=g)[:2])
+                    expected = circuits.virtual_weight(model, (la, ha), (lb, hb), kind)
+                    W_O_A, W_read = W["o"][la, ha], W[kind][lb, hb]
+                    mistakes = [
+                        ("the virtual weight is transposed (W_kind^Bᵀ @ W_O^Aᵀ): rows are the "
+                         "writer's d_head, columns the reader's, W_O^A @ W_kind^B.",
+                         (W_O_A @ W_read).T),
+                        ("the reader's own W_O was used: the virtual weight starts with the "
+                         "writer's W_O (what A writes), then the reader's W_Q, W_K or W_V (how B "
+                         "reads it).", W["o"][lb, hb] @ W_read),
+                        ("writer and reader are swapped: the writer (first argument) is the head "
+                         "of the earlier layer, whose W_O writes; the reader's W_Q, W_K or W_V "
+                         "reads.", W["o"][lb, hb] @ W[kind][la, ha]),
+                        ("a head index is mixed up: the writer's W_O is at writer = (layer, "
+                         "head), the reader's weight at reader = (layer, head).",
+                         W_O_A @ W[kind][lb, ha]),
+                        ("a head index is mixed up: the writer's W_O is at writer = (layer, "
+                         "head), the reader's weight at reader = (layer, head).",
+                         W["o"][la, hb] @ W_read),
+                    ]  # fmt: skip
+                    for other in circuits.READ_KINDS:
+                        if other != kind:
+                            mistakes.append((
+                                f"kind {kind!r} is the reader's {_READ_WITH[kind]}; your answer "
+                                f"used its W_{other.upper()}.", W_O_A @ W[other][lb, hb],
+                            ))  # fmt: skip
+                    where = f"writer L{la}H{ha}, reader L{lb}H{hb}, kind {kind!r}"
+                    cases.append(
+                        Case((model, (la, ha), (lb, hb), kind), expected, mistakes, where, hints)
+                    )
+    return cases
+
+
+@checker
+def check_virtual_weight(virtual_weight: Callable) -> None:
+    """Exercise 3.8: `virtual_weight(model, writer, reader, kind) -> [d_head, d_head]`, the
+    virtual weight W_O^A @ W_kind^B from head A = `writer` (layer, head) to the queries ("q"),
+    keys ("k") or values ("v") of head B = `reader`, in a later layer."""
+    ex = "Exercise 3.8 (virtual_weight)"
+    cases = _virtual_weight_cases(draw_seed())
+    check_cases(
+        ex, virtual_weight, "virtual_weight", cases, atol=1e-5, block_forward=True,
+        withhold=[circuits.virtual_weight, circuits.read_shares],
+    )  # fmt: skip
+    passed(
+        ex,
+        "W_O^A @ W_Q/K/V^B for writers one and two layers before their readers, every kind, in "
+        "random two- and three-layer models.",
+    )
+
+
+# ---- 3.9 reading what was written -----------------------------------------------------------------
+def _read_share_cases(seed: int) -> list[tuple[Tensor, Tensor, str]]:
+    """(W_read, W_O, where): readers mostly inside, mostly outside and at random to a writer's
+    subspace, of several shapes; one writer's W_O of rank d_head - 1 (its last row twice its
+    first, exactly)."""
+    g = generator(seed + 1)
+    cases = []
+    for model in random_models(seed, 2, n_layers=2):
+        d, D = model.cfg.d_head, model.cfg.d_model
+        ha, hb = (int(h) for h in torch.randperm(model.cfg.n_heads, generator=g)[:2])
+        # a writer of another scale than the reader (the share does not depend on W_O's scale;
+        # W_O and W_Q of the same initialisation would have about the same norm, hiding a
+        # division by the wrong one)
+        scale = 1.5 + 1.5 * float(torch.rand((), generator=g))
+        W_O = model.blocks[0].attn.W_O[ha].detach() * scale
+        P = circuits.projector(circuits.row_space(W_O))
+        outside = torch.eye(D) - P
+        for kind in ("Q", "K"):
+            W_read = getattr(model.blocks[1].attn, f"W_{kind}")[hb].detach().clone()
+            cases.append((W_read, W_O, f"W_{kind} of a random head, d_model {D}, d_head {d}"))
+        W = torch.randn(D, d, generator=g)
+        cases.append((P @ W + 0.3 * outside @ W, W_O, f"a W_read mostly inside, d_model {D}"))
+        cases.append((outside @ W + 0.4 * P @ W, W_O, f"a W_read mostly outside, d_model {D}"))
+        # a writer and a reader of other widths: the answer must not assume d_head
+        k = d + 2
+        cases.append(
+            (torch.randn(D, k - 1, generator=g) * 2, torch.randn(k, D, generator=g) * 0.3,
+             f"W_read [{D}, {k - 1}], W_O [{k}, {D}]")
+        )  # fmt: skip
+    W_read, W_O, _ = cases[0]
+    W_O = W_O * 1.5
+    W_O[-1] = 2 * W_O[0]
+    d, D = W_O.shape
+    cases.append(
+        (
+            W_read,
+            W_O,
+            f"a W_O [{d}, {D}] of rank {d - 1} < d_head (its last row is twice its first)",
+        )
+    )
+    return cases
+
+
+def _share_mistakes(W_read: Tensor, W_O: Tensor, share: float) -> list[tuple[str, float]]:
+    W, W_O = W_read.double(), W_O.double()
+    P = circuits.projector(circuits.row_space(W_O))
+    norm2, o_norm2 = float(W.square().sum()), float(W_O.square().sum())
+    inside2 = float((P @ W).square().sum())
+    gram = float((W_O.T @ W_O @ W).square().sum())
+    same_shape = W.shape == W_O.T.shape  # else the cosine cannot be computed, nor mistaken
+    cosine = (
+        float(torch.nn.functional.cosine_similarity(W.flatten(), W_O.T.flatten(), dim=0))
+        if same_shape
+        else math.nan
+    )
+    product2 = float((W_O @ W).square().sum()) / (o_norm2 * norm2)
+    rows = W_O / W_O.norm(dim=1, keepdim=True)
+    per_column = (P @ W).square().sum(0) / W.square().sum(0)  # each read direction's share
+    cos_text = (
+        "that is the cosine between the flattened matrices W_read and W_Oᵀ, which compares them "
+        "entry by entry: the share asks how much of W_read lies in the subspace W_O writes "
+        "into, whatever the directions within it, ‖P W_read‖² / ‖W_read‖²."
+    )
+    score_text = (
+        "that is a composition-style score ‖W_O W_read‖ / (‖W_O‖ ‖W_read‖): it weighs "
+        "directions by W_O's singular values. Project onto W_O's row space with an orthogonal "
+        "projector P instead: ‖P W_read‖² / ‖W_read‖²."
+    )
+    divided = (
+        "divided by W_O's norm: the share is of the reader's weight, ‖P W_read‖_F² / ‖W_read‖_F²."
+    )
+    cosines = [(cos_text, cosine), (cos_text, abs(cosine)), (cos_text, cosine**2)]
+    return [*(cosines if same_shape else []),
+        ("the norms are not squared (‖P W_read‖ / ‖W_read‖): the share of the squared Frobenius "
+         "norm is ‖P W_read‖² / ‖W_read‖², which sums over the reader's directions.",
+         math.sqrt(share)),
+        ("W_O.T @ W_O was used as the projector: it is one only when W_O's rows are orthonormal, "
+         "and they are not. Use the projector onto W_O's row space (an orthonormal basis of its "
+         "rows, e.g. from the SVD).", gram / norm2),
+        ("W_O's rows were normalised but not made orthogonal, so Wᵀ W is not a projector: use "
+         "an orthonormal basis of W_O's rows, e.g. from the SVD.",
+         float((rows.T @ rows @ W).square().sum()) / norm2),
+        ("the columns' shares were averaged without weights: the share of the squared norm "
+         "weighs each read direction by its squared norm, Σ‖P w_i‖² / Σ‖w_i‖² = "
+         "‖P W_read‖_F² / ‖W_read‖_F².", float(per_column.mean())),
+        ("that is 1 - share, the share outside the writer's subspace: ‖P W_read‖² counts what "
+         "lies inside.", 1 - share),
+        (divided, inside2 / o_norm2),
+        (divided, math.sqrt(inside2 / o_norm2)),
+        (score_text, product2),
+        (score_text, math.sqrt(product2)),
+    ]  # fmt: skip
+
+
+@checker
+def check_read_share(read_share: Callable) -> None:
+    """Exercise 3.9: `read_share(W_read, W_O) -> float`, the share ‖P W_read‖_F² / ‖W_read‖_F² of
+    a reader's weight `W_read [d_model, d_head]` inside the row space of a writer's
+    `W_O [d_head, d_model]` (P its orthogonal projector)."""
+    ex = "Exercise 3.9 (read_share)"
+    drawn = _read_share_cases(draw_seed())
+    cases = []
+    for W_read, W_O, where in drawn:
+        share = circuits.read_share(W_read, circuits.row_space(W_O))
+        cases.append(Case((W_read, W_O), share, _share_mistakes(W_read, W_O, share), where))
+    answers = []
+    for case in cases:
+        out = call_learner(
+            ex, read_share, *case.args, where=case.where, block_forward=True,
+            withhold=[circuits.read_share, circuits.read_shares, circuits.row_space,
+                      circuits.projector, circuits.write_subspace],
+        )  # fmt: skip
+        answers.append(expect_float(ex, "read_share", out, "a float (a share, in [0, 1])"))
+    right = [_close_share(out, case.expected) for out, case in zip(answers, cases, strict=True)]
+    if all(right):
+        passed(
+            ex,
+            "the share of the squared norm inside a writer's subspace, for readers mostly inside, "
+            "mostly outside and at random, several shapes, and a W_O of rank < d_head.",
+        )
+        return
+    # one number can match a mistake by coincidence: a mistake that would have been wrong where
+    # the answer is right does not explain it, so it is not considered at all
+    ruled_out = {
+        description
+        for ok, case in zip(right, cases, strict=True)
+        if ok
+        for description in {d for d, _ in case.mistakes}
+        if not any(_close_share(v, case.expected, 10) for d, v in case.mistakes if d == description)
+    }
+    wrong = [
+        (case.where, out, case.expected, [(d, v) for d, v in case.mistakes if d not in ruled_out])
+        for ok, out, case in zip(right, answers, cases, strict=True)
+        if not ok
+    ]
+    where, out, expected, _ = wrong[0]
+    if len(wrong) == 1 and where == cases[-1].where:  # only the rank-deficient writer
+        raise CheckFailed(
+            ex,
+            f"right for every W_O of full rank, but not for {where}: got {out:.4f}, expected "
+            f"{expected:.4f}. W_O writes into rank(W_O) dimensions, here fewer than d_head: "
+            "project onto its row space, counting only the singular values that are not rounding "
+            "noise (torch.linalg.matrix_rank's tolerance), or with torch.linalg.pinv(W_O) @ W_O.",
+        )
+    name_mistake(ex, wrong, _close_share)
+    otherwise = "" if 0 <= out <= 1 else " A share lies in [0, 1]."
+    raise CheckFailed(
+        ex,
+        f"{where}: got {out:.4f}, expected {expected:.4f}.{otherwise} The share is "
+        "‖P W_read‖_F² / ‖W_read‖_F², P the orthogonal projector onto W_O's row space.",
+    )
+
+
+def _close_share(a: float, b: float, widen: float = 1.0) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=widen * 2e-4, abs_tol=widen * 1e-6)

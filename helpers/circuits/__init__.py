@@ -3,7 +3,8 @@
 Row convention throughout (see `helpers.models`): a circuit's rows are the token it reads and its
 columns the logit it writes, e.g. the zero-layer circuit `W_E @ W_U` has row = current token,
 column = next-token logit. The paper writes the transpose, W_U W_E. One module per depth:
-`zero_layer` (chapter 01), `one_layer` (chapter 02), `two_layer` (chapters 03-04).
+`zero_layer` (chapter 01), `one_layer` (chapter 02), `two_layer` (chapters 03-04), and one for
+the residual stream itself, `residual` (its basis, subspaces, virtual weights and bandwidth).
 """
 
 from helpers.circuits.one_layer import (
@@ -20,6 +21,22 @@ from helpers.circuits.one_layer import (
     skip_trigrams,
     strongest_skip_trigrams,
     top_skip_trigrams,
+)
+from helpers.circuits.residual import (
+    READ_KINDS,
+    erasure,
+    projector,
+    random_overlap,
+    random_rotation,
+    random_share,
+    read_share,
+    read_shares,
+    rotate_residual,
+    row_space,
+    subspace_overlap,
+    virtual_weight,
+    write_overlaps,
+    write_subspace,
 )
 from helpers.circuits.two_layer import (
     COMPOSITION_KINDS,
@@ -70,4 +87,18 @@ __all__ = [
     "k_composition_circuit",
     "k_composition_positivity",
     "q_composition_circuit",
+    "READ_KINDS",
+    "random_rotation",
+    "rotate_residual",
+    "row_space",
+    "write_subspace",
+    "projector",
+    "virtual_weight",
+    "read_share",
+    "random_share",
+    "read_shares",
+    "subspace_overlap",
+    "random_overlap",
+    "write_overlaps",
+    "erasure",
 ]

@@ -375,3 +375,189 @@ def test_composition_map_explains_the_format(wrong, diagnosis):
 
 def test_term_importance_accepts_a_tensor_of_three():
     assert_accepts(checks.check_term_importance, lambda m, t: torch.tensor(terms_reference(m, t)))
+
+
+# ---- 3.8 virtual weights -----------------------------------------------------------------------------------
+def _read(m, layer, head, kind):
+    return {"q": m.blocks[layer].attn.W_Q, "k": m.blocks[layer].attn.W_K,
+            "v": m.blocks[layer].attn.W_V}[kind][head]  # fmt: skip
+
+
+def virtual_weight_reference(m, writer, reader, kind):
+    (la, ha), (lb, hb) = writer, reader
+    return m.blocks[la].attn.W_O[ha] @ _read(m, lb, hb, kind)
+
+
+def test_virtual_weight_accepts_reference(capsys):
+    assert_accepts(checks.check_virtual_weight, virtual_weight_reference)
+    assert_accepts(  # the stacked weights, indexed with the pairs, in float64
+        checks.check_virtual_weight,
+        lambda m, a, b, kind: (m.W_O[a] @ getattr(m, f"W_{kind.upper()}")[b]).double(),
+    )
+    assert "✔ Exercise 3.8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m, a, b, k: virtual_weight_reference(m, a, b, k).T, "virtual weight is transposed"),
+        (
+            lambda m, a, b, k: virtual_weight_reference(m, a, b, {"k": "q"}.get(k, k)),
+            "kind 'k' is the reader's keys, W_K; your answer used its W_Q",
+        ),
+        (
+            lambda m, a, b, k: virtual_weight_reference(m, a, b, "q"),  # every kind read as q
+            "your answer used its W_Q",
+        ),
+        (
+            lambda m, a, b, k: virtual_weight_reference(m, a, b, {"v": "k"}.get(k, k)),
+            "kind 'v' is the reader's values, W_V; your answer used its W_K",
+        ),
+        (lambda m, a, b, k: virtual_weight_reference(m, b, b, k), "the reader's own W_O was used"),
+        (lambda m, a, b, k: virtual_weight_reference(m, b, a, k), "writer and reader are swapped"),
+        (
+            lambda m, a, b, k: virtual_weight_reference(m, a, (b[0], a[1]), k),
+            "a head index is mixed up",
+        ),
+        (
+            lambda m, a, b, k: _read(m, *b, "v") @ m.blocks[b[0]].attn.W_O[b[1]],
+            "the shape of W_V @ W_O (a head's OV circuit)",
+        ),
+        (
+            lambda m, a, b, k: _read(m, *b, k) @ m.blocks[a[0]].attn.W_O[a[1]],
+            "the factors in the wrong order",
+        ),
+        (
+            lambda m, a, b, k: (
+                virtual_weight_reference(m, a, b, "v") @ m.blocks[b[0]].attn.W_O[b[1]]
+            ),
+            "through the reader's output too",
+        ),
+        (
+            lambda m, a, b, k: virtual_weight_reference(m, (0, a[1]), (1, b[1]), k),  # layers 0, 1
+            "matches none",
+        ),
+        (lambda m, a, b, k: torch.ones(m.cfg.d_head, m.cfg.d_head), "matches none"),  # a constant
+        (lambda m, a, b, k: virtual_weight_reference(m, a, b, k).long(), "expected a float tensor"),
+        (
+            lambda m, a, b, k: (
+                m.blocks[a[0]].attn.W_O.data.zero_(),
+                virtual_weight_reference(m, a, b, k),
+            )[1],
+            "matches none",
+        ),  # fmt: skip
+        (lambda m, a, b, k: virtual_weight_reference(m, a, b, k).tolist(), "must return a torch"),
+        (circuits.virtual_weight, "`circuits.virtual_weight`, which this exercise withholds"),
+        (lambda m, a, b, k: m(torch.zeros(1, 2, dtype=torch.long)), "forward pass"),
+    ],
+)
+def test_virtual_weight_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_virtual_weight, wrong, diagnosis=diagnosis)
+
+
+# ---- 3.9 reading what was written ------------------------------------------------------------------------
+def read_projector(W_O):
+    """A learner's projector onto W_O's row space (Exercise 0.10)."""
+    _, S, Vh = torch.linalg.svd(W_O, full_matrices=False)
+    basis = Vh[S > max(W_O.shape) * torch.finfo(W_O.dtype).eps * S.max()]
+    return basis.T @ basis
+
+
+def share_reference(W_read, W_O):
+    return float((read_projector(W_O) @ W_read).square().sum() / W_read.square().sum())
+
+
+def _qr_share(W_read, W_O):
+    Q, _ = torch.linalg.qr(W_O.T)  # assumes rank d_head
+    return float((Q.T @ W_read).square().sum() / W_read.square().sum())
+
+
+def _cosine(W_read, W_O):
+    if W_read.shape != W_O.T.shape:
+        return 0.5
+    return float(torch.nn.functional.cosine_similarity(W_read.flatten(), W_O.T.flatten(), dim=0))
+
+
+def _score(W_read, W_O):
+    return float((W_O @ W_read).norm() / (W_O.norm() * W_read.norm()))
+
+
+def test_read_share_accepts_reference(capsys):
+    assert_accepts(checks.check_read_share, share_reference)
+    assert_accepts(checks.check_read_share, lambda W, W_O: torch.tensor(share_reference(W, W_O)))
+    assert_accepts(checks.check_read_share, lambda W, W_O: np.float32(share_reference(W, W_O)))
+    assert_accepts(  # through pinv, in float64
+        checks.check_read_share,
+        lambda W, W_O: (
+            (torch.linalg.pinv(W_O.double()) @ W_O.double() @ W.double()).norm() ** 2
+            / W.double().norm() ** 2
+        ),
+    )
+    assert "✔ Exercise 3.9" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda W, W_O: share_reference(W, W_O) ** 0.5, "the norms are not squared"),
+        (
+            lambda W, W_O: float((W_O.T @ W_O @ W).square().sum() / W.square().sum()),
+            "W_O.T @ W_O was used as the projector",
+        ),
+        (lambda W, W_O: 1 - share_reference(W, W_O), "that is 1 - share"),
+        (
+            lambda W, W_O: float((read_projector(W_O) @ W).square().sum() / W_O.square().sum()),
+            "divided by W_O's norm",
+        ),
+        (
+            lambda W, W_O: float((read_projector(W_O) @ W).norm() / W_O.norm()),
+            "divided by W_O's norm",
+        ),
+        (_cosine, "the cosine between the flattened matrices"),
+        (lambda W, W_O: _cosine(W, W_O) ** 2, "the cosine between the flattened matrices"),
+        (_score, "a composition-style score"),
+        (lambda W, W_O: _score(W, W_O) ** 2, "a composition-style score"),
+        (_qr_share, "right for every W_O of full rank, but not for a W_O"),
+        (lambda W, W_O: 100 * share_reference(W, W_O), "A share lies in [0, 1]"),
+        (lambda W, W_O: W_O.shape[0] / W_O.shape[1], "expected"),  # the random baseline
+        (lambda W, W_O: 0.25, "expected"),  # a constant
+        (lambda W, W_O: torch.tensor([share_reference(W, W_O)]), "got a Tensor of shape (1,)"),
+        (lambda W, W_O: read_projector(W_O) @ W, "got a Tensor of shape"),
+        (lambda W, W_O: "0.3", "must return a float"),
+        (lambda W, W_O: (W.zero_(), share_reference(W, W_O))[1], "returned NaN"),
+        (
+            lambda W, W_O: circuits.read_share(W, circuits.row_space(W_O)),
+            "which this exercise withholds",
+        ),
+        (
+            lambda W, W_O: float((circuits.projector(W_O) @ W).norm() ** 2 / W.norm() ** 2),
+            "`circuits.projector`, which this exercise withholds",
+        ),
+    ],
+)
+def test_read_share_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_read_share, wrong, diagnosis=diagnosis)
+
+
+@pytest.mark.parametrize(
+    "check, answer",
+    [
+        (checks.check_virtual_weight, virtual_weight_reference),
+        (checks.check_read_share, share_reference),
+    ],
+)
+def test_subspace_checkers_pass_the_reference_whatever_inputs_they_draw(check, answer):
+    assert_accepts(check, answer, seeds=range(3, 13))
+
+
+def test_read_share_draws_new_weights_at_each_check():
+    seen = set()
+
+    def spy(W_read, W_O):
+        seen.add((tuple(W_O.shape), float(W_read.sum())))
+        return share_reference(W_read, W_O)
+
+    checks.check_read_share(spy)
+    checks.check_read_share(spy)
+    # eleven cases per check, the last (a rank-deficient writer) with the first case's reader
+    assert len(seen) == 2 * 10

@@ -1,13 +1,15 @@
 """Checkers of chapter 00."""
 
+import copy
 import math
 
 import einops
 import pytest
 import torch
 
-from helpers import attribution, checks, evals
+from helpers import attribution, checks, circuits, evals
 from helpers.evals import head_scores
+from helpers.models import AttnOnlyTransformer
 from tests.checks.conftest import assert_accepts, assert_rejects
 
 
@@ -397,3 +399,274 @@ def _head_major(model, cache):
 )
 def test_logit_contributions_rejects(wrong, diagnosis):
     assert_rejects(checks.check_logit_contributions, wrong, diagnosis=diagnosis)
+
+
+# ---- 0.9 no privileged basis ----------------------------------------------------------------------------
+WRITERS, READERS = ("W_E", "W_pos", "W_O", "b_O"), ("W_Q", "W_K", "W_V", "W_U")
+
+
+def rotate_reference(model, R, *, writer="R", reader="Rt", skip=()):
+    """A learner's answer: a deep copy whose writers get ... @ R and readers R.T @ ...; the
+    keywords make the common mistakes ("Rt": R.T, "R": R, None: unrotated)."""
+    factor = {"R": R, "Rt": R.T}
+    rotated = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in rotated.named_parameters():
+            last = name.split(".")[-1]
+            if last in skip:
+                continue
+            if last in WRITERS and writer is not None:
+                p.copy_(p @ factor[writer])
+            elif last in READERS and reader is not None:
+                p.copy_(factor[reader] @ p)
+    return rotated
+
+
+def rotate_by_state_dict(model, R):
+    """Another learner's answer: a new model loaded with a rotated state dict."""
+    state = {}
+    for name, value in model.state_dict().items():
+        if name.endswith(("W_E", "W_pos", "W_O", "b_O")):
+            value = value @ R
+        elif name.endswith(("W_Q", "W_K", "W_V", "W_U")):
+            value = R.T @ value
+        state[name] = value
+    new = AttnOnlyTransformer(model.cfg)
+    new.load_state_dict(state)
+    return new
+
+
+def test_rotate_residual_accepts_reference(capsys):
+    assert_accepts(checks.check_rotate_residual, rotate_reference)
+    assert_accepts(checks.check_rotate_residual, rotate_by_state_dict)
+    out = capsys.readouterr().out
+    assert "✔ Exercise 0.9" in out and "the logits unchanged" in out
+
+
+@pytest.mark.parametrize(
+    "kwargs, diagnosis",
+    [
+        ({"writer": "Rt", "reader": "R"}, "rotated by Rᵀ: the stream's new coordinates are x R"),
+        ({"reader": "R"}, "readers were multiplied by R instead of Rᵀ"),
+        ({"writer": "Rt"}, "writers were multiplied by Rᵀ instead of R"),
+        ({"writer": None, "reader": None}, "the model is unchanged"),
+        ({"skip": ("W_pos",)}, "W_pos was not rotated"),
+        ({"skip": ("W_E",)}, "W_E was not rotated"),
+        ({"skip": ("W_U",)}, "W_U was not rotated"),
+        ({"skip": ("W_V",)}, "W_V was not rotated: values read the stream too"),
+        ({"skip": ("W_O",)}, "W_O was not rotated"),
+        ({"skip": ("W_O", "b_O")}, "W_O was not rotated"),
+        ({"skip": ("b_O",)}, "b_O was not rotated"),
+    ],
+)
+def test_rotate_residual_rejects(kwargs, diagnosis):
+    assert_rejects(
+        checks.check_rotate_residual,
+        lambda m, R: rotate_reference(m, R, **kwargs),
+        diagnosis=diagnosis,
+    )
+
+
+def test_rotate_residual_names_w_pos_forgotten_only_with_shortformer_positions():
+    def rotate(m, R):
+        shortformer = m.cfg.positional_embedding_type == "shortformer"
+        return rotate_reference(m, R, skip=("W_pos",) if shortformer else ())
+
+    assert_rejects(checks.check_rotate_residual, rotate, diagnosis="W_pos was not rotated")
+
+
+def _in_place(model, R):
+    model.load_state_dict(rotate_reference(model, R).state_dict())
+    return model
+
+
+def _in_place_then_copy(model, R):
+    return copy.deepcopy(_in_place(model, R))
+
+
+def _shallow_copy(model, R):
+    new = copy.copy(model)  # shares its layers with the input
+    new.embed.W_E = torch.nn.Parameter(model.W_E @ R)
+    return new
+
+
+def _shares_a_bias(model, R):
+    new = rotate_reference(model, R)
+    new.blocks[0].attn.b_Q = model.blocks[0].attn.b_Q  # unrotated, but the input's own tensor
+    return new
+
+
+def _fresh_model(model, R):
+    return AttnOnlyTransformer(model.cfg)  # a model of the right shapes, random weights
+
+
+def _two_layers_only(model, R):
+    new = rotate_reference(model, R)
+    if model.cfg.n_layers > 2:  # as if written for the notebook's two-layer model
+        new.blocks[2].load_state_dict(model.blocks[2].state_dict())
+    return new
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_in_place, "edited the model it was given in place"),
+        (_in_place_then_copy, "edited the model it was given in place"),
+        (_shallow_copy, "edited the model it was given in place"),
+        (lambda m, R: m, "returned the model it was given, unchanged"),
+        (lambda m, R: None, "got NoneType (did you forget the return?)"),
+        (lambda m, R: rotate_reference(m, R).W_E, "must return a model"),
+        (lambda m, R: rotate_reference(m, R).double(), "is torch.float64"),
+        (_shares_a_bias, "shares blocks.0.attn.b_Q with the input model"),
+        (_fresh_model, "its weights are not the input's rotated by R"),
+        (
+            _two_layers_only,
+            "rotated by R: blocks.2.attn.W_Q, blocks.2.attn.W_K, blocks.2.attn.W_V, ",
+        ),
+        (circuits.rotate_residual, "`circuits.rotate_residual`, which this exercise withholds"),
+        ("not a function", "pass your function itself"),
+    ],
+)
+def test_rotate_residual_rejects_other_answers(wrong, diagnosis):
+    assert_rejects(checks.check_rotate_residual, wrong, diagnosis=diagnosis)
+
+
+def test_rotate_residual_says_when_the_logits_are_kept_but_the_weights_are_not():
+    def rotate_by_r_squared(m, R):  # another rotation: the same logits, other coordinates
+        return rotate_reference(rotate_reference(m, R), R)
+
+    assert_rejects(
+        checks.check_rotate_residual,
+        rotate_by_r_squared,
+        diagnosis="your model computes the same logits as the original, but",
+    )
+
+
+# ---- 0.10 a head's write subspace ------------------------------------------------------------------------
+def projector_reference(W_O):
+    """A learner's answer: the right singular vectors whose singular values are not rounding
+    noise, as orthonormal rows; the projector is basisᵀ basis."""
+    _, S, Vh = torch.linalg.svd(W_O, full_matrices=False)
+    rank = int((S > max(W_O.shape) * torch.finfo(W_O.dtype).eps * S.max()).sum())
+    return Vh[:rank].T @ Vh[:rank]
+
+
+def _qr_projector(W_O):
+    Q, _ = torch.linalg.qr(W_O.T)  # [d_model, d_head]: assumes rank d_head
+    return Q @ Q.T
+
+
+def _unthresholded_svd(W_O):
+    _, S, Vh = torch.linalg.svd(W_O, full_matrices=False)
+    basis = Vh[S > 0]  # float32 rounding leaves a tiny singular value where W_O has none
+    return basis.T @ basis
+
+
+def _normalised_rows(W_O):
+    rows = W_O / W_O.norm(dim=1, keepdim=True)
+    return rows.T @ rows
+
+
+def _with_singular_values(W_O):
+    _, S, Vh = torch.linalg.svd(W_O, full_matrices=False)
+    return Vh.T @ torch.diag(S) @ Vh
+
+
+def _one_short(W_O):
+    _, S, Vh = torch.linalg.svd(W_O, full_matrices=False)
+    rank = int((S > 1e-4 * S.max()).sum())
+    return Vh[: rank - 1].T @ Vh[: rank - 1]
+
+
+def _first_row(W_O):
+    row = W_O[:1] / W_O[:1].norm()
+    return row.T @ row
+
+
+def test_write_projector_accepts_reference(capsys):
+    assert_accepts(checks.check_write_projector, projector_reference)
+    assert_accepts(checks.check_write_projector, lambda W_O: torch.linalg.pinv(W_O) @ W_O)
+    assert_accepts(checks.check_write_projector, lambda W_O: projector_reference(W_O.double()))
+    assert "✔ Exercise 0.10" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (
+            lambda W_O: W_O.T @ W_O,
+            "W_O.T @ W_O is a projector only when W_O's rows are orthonormal",
+        ),
+        (
+            lambda W_O: torch.eye(W_O.shape[1]) - projector_reference(W_O),
+            "the projector onto the complement",
+        ),
+        (
+            lambda W_O: (lambda Q: Q @ Q.T)(torch.linalg.qr(W_O.T, mode="complete")[0]),
+            "that is the identity",
+        ),
+        (lambda W_O: torch.eye(W_O.shape[1]), "that is the identity"),
+        (_normalised_rows, "rows were normalised but not made orthogonal"),
+        (_with_singular_values, "the singular values were kept"),
+        (_first_row, "only W_O's first row"),
+        (_one_short, "one direction short"),
+        (lambda W_O: W_O @ W_O.T, "a d_head × d_head matrix"),
+        (lambda W_O: (lambda Q: Q @ Q.T)(torch.linalg.qr(W_O)[0]), "a d_head × d_head matrix"),
+        (lambda W_O: projector_reference(W_O)[:, :-1], "expected ("),
+        (lambda W_O: projector_reference(W_O).round().long(), "expected a float tensor"),
+        (lambda W_O: projector_reference(W_O).tolist(), "must return a torch.Tensor, got list"),
+        (lambda W_O: torch.full((W_O.shape[1],) * 2, 0.1), "matches none"),  # a constant
+        (lambda W_O: (W_O.zero_(), projector_reference(W_O + 1e-3))[1], "Exercise 0.10"),
+        (
+            lambda W_O: circuits.projector(circuits.row_space(W_O)),
+            "`circuits.row_space`, which this exercise withholds",
+        ),
+        (
+            lambda W_O: circuits.projector(W_O),
+            "`circuits.projector`, which this exercise withholds",
+        ),
+    ],
+)
+def test_write_projector_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_write_projector, wrong, diagnosis=diagnosis)
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        _qr_projector,
+        _unthresholded_svd,
+        lambda W_O: W_O.T @ torch.linalg.inv(W_O @ W_O.T) @ W_O,  # singular, or garbage
+    ],
+)
+def test_write_projector_catches_an_answer_that_assumes_rank_d_head(wrong):
+    assert_rejects(
+        checks.check_write_projector, wrong, diagnosis="(its last row is twice its first)"
+    )
+    with checks.fixed_seed(0), pytest.raises(checks.CheckFailed) as info:
+        checks.check_write_projector(_qr_projector)
+    assert "right for every W_O of full rank" in str(info.value)
+    assert "your matrix has trace 5" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "check, answer",
+    [
+        (checks.check_rotate_residual, rotate_reference),
+        (checks.check_write_projector, projector_reference),
+    ],
+)
+def test_residual_checkers_pass_the_reference_whatever_inputs_they_draw(check, answer):
+    assert_accepts(check, answer, seeds=range(3, 13))
+
+
+def test_rotate_residual_draws_new_models_and_rotations_at_each_check():
+    seen = set()
+
+    def spy(model, R):
+        seen.add((model.cfg.d_model, float(R.sum())))
+        return rotate_reference(model, R)
+
+    checks.check_rotate_residual(spy)
+    checks.check_rotate_residual(spy)
+    assert len(seen) == 8  # two models, two rotations each, per check; none repeated
