@@ -780,6 +780,7 @@ def read_share_bars(
     ax.set_yticks(y, writers)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.35)  # room for the notes right of a full bar
+    ax.set_xticks(np.linspace(0, 1, 6))  # a share is at most 1
     ax.set_xlabel(xlabel, fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title)
