@@ -108,16 +108,10 @@ def cmd_notebooks(extra: list[str]) -> int:
     return run(str(ROOT / "tools" / "build_learner_notebooks.py"), *extra)
 
 
-def cmd_site(extra: list[str]) -> int:
-    return run(str(ROOT / "tools" / "build_site.py"), *extra, cwd=Path.cwd())  # paths as typed
-
-
-def cmd_progress(extra: list[str]) -> int:
-    return run(str(ROOT / "tools" / "progress.py"), *extra, cwd=Path.cwd())  # paths as typed
-
-
-def cmd_wheelhouse(extra: list[str]) -> int:
-    return run(str(ROOT / "tools" / "wheelhouse.py"), *extra, cwd=Path.cwd())  # paths as typed
+def tool(script: str):
+    """A command that runs tools/<script> with the user's arguments, from the user's folder (so
+    that the paths they type mean what they expect)."""
+    return lambda extra: run(str(ROOT / "tools" / script), *extra, cwd=Path.cwd())
 
 
 COMMANDS = {
@@ -125,9 +119,9 @@ COMMANDS = {
     "test": cmd_test,
     "checkpoints": cmd_checkpoints,
     "notebooks": cmd_notebooks,
-    "site": cmd_site,
-    "progress": cmd_progress,
-    "wheelhouse": cmd_wheelhouse,
+    "site": tool("build_site.py"),
+    "progress": tool("progress.py"),
+    "wheelhouse": tool("wheelhouse.py"),
 }
 
 

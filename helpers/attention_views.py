@@ -27,7 +27,9 @@ from torch import Tensor
 _state = {"bundle_sent": False, "views": 0}
 
 
-def _bundle() -> str:
+def bundle() -> str:
+    """circuitsvis's JavaScript bundle, ready to go inside an inline <script> (the static site
+    writes the same text to its one shared file)."""
     source = files("circuitsvis").joinpath("dist/cdn/iife.js").read_text(encoding="utf-8")
     # a literal "</script>" inside the inline script would end it early
     return source.replace("</script>", "<\\/script>")
@@ -68,13 +70,13 @@ class AttentionView:
         return self._html
 
     def html(self, include_bundle: bool) -> str:
-        bundle = f"<script>{_bundle()}</script>\n" if include_bundle else ""
+        script = f"<script>{bundle()}</script>\n" if include_bundle else ""
         missing = json.dumps(
             "The attention viewer's JavaScript is not loaded in this page: run the first cell "
             "that shows an attention view again (or Run All)."
         )
         return (
-            f'{bundle}<div id="{self.element_id}" style="margin: 15px 0;"></div>\n'
+            f'{script}<div id="{self.element_id}" style="margin: 15px 0;"></div>\n'
             "<script>\n"
             "(function () {\n"
             f'  const el = document.getElementById("{self.element_id}");\n'

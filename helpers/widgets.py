@@ -294,15 +294,10 @@ def memory_traffic_explorer(model: AttnOnlyTransformer) -> Explorer:
     model.check_finite()
     reader = head_dropdown(model, layers=range(1, model.cfg.n_layers), description="reader")
     kind = widgets.ToggleButtons(options=["K", "Q", "V"], value="K", description="input")
-    d_model = model.cfg.d_model
-    dims = {"embed": circuits.row_space(model.W_E).shape[0],
-            "pos": circuits.row_space(model.W_pos).shape[0]}  # fmt: skip
     table = {(r, k): circuits.read_shares(model, *r, k.lower())
              for _, r in reader.options for k in kind.options}  # fmt: skip
-    last = model.cfg.n_layers - 1
-    writers = [f"L{layer}H{head}" for layer in range(last) for head in range(model.cfg.n_heads)]
-    writers += ["embed", "pos"]
-    baselines = {w: dims.get(w, model.cfg.d_head) / d_model for w in writers}
+    baselines = circuits.random_shares(model, model.cfg.n_layers - 1)  # every possible writer
+    writers = list(baselines)
 
     def values() -> tuple[dict, str]:
         found = table[(reader.value, kind.value)]

@@ -233,3 +233,11 @@ def test_induction_heads_keys_read_the_previous_token_heads_write():
         }
         assert shares["k"] >= 2 * random
         assert shares["q"] <= 1.2 * random and shares["v"] <= 1.2 * random
+
+
+def test_random_shares_are_each_writers_dimension_over_d_model():
+    model = make_model(n_layers=3, d_model=24, n_heads=2, d_head=4, n_ctx=6, d_vocab=10)
+    baselines = circuits.random_shares(model, 2)
+    assert set(baselines) >= set(circuits.read_shares(model, 2, 1, "q"))
+    assert baselines == {"L0H0": 4 / 24, "L0H1": 4 / 24, "L1H0": 4 / 24, "L1H1": 4 / 24,
+                         "embed": 10 / 24, "pos": 6 / 24}  # fmt: skip

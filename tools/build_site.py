@@ -40,12 +40,13 @@ from pathlib import Path
 
 import nbformat
 from jinja2 import DictLoader
-from nbclient import NotebookClient
 from nbconvert import HTMLExporter
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import claims  # noqa: E402
+
+from helpers import attention_views  # noqa: E402
 
 SOLUTIONS = ROOT / "notebooks" / "solutions"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -96,16 +97,6 @@ MathJax.Hub.Config({
 
 def chapter_notebooks() -> list[Path]:
     return sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb"))
-
-
-def execute(path: Path, timeout: float = 600) -> nbformat.NotebookNode:
-    """Run a solution notebook as nbval does (in its folder), keeping the widgets' state."""
-    nb = nbformat.read(path, as_version=4)
-    NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
-        resources={"metadata": {"path": str(path.parent)}},
-    ).execute()  # fmt: skip
-    return nb
 
 
 # ---- what nbconvert would fetch from the internet, made local -----------------------------------
@@ -287,10 +278,11 @@ def _chapter_table(readme: str) -> str:
     part = readme_part("The chapters")
     rows = [line for line in part.splitlines() if line.startswith("|")]
     # link each chapter's row to its page
+    pages = {p.name[:2]: p.stem for p in chapter_notebooks()}
     linked = []
     for row in rows:
         match = re.match(r"\| (\d\d) \| ([^|]+) \|", row)
-        page = next((p.stem for p in chapter_notebooks() if match and p.name[:2] == match[1]), "")
+        page = pages.get(match[1], "") if match else ""
         if page:
             row = row.replace(f"| {match[2]} |", f"| [{match[2].strip()}]({page}.html) |", 1)
         linked.append(row)
@@ -315,15 +307,14 @@ def build(out: Path, jobs: int | None = None, notebooks: list[Path] | None = Non
     os.environ.setdefault("MPLBACKEND", "Agg")
     started = time.perf_counter()
     with ThreadPoolExecutor(jobs or min(4, os.cpu_count() or 1)) as pool:
-        executed = list(pool.map(execute, notebooks))
+        executed = list(pool.map(claims.execute, notebooks))  # widget state kept
     print(f"executed {len(notebooks)} notebooks in {time.perf_counter() - started:.0f} s")
     if out.exists():
         shutil.rmtree(out)
     assets = out / "assets"
     assets.mkdir(parents=True)
     shutil.copytree(files("jupyter_server_mathjax").joinpath("static"), assets / "mathjax")
-    bundle = files("circuitsvis").joinpath("dist/cdn/iife.js").read_text(encoding="utf-8")
-    bundle = bundle.replace("</script>", "<\\/script>")  # as helpers.attention_views sends it
+    bundle = attention_views.bundle()  # the exact text the notebooks' first views inlined
     (assets / "circuitsvis.js").write_text(bundle, encoding="utf-8")
 
     pages = [p.stem + ".html" for p in notebooks]

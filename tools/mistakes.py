@@ -24,13 +24,15 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from progress import EXERCISE_HEADING, exercise_order  # noqa: E402  (how progress reads them)
+
 START, END = "<!-- mistakes: start -->", "<!-- mistakes: end -->"
 CAP = 8  # entries per exercise: a teacher's guide lists what is common, not every message
 SHORT = 200  # characters of a diagnosis kept at most
 
 NAMED = "common mistake: "
 EXERCISE = re.compile(r"Exercise (\d+)\.(\d+)")
-HEADING = re.compile(r"^#{1,6}\s+Exercise (\d+\.\d+)\s*[—–-]+\s*(.+?)\s*$", re.MULTILINE)
 NO_MISTAKES = "(no named mistakes; the checker reports wrong values)"
 
 Record = tuple[str, str]  # (CheckFailed.exercise, CheckFailed.diagnosis)
@@ -88,7 +90,7 @@ def read_titles(notebooks: Path = ROOT / "notebooks") -> dict[str, str]:
         notebook = nbformat.read(path, as_version=4)
         markdown = "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
         chapter = re.search(r"^# (.+?)\s*$", markdown, re.MULTILINE)
-        exercises = HEADING.findall(markdown)
+        exercises = EXERCISE_HEADING.findall(markdown)
         for number, title in exercises:
             titles.setdefault(number, title)
         if chapter and exercises:
@@ -97,11 +99,6 @@ def read_titles(notebooks: Path = ROOT / "notebooks") -> dict[str, str]:
 
 
 # ---- rendering ----------------------------------------------------------------------------------
-
-
-def _order(number: str) -> tuple[int, ...]:
-    """A sort key putting "2.10" after "2.9": the numbers compared, not the strings."""
-    return tuple(int(part) for part in number.split("."))
 
 
 # A sentence ends at . ! ? before a capital ("e.g. log 0", "0.5 %" and "i.e. W_E" end none), or
@@ -167,7 +164,7 @@ def render(records: list[Record], titles: dict[str, str]) -> str:
     diagnoses = group(records)
     lines: list[str] = []
     chapter = None
-    for number in sorted((n for n in titles if "." in n), key=_order):
+    for number in sorted((n for n in titles if "." in n), key=exercise_order):
         if number.split(".")[0] != chapter:
             chapter = number.split(".")[0]
             lines += [f"### Chapter {titles.get(chapter, f'{int(chapter):02d}')}", ""]
@@ -215,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         f"harvested {len(records)} diagnoses in {took:.1f} s: "
         f"{len(exercises)} exercises, {shown} entries"
     )
-    if unknown := sorted(set(diagnoses) - set(exercises), key=_order):
+    if unknown := sorted(set(diagnoses) - set(exercises), key=exercise_order):
         # made up by a test (e.g. of how a failure is shown), or a checker without its notebook
         print(f"left out, as no learner notebook has them: Exercise {', '.join(unknown)}")
 

@@ -52,6 +52,11 @@ class Exercise:
     diagnosis: str = ""  # for "failing" and "not run": what went wrong, one line
 
 
+def exercise_order(number: str) -> tuple[int, ...]:
+    """A sort key putting exercise "2.10" after "2.9": the numbers compared, not the strings."""
+    return tuple(int(part) for part in number.split("."))
+
+
 def chapters() -> list[str]:
     """The course's chapter notebooks, by file name, in order."""
     return sorted(p.name for p in COURSE_NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -146,7 +151,7 @@ def report_notebook(learner: str, chapter: str, path: Path | None, workdir: Path
         for n, t, _ in reference
         if n not in have
     ]
-    return sorted(rows, key=lambda r: tuple(int(x) for x in r.exercise.split(".")))
+    return sorted(rows, key=lambda r: exercise_order(r.exercise))
 
 
 def find_copy(folder: Path, chapter: str) -> Path | None:

@@ -448,15 +448,20 @@ def check_rotate_residual(rotate_residual: Callable) -> None:
         state = {name: value.clone() for name, value in model.state_dict().items()}
         for j in range(2):  # two rotations per model
             R = circuits.random_rotation(model.cfg.d_model, seed + 100 + 10 * i + j)
-            expected = circuits.rotate_residual(model, R).state_dict()
+            reference = circuits.rotate_residual(model, R)
+            expected = reference.state_dict()
+            with torch.no_grad():  # what these weights compute (the float error of three
+                rotated_logits = reference(tokens)  # layers can pass 1e-4 of the original's)
             where = (
                 f"rotation {j + 1} of a {model.cfg.n_layers}-layer model with "
                 f"{model.cfg.positional_embedding_type} positions and biases"
             )
             mistakes = _rotation_mistakes(state, R)
-            cases.append((model, R, tokens, logits, state, expected, mistakes, where))
+            cases.append(
+                (model, R, tokens, logits, rotated_logits, state, expected, mistakes, where)
+            )
     wrong = []
-    for model, R, tokens, logits, state, expected, mistakes, where in cases:
+    for model, R, tokens, logits, rotated_logits, state, expected, mistakes, where in cases:
         given = copy.deepcopy(model)  # the learner's copy, to see afterwards what became of it
         out = call_learner(
             ex, rotate_residual, given, R.clone(), withhold=[circuits.rotate_residual],
@@ -469,7 +474,7 @@ def check_rotate_residual(rotate_residual: Callable) -> None:
             continue
         with torch.no_grad():
             after = out(tokens)
-        if not matches(after, logits, 1e-4):  # not reached with the right weights; a guard
+        if not matches(after, rotated_logits, 1e-4):  # right weights, other logits: a guard
             raise CheckFailed(
                 ex, f"{where}: your model's weights are right but its logits are not."
             )

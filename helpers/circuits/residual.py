@@ -287,6 +287,20 @@ def read_shares(model: AttnOnlyTransformer, layer: int, head: int, kind: str) ->
     return shares
 
 
+def random_shares(model: AttnOnlyTransformer, layer: int) -> dict[str, float]:
+    """The baselines of `read_shares` for a reader in `layer`: for each writer it could read
+    ("L{l}H{h}" of earlier layers, "embed", "pos"), the expected share of a random read weight
+    in that writer's subspace, its dimension / d_model (d_head / d_model for a head, the rank of
+    W_E or W_pos for the embeddings)."""
+    layer, _ = model.check_head(layer, 0)
+    d_model = model.cfg.d_model
+    shares = {_head_name(lw, hw): write_subspace(model, lw, hw).shape[0] / d_model
+              for lw in range(layer) for hw in range(model.cfg.n_heads)}  # fmt: skip
+    shares["embed"] = row_space(model.W_E).shape[0] / d_model
+    shares["pos"] = row_space(model.W_pos).shape[0] / d_model
+    return shares
+
+
 # ---- bandwidth ------------------------------------------------------------------------------------
 @reference
 @torch.no_grad()

@@ -91,6 +91,10 @@ REFERENCE_ANSWERS = [
     (checks.check_previous_token_score, lambda p: p.diagonal(-1, -2, -1).mean()),
     (checks.check_induction_score, test_induction._induction()),
     (checks.check_handmade_induction, *test_induction._handmade_parts()),
+    (checks.check_rotate_residual, ch00.rotate_reference),
+    (checks.check_write_projector, ch00.projector_reference),
+    (checks.check_virtual_weight, test_composition.virtual_weight_reference),
+    (checks.check_read_share, test_composition.share_reference),
 ]
 
 

@@ -539,17 +539,6 @@ def test_read_share_rejects(wrong, diagnosis):
     assert_rejects(checks.check_read_share, wrong, diagnosis=diagnosis)
 
 
-@pytest.mark.parametrize(
-    "check, answer",
-    [
-        (checks.check_virtual_weight, virtual_weight_reference),
-        (checks.check_read_share, share_reference),
-    ],
-)
-def test_subspace_checkers_pass_the_reference_whatever_inputs_they_draw(check, answer):
-    assert_accepts(check, answer, seeds=range(3, 13))
-
-
 def test_read_share_draws_new_weights_at_each_check():
     seen = set()
 
