@@ -8,6 +8,7 @@ same model. The global RNG is never used.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -107,6 +108,7 @@ def train(
     callbacks: Mapping[str, Callback] | None = None,
     progress: bool = True,
     stop_when: Callable[[dict[str, list]], bool] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, list]:
     """Train `model` in place on batches from `task`; return the history.
 
@@ -115,6 +117,8 @@ def train(
     Callbacks run in `torch.no_grad()` mode with the model in eval mode. A loss that becomes NaN
     or infinite stops training with `TrainingDiverged`. `stop_when(history)`, if given, is asked
     after each evaluation; True ends training there (e.g. once induction heads have formed).
+    `on_step(steps_done)`, if given, is called after each step (progress reported elsewhere, as
+    `helpers.phase_change.record_runs` does; an exception it raises stops training).
     """
     if task.d_vocab != model.cfg.d_vocab:
         raise ValueError(f"task has d_vocab={task.d_vocab} but the model {model.cfg.d_vocab}")
@@ -145,28 +149,50 @@ def train(
 
     with one_thread():  # see one_thread: faster here, and much faster beside other work
         return _train_loop(
-            model, task, cfg, progress, optimizer, history, evaluate, generator, stop_when
+            model, task, cfg, progress, optimizer, history, evaluate, generator, stop_when, on_step
         )
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Within the block, torch runs on one thread: the safe choice for the course's small
-    models. Measured with tools/benchmark.py training on a 2-core machine (BENCHMARKS.md, two
-    runs): on a quiet machine two threads reach induction in 10.3-14.2 s, one in 13.8-14.0 s;
-    beside one busy process two threads took 10.5 s in one run and 45.8 s in the other (they
-    spin waiting for each other when a core is taken), one thread 15.1-15.8 s. One thread is
-    at worst 1.35x slower; two can be 3x slower, and a notebook rarely has the machine to
-    itself (a browser, a second kernel, a teacher's screen share)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+class _OneThread:
+    """`with one_thread():` torch runs on one thread inside the block: the safe choice for the
+    course's small models. Measured with tools/benchmark.py training on a 2-core machine
+    (BENCHMARKS.md, two runs): on a quiet machine two threads reach induction in 10.3-14.2 s, one
+    in 13.8-14.0 s; beside one busy process two threads took 10.5 s in one run and 45.8 s in the
+    other (they spin waiting for each other when a core is taken), one thread 15.1-15.8 s. One
+    thread is at worst 1.35x slower; two can be 3x slower, and a notebook rarely has the machine
+    to itself (a browser, a second kernel, a teacher's screen share). The second core is better
+    spent on a second run beside the first (`helpers.phase_change.record_runs`).
+
+    Blocks open at once in several Python threads share the setting: the first one in sets one
+    thread, the last one out gives back the count the first one found."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open = 0
+        self.saved = 1
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self.lock:
+            if self.open == 0:
+                self.saved = torch.get_num_threads()
+                torch.set_num_threads(1)
+            self.open += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.open -= 1
+                if self.open == 0:
+                    torch.set_num_threads(self.saved)
 
 
-def _train_loop(model, task, cfg, progress, optimizer, history, evaluate, generator, stop_when):
+one_thread = _OneThread()
+
+
+def _train_loop(
+    model, task, cfg, progress, optimizer, history, evaluate, generator, stop_when, on_step
+):
     """The loop of `train`: a step per batch, the callbacks every `cfg.eval_every` steps."""
     device = model.W_E.device
     seq_len = cfg.sequence_length(model.cfg)
@@ -194,6 +220,8 @@ def _train_loop(model, task, cfg, progress, optimizer, history, evaluate, genera
         loss.backward()
         optimizer.step()
         history["loss"].append(loss.item())
+        if on_step is not None:
+            on_step(step + 1)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     if stopped:

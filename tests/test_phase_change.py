@@ -187,3 +187,55 @@ def test_sweep_trains_each_setting_until_induction_or_the_end():
     chapter = phase_change.sweep_settings()
     assert len(chapter) >= 8 and "base" in chapter
     assert all(cfg.n_ctx >= 31 for cfg, _, _ in chapter.values())  # the induction probe fits
+
+
+class _CountingTask:
+    """LANGUAGE, counting the batches drawn from it."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.d_vocab, self.batches, self.fail_at = LANGUAGE.d_vocab, 0, fail_at
+
+    def sample(self, batch_size, n_ctx, generator=None):
+        self.batches += 1
+        if self.batches == self.fail_at:
+            raise RuntimeError("the task broke")
+        return LANGUAGE.sample(batch_size, n_ctx, generator=generator)
+
+
+def test_record_runs_side_by_side_gives_each_run_as_alone(record):
+    train_cfg = TrainConfig(n_steps=30, batch_size=16, lr=5e-3, seed=1)
+    settings = {
+        "two": (CFG, LANGUAGE, train_cfg),
+        "one": (HookedTransformerConfig(**{**CFG.to_dict(), "n_layers": 1}), LANGUAGE, train_cfg),
+        "other seed": (CFG, LANGUAGE, TrainConfig(n_steps=20, batch_size=16, lr=5e-3, seed=2)),
+    }
+    before = torch.get_num_threads()
+    runs = phase_change.record_runs(settings, every=10, progress=False)
+    assert torch.get_num_threads() == before
+    assert list(runs) == list(settings) and [r.name for r in runs.values()] == list(settings)
+    two = runs["two"]
+    assert two.steps == record.steps and two.train_loss == record.train_loss
+    assert two.icl == record.icl and torch.equal(two.prefix_matching, record.prefix_matching)
+    assert all(torch.equal(two.snapshots[-1][k], v) for k, v in record.snapshots[-1].items())
+    assert runs["one"].prefix_matching.shape[1:] == (1, 2) and runs["other seed"].steps[-1] == 20
+    one_at_a_time = phase_change.record_runs(settings, side_by_side=1, every=10, progress=False)
+    assert one_at_a_time["other seed"].train_loss == runs["other seed"].train_loss
+
+
+def test_record_runs_stops_the_others_when_a_run_fails():
+    slow = _CountingTask()
+    settings = {
+        "long": (CFG, slow, TrainConfig(n_steps=5000, batch_size=4, seed=0)),
+        "fails": (CFG, _CountingTask(fail_at=5), TrainConfig(n_steps=50, batch_size=4)),
+    }
+    with pytest.raises(RuntimeError, match="the task broke"):
+        phase_change.record_runs(settings, every=10, progress=False)
+    assert 0 < slow.batches < 5000  # the long run stopped at its next step, not at its end
+
+
+def test_record_runs_rejects_what_it_sets_itself():
+    settings = {"a": (CFG, LANGUAGE, TrainConfig(n_steps=2, batch_size=2))}
+    with pytest.raises(ValueError, match="side_by_side must be a positive int, got 0"):
+        phase_change.record_runs(settings, side_by_side=0)
+    with pytest.raises(ValueError, match="record_runs sets 'name' itself"):
+        phase_change.record_runs(settings, name="x")

@@ -259,7 +259,7 @@ def check_sweep_predictions(predict: Callable) -> None:
     """Exercise 5.6: `predict() -> {setting: outcome}` for every setting of
     `phase_change.sweep_settings()` but "base": when induction forms compared with the base run,
     one of "earlier", "the same", "later", "never". Checked against the sweep itself (run once,
-    about half a minute)."""
+    about 15 s, two runs at a time)."""
     ex = "Exercise 5.6 (predict)"
     names = [n for n in phase_change.sweep_settings() if n != "base"]
     prediction = predict()
