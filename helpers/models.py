@@ -293,9 +293,13 @@ class Attention(nn.Module):
         return smear_keys(k, self.smear_logit)
 
     def forward(self, qk_input: Tensor, v_input: Tensor, want_result: bool = False) -> Tensor:
-        q = torch.einsum("bpm,hmd->bphd", qk_input, self.W_Q)
-        k = torch.einsum("bpm,hmd->bphd", qk_input, self.W_K)
-        v = torch.einsum("bpm,hmd->bphd", v_input, self.W_V)
+        cfg = self.cfg
+        H, D, d = cfg.n_heads, cfg.d_model, cfg.d_head
+        batch, n_pos, _ = v_input.shape
+        # one matrix multiply per projection, all heads at once: [H, D, d] -> [D, H * d]
+        q = (qk_input @ heads_side_by_side(self.W_Q)).view(batch, n_pos, H, d)
+        k = (qk_input @ heads_side_by_side(self.W_K)).view(batch, n_pos, H, d)
+        v = (v_input @ heads_side_by_side(self.W_V)).view(batch, n_pos, H, d)
         if self.b_Q is not None:
             q, k, v = q + self.b_Q, k + self.b_K, v + self.b_V
         if self.smear_logit is not None:
@@ -303,41 +307,47 @@ class Attention(nn.Module):
             k = self.smear_keys(k)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
 
-        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.cfg.d_head)
-        n_pos = scores.shape[-1]
-        causal = torch.ones(n_pos, n_pos, dtype=torch.bool, device=scores.device).tril()
-        scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
+        # q k^T / sqrt(d_head), -inf where the key comes after the query ("bqhd,bkhd->bhqk")
+        scores = causal_scores(q.transpose(1, 2), k.transpose(1, 2))
+        scores = self.hook_attn_scores(scores)  # [batch, head_index, query_pos, key_pos]
         pattern = self.hook_pattern(scores.softmax(dim=-1))  # softmax over key positions
 
-        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))
+        z = self.hook_z((pattern @ v.transpose(1, 2)).transpose(1, 2))  # [batch, pos, H, d]
         if want_result or self.hook_result.fns:
             # Per-head outputs, each in the residual stream's basis: the terms of the sum.
             result = self.hook_result(torch.einsum("bqhd,hdm->bqhm", z, self.W_O))
             out = result.sum(dim=2)
         else:
             # Same sum, without materialising [batch, pos, head, d_model] (faster training).
-            out = torch.einsum("bqhd,hdm->bqm", z, self.W_O)
+            out = z.reshape(batch, n_pos, H * d) @ self.W_O.reshape(H * d, D)
         return out if self.b_O is None else out + self.b_O
 
     def forward_fused(self, qk_input: Tensor, v_input: Tensor) -> Tensor:
-        """The same output as `forward`, with no hook points and fused kernels: one projection
-        for the queries and keys (one for all three when they read the same input), and
-        `scaled_dot_product_attention` with its causal mask. The model uses it when no hook is
-        attached and nothing is cached (training, plain `model(tokens)`)."""
+        """The same output as `forward`, with no hook points and fewer, larger kernels: one
+        projection for the queries and keys (one for all three when they read the same input),
+        and the attention of all heads at once. The model uses it when no hook is attached and
+        nothing is cached (training, plain `model(tokens)`).
+
+        The attention kernel depends on torch's thread count, as measured on the course's shape
+        (2 layers, heads of 16, 32 positions, batch 64; 2-core machine, one process, old and new
+        interleaved): on one thread (training, `helpers.train.one_thread`)
+        `F.scaled_dot_product_attention` was faster (a forward pass 4.8 ms against 5.5 ms
+        for the explicit version; training steps the same), but its CPU kernel does not use a
+        second thread, and on two the explicit scores-softmax-mix made forward passes and
+        training steps 1.2-1.3x faster (4.6 ms against 5.7 ms; 15.2 ms against 19.2 ms).
+        """
         cfg = self.cfg
         H, D, d = cfg.n_heads, cfg.d_model, cfg.d_head
         batch, n_pos, _ = v_input.shape
-        # [H, D, d] -> [D, H * d]: each head's columns side by side
         if qk_input is v_input:
-            W = torch.cat((self.W_Q, self.W_K, self.W_V)).transpose(0, 1).reshape(D, 3 * H * d)
-            qkv = v_input @ W
+            W = torch.cat((self.W_Q, self.W_K, self.W_V))  # [3H, D, d]
+            qkv = v_input @ heads_side_by_side(W)
             if self.b_Q is not None:
                 qkv = qkv + torch.cat((self.b_Q, self.b_K, self.b_V)).flatten()
             q, k, v = qkv.view(batch, n_pos, 3 * H, d).transpose(1, 2).split(H, dim=1)
         else:
-            W = torch.cat((self.W_Q, self.W_K)).transpose(0, 1).reshape(D, 2 * H * d)
-            qk = qk_input @ W
-            v = v_input @ self.W_V.transpose(0, 1).reshape(D, H * d)
+            qk = qk_input @ heads_side_by_side(torch.cat((self.W_Q, self.W_K)))
+            v = v_input @ heads_side_by_side(self.W_V)
             if self.b_Q is not None:
                 qk = qk + torch.cat((self.b_Q, self.b_K)).flatten()
                 v = v + self.b_V.flatten()
@@ -345,9 +355,36 @@ class Attention(nn.Module):
             v = v.view(batch, n_pos, H, d).transpose(1, 2)
         if self.smear_logit is not None:
             k = self.smear_keys(k.transpose(1, 2)).transpose(1, 2)  # smears along pos
-        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [batch, H, pos, d]
+        if torch.get_num_threads() == 1:
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [batch, H, pos, d]
+        else:
+            z = causal_scores(q, k).softmax(dim=-1) @ v
         out = z.transpose(1, 2).reshape(batch, n_pos, H * d) @ self.W_O.reshape(H * d, D)
         return out if self.b_O is None else out + self.b_O
+
+
+def heads_side_by_side(W: Tensor) -> Tensor:
+    """`[H, D, d]` -> `[D, H * d]`: each head's columns side by side, so that one matrix multiply
+    projects every head (`x @ heads_side_by_side(W_Q)` is `einsum("bpm,hmd->bphd")`, flattened)."""
+    H, D, d = W.shape
+    return W.transpose(0, 1).reshape(D, H * d)
+
+
+def causal_scores(q: Tensor, k: Tensor) -> Tensor:
+    """Attention scores `[batch, H, query_pos, key_pos]` from queries and keys `[batch, H, pos, d]`:
+    q k^T / sqrt(d_head), with -inf where the key comes after the query (the causal mask). One
+    batched multiply-add onto a mask of 0 and -inf. It multiplies by 1/sqrt(d_head) where the
+    formula divides by sqrt(d_head): the same to float rounding, and bit for bit when d_head is
+    a power of 4 (then 1/sqrt(d_head) is a power of 2)."""
+    batch, H, n_pos, d = q.shape
+    mask = torch.full((n_pos, n_pos), float("-inf"), device=q.device).triu(1)
+    scores = torch.baddbmm(
+        mask,
+        q.reshape(batch * H, n_pos, d),
+        k.transpose(2, 3).reshape(batch * H, d, n_pos),
+        alpha=1 / math.sqrt(d),
+    )
+    return scores.view(batch, H, n_pos, n_pos)
 
 
 class TransformerBlock(nn.Module):

@@ -91,7 +91,17 @@ def test_forward_matches_brute_force(positions, n_layers, use_bias, smeared):
 @pytest.mark.parametrize("n_layers", [0, 1, 2])
 @pytest.mark.parametrize("use_bias", [False, True])
 @pytest.mark.parametrize("smeared", [False, True])
-def test_fast_path_and_hooked_path_agree(positions, n_layers, use_bias, smeared):
+@pytest.mark.parametrize("threads", [1, 2])  # the fast path's attention kernel depends on it
+def test_fast_path_and_hooked_path_agree(positions, n_layers, use_bias, smeared, threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _fast_path_and_hooked_path_agree(positions, n_layers, use_bias, smeared)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fast_path_and_hooked_path_agree(positions, n_layers, use_bias, smeared):
     model = _model_with_everything_set(positions, n_layers, use_bias, smeared, 0.1, 2)
     tokens = random_tokens(model, batch=3, pos=model.cfg.n_ctx)
     with torch.no_grad():
