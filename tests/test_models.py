@@ -92,13 +92,13 @@ def test_forward_matches_brute_force(positions, n_layers, use_bias, smeared):
 @pytest.mark.parametrize("use_bias", [False, True])
 @pytest.mark.parametrize("smeared", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])  # the fast path's attention kernel depends on it
-def test_fast_path_and_hooked_path_agree(positions, n_layers, use_bias, smeared, threads):
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        _fast_path_and_hooked_path_agree(positions, n_layers, use_bias, smeared)
-    finally:
-        torch.set_num_threads(before)
+def test_fast_path_and_hooked_path_agree(
+    positions, n_layers, use_bias, smeared, threads, monkeypatch
+):
+    # the count the kernel is chosen by, without starting threads (two threads beside the
+    # suite's other worker would wait for each other: a slow test, not a different result)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    _fast_path_and_hooked_path_agree(positions, n_layers, use_bias, smeared)
 
 
 def _fast_path_and_hooked_path_agree(positions, n_layers, use_bias, smeared):
