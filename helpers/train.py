@@ -156,10 +156,10 @@ def train(
 class _OneThread:
     """`with one_thread():` torch runs on one thread inside the block: the safe choice for the
     course's small models. Measured with tools/benchmark.py training on a 2-core machine
-    (BENCHMARKS.md, two runs): on a quiet machine two threads reach induction in 10.3-14.2 s, one
-    in 13.8-14.0 s; beside one busy process two threads took 10.5 s in one run and 45.8 s in the
-    other (they spin waiting for each other when a core is taken), one thread 15.1-15.8 s. One
-    thread is at worst 1.35x slower; two can be 3x slower, and a notebook rarely has the machine
+    (BENCHMARKS.md, three runs on different days): on a quiet machine two threads reached induction
+    in 10.2-14.2 s, one in 12.5-14.0 s; beside one busy process two threads took 10.5, 45.8 and
+    11.1 s (they can spin waiting for each other when a core is taken), one thread 11.4-15.8 s.
+    One thread is at worst 1.35x slower; two can be 3x slower, and a notebook rarely has the machine
     to itself (a browser, a second kernel, a teacher's screen share). The second core is better
     spent on a second run beside the first (`helpers.phase_change.record_runs`).
 
