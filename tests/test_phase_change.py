@@ -1,4 +1,6 @@
+import _thread
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -239,3 +241,21 @@ def test_record_runs_rejects_what_it_sets_itself():
         phase_change.record_runs(settings, side_by_side=0)
     with pytest.raises(ValueError, match="record_runs sets 'name' itself"):
         phase_change.record_runs(settings, name="x")
+
+
+def test_record_runs_stops_every_run_when_the_cell_is_interrupted():
+    """Jupyter's "interrupt the kernel" raises KeyboardInterrupt in the main thread, which waits for
+    the runs: they must stop at their next step, not run to their end."""
+    tasks = [_CountingTask(), _CountingTask()]
+    settings = {
+        name: (CFG, task, TrainConfig(n_steps=100_000, batch_size=4))
+        for name, task in zip("ab", tasks, strict=True)
+    }
+    before = torch.get_num_threads()
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        phase_change.record_runs(settings, every=1000, progress=False)
+    timer.join()
+    assert all(0 < task.batches < 100_000 for task in tasks)
+    assert torch.get_num_threads() == before
