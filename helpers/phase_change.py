@@ -351,6 +351,13 @@ def record_runs(
     for key in ("name", "progress", "on_step"):
         if key in record_kwargs:
             raise ValueError(f"record_runs sets {key!r} itself; pass the others of record_training")
+    for name, setting in settings.items():
+        if not (isinstance(setting, tuple) and len(setting) == 3
+                and isinstance(setting[2], TrainConfig)):  # fmt: skip
+            raise ValueError(
+                f"settings[{name!r}] must be a tuple (model config, task, training config), "
+                f"got {type(setting).__name__}"
+            )
     done = dict.fromkeys(settings, 0)
     stop = threading.Event()
 
@@ -363,8 +370,13 @@ def record_runs(
             done[name] = steps
 
         try:
+            if stop.is_set():  # another run failed before this one had a thread
+                raise _Cancelled
             return record_training(cfg, task, train_cfg, name=name, progress=False,
                                    on_step=tick, **record_kwargs)  # fmt: skip
+        except BaseException:
+            stop.set()  # before this thread takes the next run
+            raise
         finally:
             done[name] = train_cfg.n_steps
 
@@ -383,6 +395,8 @@ def record_runs(
                         raise future.exception()
         except BaseException:
             stop.set()  # the pool's exit waits for the others; they stop at their next step
+            for future in futures.values():
+                future.cancel()  # and the runs not started yet never start
             raise
         finally:
             bar.close()

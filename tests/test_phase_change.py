@@ -230,9 +230,12 @@ def test_record_runs_stops_the_others_when_a_run_fails():
         "long": (CFG, slow, TrainConfig(n_steps=5000, batch_size=4, seed=0)),
         "fails": (CFG, _CountingTask(fail_at=5), TrainConfig(n_steps=50, batch_size=4)),
     }
+    never = _CountingTask()
+    settings["queued"] = (CFG, never, TrainConfig(n_steps=50, batch_size=4))
     with pytest.raises(RuntimeError, match="the task broke"):
         phase_change.record_runs(settings, every=10, progress=False)
     assert 0 < slow.batches < 5000  # the long run stopped at its next step, not at its end
+    assert never.batches == 0  # the third run, waiting for a free thread, never started
 
 
 def test_record_runs_rejects_what_it_sets_itself():
@@ -241,6 +244,8 @@ def test_record_runs_rejects_what_it_sets_itself():
         phase_change.record_runs(settings, side_by_side=0)
     with pytest.raises(ValueError, match="record_runs sets 'name' itself"):
         phase_change.record_runs(settings, name="x")
+    with pytest.raises(ValueError, match=r"settings\['b'\] must be a tuple \(model config, task, "):
+        phase_change.record_runs({**settings, "b": (CFG, LANGUAGE)})
 
 
 def test_record_runs_stops_every_run_when_the_cell_is_interrupted():
