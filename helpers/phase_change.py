@@ -390,9 +390,12 @@ def record_runs(
                 finished, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
                 bar.update(sum(done.values()) - bar.n)
                 bar.set_postfix_str(f"{len(futures) - len(pending)}/{len(futures)} runs done")
-                for future in finished:
-                    if future.exception() is not None:
-                        raise future.exception()
+                if any(future.exception() is not None for future in finished):
+                    stop.set()
+                    wait(futures.values())  # the others stop at their next step
+                    errors = [f.exception() for f in futures.values() if f.exception()]
+                    # the run that failed, not one it stopped
+                    raise next((e for e in errors if not isinstance(e, _Cancelled)), errors[0])
         except BaseException:
             stop.set()  # the pool's exit waits for the others; they stop at their next step
             for future in futures.values():
