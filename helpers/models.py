@@ -377,7 +377,7 @@ def causal_scores(q: Tensor, k: Tensor) -> Tensor:
     formula divides by sqrt(d_head): the same to float rounding, and bit for bit when d_head is
     a power of 4 (then 1/sqrt(d_head) is a power of 2)."""
     batch, H, n_pos, d = q.shape
-    mask = torch.full((n_pos, n_pos), float("-inf"), device=q.device).triu(1)
+    mask = torch.full((n_pos, n_pos), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
     scores = torch.baddbmm(
         mask,
         q.reshape(batch * H, n_pos, d),

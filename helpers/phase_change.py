@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
@@ -351,6 +351,11 @@ def record_runs(
     for key in ("name", "progress", "on_step"):
         if key in record_kwargs:
             raise ValueError(f"record_runs sets {key!r} itself; pass the others of record_training")
+    if not isinstance(settings, Mapping):
+        raise ValueError(
+            "settings must be a dict of name -> (model config, task, training config), "
+            f"got {type(settings).__name__}"
+        )
     for name, setting in settings.items():
         if not (isinstance(setting, tuple) and len(setting) == 3
                 and isinstance(setting[2], TrainConfig)):  # fmt: skip

@@ -163,28 +163,27 @@ class _OneThread:
     to itself (a browser, a second kernel, a teacher's screen share). The second core is better
     spent on a second run beside the first (`helpers.phase_change.record_runs`).
 
-    Blocks open at once in several Python threads share the setting: the first one in sets one
-    thread, the last one out gives back the count the first one found."""
+    Torch's thread count belongs to the Python thread that sets it (and new threads start from
+    the last count set), so each thread keeps its own: its first block saves its count and sets
+    one, its last block out gives that count back. Blocks nest, and may be open in several
+    threads at once (runs side by side)."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.open = 0
-        self.saved = 1
+        self.local = threading.local()
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
-        with self.lock:
-            if self.open == 0:
-                self.saved = torch.get_num_threads()
-                torch.set_num_threads(1)
-            self.open += 1
+        state = self.local
+        if getattr(state, "depth", 0) == 0:
+            state.saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        state.depth = getattr(state, "depth", 0) + 1
         try:
             yield
         finally:
-            with self.lock:
-                self.open -= 1
-                if self.open == 0:
-                    torch.set_num_threads(self.saved)
+            state.depth -= 1
+            if state.depth == 0:
+                torch.set_num_threads(state.saved)
 
 
 one_thread = _OneThread()

@@ -496,3 +496,15 @@ def test_check_finite_names_the_smear_logit():
         model.blocks[0].attn.smear_logit[1] = float("nan")
     with pytest.raises(ValueError, match=r"weight blocks.0.attn.smear_logit holds NaN values"):
         model.check_finite()
+
+
+@pytest.mark.parametrize("threads", [1, 2])  # both attention kernels of the fast path
+def test_a_float64_model_runs_every_path(threads, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    model = make_model(n_layers=2).double()
+    tokens = random_tokens(model, batch=2, pos=7)
+    with torch.no_grad():
+        fast = model(tokens)
+        hooked, cache = model.run_with_cache(tokens)
+    assert fast.dtype == hooked.dtype == cache["blocks.1.attn.hook_attn_scores"].dtype
+    assert fast.dtype == torch.float64 and (fast - hooked).abs().max() <= 1e-10

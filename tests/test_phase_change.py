@@ -246,6 +246,8 @@ def test_record_runs_rejects_what_it_sets_itself():
         phase_change.record_runs(settings, name="x")
     with pytest.raises(ValueError, match=r"settings\['b'\] must be a tuple \(model config, task, "):
         phase_change.record_runs({**settings, "b": (CFG, LANGUAGE)})
+    with pytest.raises(ValueError, match="settings must be a dict of name -> .* got list"):
+        phase_change.record_runs(list(settings.items()))
 
 
 def test_record_runs_stops_every_run_when_the_cell_is_interrupted():

@@ -1,3 +1,5 @@
+import threading
+
 import pytest
 import torch
 
@@ -111,3 +113,35 @@ def test_training_runs_on_one_thread_and_gives_the_callers_threads_back():
     with pytest.raises(RuntimeError), one_thread():
         raise RuntimeError  # an error inside still gives the threads back
     assert torch.get_num_threads() == before
+
+
+def test_one_thread_keeps_each_python_threads_own_count():
+    """Torch's thread count belongs to the Python thread that sets it: a block left first in one
+    thread and last in another gives each thread its own count back."""
+    from helpers.train import one_thread
+
+    before = torch.get_num_threads()
+    seen = {}
+    inside, leave = threading.Event(), threading.Event()
+
+    def worker():
+        torch.set_num_threads(2)
+        with one_thread():
+            seen["worker inside"] = torch.get_num_threads()
+            inside.set()
+            leave.wait()
+        seen["worker after"] = torch.get_num_threads()
+
+    try:
+        with one_thread():
+            other = threading.Thread(target=worker)
+            other.start()
+            inside.wait()
+            with one_thread():  # nested
+                seen["main inside"] = torch.get_num_threads()
+        seen["main after"] = torch.get_num_threads()  # left first
+        leave.set()
+        other.join()
+    finally:
+        torch.set_num_threads(before)  # also the count new threads start from
+    assert seen == {"worker inside": 1, "main inside": 1, "main after": before, "worker after": 2}
