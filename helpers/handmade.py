@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from helpers.circuits.residual import rotate_residual
 from helpers.circuits.two_layer import composition_baseline, composition_scores
 from helpers.models import AttnOnlyTransformer, HookedTransformerConfig
 from helpers.references import reference
@@ -472,13 +473,6 @@ def mystery_induction(seed: int, every_head: bool = False) -> MysteryInduction:
                     # that its OV circuit (norm, copying) cannot tell it from one
                     mine.W_V[head] = theirs.W_V[0]
                     mine.W_O[head] = theirs.W_O[0] / len(heads)
-    R = _orthonormal(cfg.d_model, rng)  # the rotation: every read gets Rᵀ, every write R
-    model.embed.W_E.copy_(model.W_E @ R)
-    model.pos_embed.W_pos.copy_(model.W_pos @ R)
-    model.unembed.W_U.copy_(R.T @ model.W_U)
-    for block in model.blocks:
-        for name in ("W_Q", "W_K", "W_V"):
-            getattr(block.attn, name).copy_(R.T @ getattr(block.attn, name))
-        block.attn.W_O.copy_(block.attn.W_O @ R)
+    model = rotate_residual(model, _orthonormal(cfg.d_model, rng))  # every read Rᵀ, write R
     model.eval()
     return MysteryInduction(model, (0, prev), [(1, h) for h in induction])

@@ -396,8 +396,7 @@ def record_runs(
                 bar.update(sum(done.values()) - bar.n)
                 bar.set_postfix_str(f"{len(futures) - len(pending)}/{len(futures)} runs done")
                 if any(future.exception() is not None for future in finished):
-                    stop.set()
-                    wait(futures.values())  # the others stop at their next step
+                    wait(futures.values())  # the failed run set `stop`: the others stop soon
                     errors = [f.exception() for f in futures.values() if f.exception()]
                     # the run that failed, not one it stopped
                     raise next((e for e in errors if not isinstance(e, _Cancelled)), errors[0])

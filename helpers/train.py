@@ -8,7 +8,6 @@ same model. The global RNG is never used.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -153,8 +152,9 @@ def train(
         )
 
 
-class _OneThread:
-    """`with one_thread():` torch runs on one thread inside the block: the safe choice for the
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Within the block, torch runs on one thread: the safe choice for the
     course's small models. Measured with tools/benchmark.py training on a 2-core machine
     (BENCHMARKS.md, three runs on different days): on a quiet machine two threads reached induction
     in 10.2-14.2 s, one in 12.5-14.0 s; beside one busy process two threads took 10.5, 45.8 and
@@ -163,30 +163,15 @@ class _OneThread:
     to itself (a browser, a second kernel, a teacher's screen share). The second core is better
     spent on a second run beside the first (`helpers.phase_change.record_runs`).
 
-    Torch's thread count belongs to the Python thread that sets it (and new threads start from
-    the last count set), so each thread keeps its own: its first block saves its count and sets
-    one, its last block out gives that count back. Blocks nest, and may be open in several
-    threads at once (runs side by side)."""
-
-    def __init__(self) -> None:
-        self.local = threading.local()
-
-    @contextmanager
-    def __call__(self) -> Iterator[None]:
-        state = self.local
-        if getattr(state, "depth", 0) == 0:
-            state.saved = torch.get_num_threads()
-            torch.set_num_threads(1)
-        state.depth = getattr(state, "depth", 0) + 1
-        try:
-            yield
-        finally:
-            state.depth -= 1
-            if state.depth == 0:
-                torch.set_num_threads(state.saved)
-
-
-one_thread = _OneThread()
+    Torch's thread count belongs to the Python thread that sets it (new threads start from the
+    last count set), so the block saves and gives back the count of the thread it runs in: blocks
+    nest, and may be open in several threads at once (runs side by side)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _train_loop(
