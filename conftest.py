@@ -1,9 +1,18 @@
 """How the whole suite is run (`python3 course.py test`; see pyproject.toml): at the repository's
 root so that it applies to the nbval items of notebooks/solutions as well as to tests/."""
 
+import os
 import shutil
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Chapter 05 loads its recorded runs rather than training them in the everyday suite (its
+    notebook's kernels inherit this): the live runs are checked against the recording by
+    tests/test_recordings.py (the first steps here, the whole runs under `-m slow`), and the
+    browser tests run the chapter live, as a learner does."""
+    os.environ.setdefault("COURSE_PHASE_CHANGE_RUNS", "recorded")
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist

@@ -101,7 +101,7 @@ def cmd_test(extra: list[str]) -> int:
 
 
 def cmd_checkpoints(extra: list[str]) -> int:
-    return run("-m", "helpers.recipes", *extra)
+    return run("-m", "helpers.recordings", *extra)
 
 
 def cmd_notebooks(extra: list[str]) -> int:

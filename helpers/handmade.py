@@ -308,7 +308,7 @@ def mystery_composition(seed: int) -> MysteryComposition:
     return copy.deepcopy(_mystery_composition(seed))  # a copy: the caller may change it
 
 
-@functools.lru_cache(maxsize=32)  # tuning the readings takes ~0.5 s; checkers reuse seeds
+@functools.lru_cache(maxsize=32)  # tuning the readings is the slow part; checkers reuse seeds
 def _mystery_composition(seed: int) -> MysteryComposition:
     rng = torch.Generator().manual_seed(seed)
     for _ in range(50):  # a draw whose planted readings are not clear enough is drawn again

@@ -328,13 +328,11 @@ class Attention(nn.Module):
         and the attention of all heads at once. The model uses it when no hook is attached and
         nothing is cached (training, plain `model(tokens)`).
 
-        The attention kernel depends on torch's thread count, as measured on the course's shape
-        (2 layers, heads of 16, 32 positions, batch 64; 2-core machine, one process, old and new
-        interleaved): on one thread (training, `helpers.train.one_thread`)
-        `F.scaled_dot_product_attention` was faster (a forward pass 4.8 ms against 5.5 ms
-        for the explicit version; training steps the same), but its CPU kernel does not use a
-        second thread, and on two the explicit scores-softmax-mix made forward passes and
-        training steps 1.2-1.3x faster (4.6 ms against 5.7 ms; 15.2 ms against 19.2 ms).
+        The attention kernel depends on torch's thread count, as measured on the course's shapes:
+        on one thread (training, `helpers.train.one_thread`) `F.scaled_dot_product_attention`
+        was the faster, but its CPU kernel does not use a second thread, and on two the explicit
+        scores-softmax-mix was faster for forward passes and training steps alike
+        (`tools/benchmark.py peers` measures both paths; BENCHMARKS.md has the figures).
         """
         cfg = self.cfg
         H, D, d = cfg.n_heads, cfg.d_model, cfg.d_head

@@ -1,14 +1,13 @@
-"""The course's trained models: how each checkpoint in `data/` is made, and loading them.
+"""The course's trained models: how each file in `data/` is made, and loading them.
 
 Each recipe names a model config, a language and a training config, all seeded, so
-`python3 course.py checkpoints` (or `python -m helpers.recipes [NAME ...]`) rebuilds every file in
-`data/` from scratch, and a notebook can retrain a model instead of loading it (`retrain=True`).
+`python3 course.py checkpoints` rebuilds every checkpoint in `data/` from scratch (with chapter
+05's recorded runs, `helpers.recordings`), and a notebook can retrain a model instead of loading
+it (`retrain=True`).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ from helpers.data import (
 from helpers.models import AttnOnlyTransformer, HookedTransformerConfig, next_token_loss
 from helpers.train import Task, TrainConfig, train
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = ROOT / "data"
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,8 @@ def _induction_model(n_layers: int) -> HookedTransformerConfig:
     )
 
 
-# Measured on the 2-core machine: loss on repeats falls to 0.25 x the loss on fresh tokens by
-# step ~500 (5 s where it was tuned, 10-14 s on the 2-core machine of BENCHMARKS.md); lr 3e-3 took
-# ~700 steps, init std 0.02 sat on the plateau past 1500.
+# Loss on repeats falls to 0.25 x the loss on fresh tokens by step ~500 (BENCHMARKS.md times it);
+# lr 3e-3 took ~700 steps, init std 0.02 sat on the plateau past 1500.
 # The extra steps sharpen the heads (previous-token score 0.83 at step 1000, 0.98 at 1500).
 _INDUCTION_TRAINING = TrainConfig(n_steps=1500, batch_size=64, lr=5e-3, seed=0, eval_every=50)
 
@@ -148,7 +147,7 @@ def _eval_loss(task: Task, n_ctx: int) -> Callable[[AttnOnlyTransformer], float]
 
 
 def train_recipe(name: str, progress: bool = True) -> Checkpoint:
-    """Train the named model from its seeds (seconds to a minute on a laptop CPU)."""
+    """Train the named model from its seeds (BENCHMARKS.md times each recipe)."""
     recipe = _check_name(name)
     task = recipe.make_task()
     model = AttnOnlyTransformer(recipe.model)
@@ -173,7 +172,9 @@ def load(name: str, retrain: bool = False, progress: bool = True) -> Checkpoint:
 
 
 def build(names: list[str] | None = None, progress: bool = True) -> list[Path]:
-    """Retrain and save the named checkpoints (all when `names` is None)."""
+    """Retrain and save the named checkpoints (all when `names` is None). `python -m
+    helpers.recordings` (what `course.py checkpoints` runs) calls it for every file of `data/`
+    that is a checkpoint."""
     paths = []
     for name in names or list(RECIPES):
         ckpt = train_recipe(name, progress=progress)
@@ -182,19 +183,3 @@ def build(names: list[str] | None = None, progress: bool = True) -> list[Path]:
         print(f"{path.name}: eval loss {final:.4f} in {ckpt.history['seconds'][0]:.1f} s")
         paths.append(path)
     return paths
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description="Rebuild the course's checkpoints in data/.")
-    parser.add_argument(
-        "names", nargs="*", help=f"recipes to build (default: all of {list(RECIPES)})"
-    )
-    args = parser.parse_args(argv)
-    for name in args.names:
-        _check_name(name)
-    build(args.names or None, progress=sys.stderr.isatty())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

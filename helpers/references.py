@@ -60,6 +60,11 @@ def reference(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def original(fn: Callable) -> Callable:
+    """The function a `@reference` wraps (for reading its source); any other function as it is."""
+    return _originals.get(fn, fn)
+
+
 @contextmanager
 def withheld(*fns: Callable) -> Iterator[None]:
     """Within the block, calling any of `fns` (each marked `@reference`) raises ReferenceWithheld.

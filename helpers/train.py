@@ -154,14 +154,13 @@ def train(
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """Within the block, torch runs on one thread: the safe choice for the
-    course's small models. Measured with tools/benchmark.py training on a 2-core machine
-    (BENCHMARKS.md, three runs on different days): on a quiet machine two threads reached induction
-    in 10.2-14.2 s, one in 12.5-14.0 s; beside one busy process two threads took 10.5, 45.8 and
-    11.1 s (they can spin waiting for each other when a core is taken), one thread 11.4-15.8 s.
-    One thread is at worst 1.35x slower; two can be 3x slower, and a notebook rarely has the machine
-    to itself (a browser, a second kernel, a teacher's screen share). The second core is better
-    spent on a second run beside the first (`helpers.phase_change.record_runs`).
+    """Within the block, torch runs on one thread: the safe choice for the course's small
+    models. On a quiet machine a second thread gains little on them, and beside other work it
+    can lose a lot: two threads spin waiting for each other when another process takes a core,
+    and a notebook rarely has the machine to itself (a browser, a second kernel, a teacher's
+    screen share). `tools/benchmark.py training` times both, quiet and beside a busy process
+    (BENCHMARKS.md). The second core is better spent on a second run beside the first
+    (`helpers.phase_change.record_runs`).
 
     Torch's thread count belongs to the Python thread that sets it (new threads start from the
     last count set), so the block saves and gives back the count of the thread it runs in: blocks

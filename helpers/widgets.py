@@ -322,7 +322,8 @@ def attention_explorer(
     model: AttnOnlyTransformer, tokens: Tensor, token_labels: list[str]
 ) -> Explorer:
     """Chapter 04: pick a head; see its attention pattern on one sequence (e.g. repeated random
-    tokens), rows = query positions, columns = key positions, labelled with the tokens."""
+    tokens), rows = query positions, columns = key positions, labelled with the tokens, in the
+    course's attention colours on their fixed 0..1 scale (`plotting.ATTENTION_CMAP`)."""
     head = head_dropdown(model)
     _check_model_and_labels(model, token_labels)
     tokens = model.validate_tokens(tokens)[:1]
@@ -332,12 +333,12 @@ def attention_explorer(
     def draw() -> Figure:
         layer, h = head.value
         return token_heatmap(
-            cache[f"blocks.{layer}.attn.hook_pattern"][0, h], text, text, centre=False,
+            cache[f"blocks.{layer}.attn.hook_pattern"][0, h], text, text, attention=True,
             title=f"L{layer}H{h} attention pattern", xlabel="key position (attended to)",
             ylabel="query position", ax_size=6,
         )  # fmt: skip
 
-    def update(figure: Figure) -> list:  # the same tokens on both axes: only the pattern changes
+    def update(figure: Figure) -> list:  # the same tokens and scale: only the pattern changes
         layer, h = head.value
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0, h]
         return update_token_heatmap(figure, pattern, title=f"L{layer}H{h} attention pattern")

@@ -60,6 +60,7 @@ def learner_run_problems(nb: nbformat.NotebookNode, name: str) -> list[str]:
             problems.append(f"cell {index} failed: {errors[0].get('ename')}: {cell.source[:80]!r}")
     if checked != len(exercises):
         problems.append(f"{checked} check cells for {len(exercises)} exercises")
+    problems += figure_text_problems(nb)
     try:
         printed = claims.claims_of(nb, name)  # learner and solution notebooks print the same
     except ValueError as err:
@@ -72,4 +73,30 @@ def learner_run_problems(nb: nbformat.NotebookNode, name: str) -> list[str]:
                 f"README.md's row for claim {number} is out of date; run `python tools/claims.py`."
                 f"\nREADME:   {table.get(number)}\nnotebook: {row}"
             )
+    return problems
+
+
+def figure_text_problems(nb: nbformat.NotebookNode) -> list[str]:
+    """Every figure in the notebook's outputs was drawn by helpers.plotting, which records its
+    smallest text, and none is smaller than `plotting.MIN_TEXT_PX` at JupyterLab's default width
+    (a wider figure is shown scaled down, its text with it)."""
+    import base64
+
+    from helpers import plotting
+
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            png = output.get("data", {}).get("image/png")
+            if not png:
+                continue
+            data = base64.b64decode(png if isinstance(png, str) else "".join(png))
+            shown = plotting.displayed_text_px(data)
+            if shown is None:
+                problems.append(f"cell {index}: a figure that does not record its text size")
+            elif shown < plotting.MIN_TEXT_PX:
+                problems.append(
+                    f"cell {index}: a figure's smallest text is {shown:.1f} px at JupyterLab's "
+                    f"default width (floor {plotting.MIN_TEXT_PX} px): {cell.source[:60]!r}"
+                )
     return problems

@@ -12,7 +12,7 @@ LAYERS = [
     {"references", "models", "data"},
     {"train", "checkpoints", "circuits", "attribution", "handmade"},
     {"evals"},
-    {"recipes", "phase_change"},
+    {"recipes", "phase_change", "recordings"},
     {"checks", "plotting", "widgets", "attention_views"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

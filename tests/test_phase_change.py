@@ -1,5 +1,6 @@
 import _thread
 import math
+import re
 import threading
 
 import numpy as np
@@ -266,3 +267,71 @@ def test_record_runs_stops_every_run_when_the_cell_is_interrupted():
     timer.join()
     assert all(0 < task.batches < 100_000 for task in tasks)
     assert torch.get_num_threads() == before
+
+
+def test_record_runs_gives_up_over_budget_and_stops_every_run():
+    tasks = [_CountingTask(), _CountingTask()]
+    settings = {
+        name: (CFG, task, TrainConfig(n_steps=100_000, batch_size=4))
+        for name, task in zip("ab", tasks, strict=True)
+    }
+    with pytest.raises(phase_change.OverBudget, match="more than the budget of 0.01 s") as info:
+        phase_change.record_runs(settings, every=1000, progress=False, budget_s=0.01)
+    assert info.value.elapsed_s > 0.01 and info.value.projected_s > 0.01
+    assert all(task.batches < 100_000 for task in tasks)  # stopped at their next step
+    with pytest.raises(ValueError, match="budget_s must be None or a number of seconds > 0"):
+        phase_change.record_runs(settings, budget_s=0)
+
+
+def test_record_runs_projects_the_whole_from_the_speed_so_far(monkeypatch):
+    """Past PROJECT_AFTER_S, a run projected to overrun the budget stops long before it would."""
+    monkeypatch.setattr(phase_change.runs, "PROJECT_AFTER_S", 0.3)  # where record_runs reads it
+    task = _CountingTask()
+    settings = {"long": (CFG, task, TrainConfig(n_steps=100_000, batch_size=4))}
+    with pytest.raises(phase_change.OverBudget) as info:
+        phase_change.record_runs(settings, every=1000, progress=False, budget_s=60)
+    assert info.value.elapsed_s < 30 and info.value.projected_s > 60
+
+
+def test_record_runs_and_sweep_show_a_bar_with_the_time_left_and_the_runs_done(capsys):
+    settings = {
+        "tiny": (CFG, LANGUAGE, TrainConfig(n_steps=20, batch_size=8, seed=0)),
+        "tinier": (CFG, LANGUAGE, TrainConfig(n_steps=10, batch_size=8, seed=1)),
+    }
+    phase_change.record_runs(settings, every=5, snapshots=False)
+    bar = capsys.readouterr().err  # tqdm writes to stderr outside a notebook
+    assert "training:" in bar and "/30 [" in bar and "<" in bar and "runs done" in bar
+    phase_change.sweep(settings, every=5, below=0.0)
+    assert "sweep:" in capsys.readouterr().err
+    phase_change.record_training(CFG, LANGUAGE, TrainConfig(n_steps=5, batch_size=4), every=5)
+    assert re.search(r"training: .*\| 0/5 \[00:00<\?", capsys.readouterr().err)
+
+
+def test_the_sweeps_changes_are_listed_with_their_settings_and_outcomes():
+    settings = phase_change.sweep_settings()
+    changes = phase_change.sweep_changes(settings)
+    assert list(settings) == ["base", *changes]
+    assert changes["one layer"] == "n_layers 1 instead of 2"
+    assert changes["half the learning rate"] == "lr 0.0075 instead of 0.015"
+    assert changes["segments of 4-8 tokens"] == "segment_len (4, 8) instead of (8, 15)"
+    assert changes["one layer, smeared keys"] == (
+        "n_layers 1 instead of 2; smeared_keys True instead of False"
+    )
+    with pytest.raises(ValueError, match="needs a run named 'base'"):
+        phase_change.sweep_changes({"other": settings["one layer"]})
+    base_lr = settings["base"][2].lr
+    assert settings["half the learning rate"][2].lr == base_lr / 2
+    assert settings["a fifth of the learning rate"][2].lr == pytest.approx(base_lr / 5)
+
+    def run(name, formed_at):
+        steps = [0, 100, 200, 300]
+        ratio = [1.0 if formed_at is None or s < formed_at else 0.3 for s in steps]
+        return phase_change.TrainingRecord(name, CFG, steps, [0.0] * 4, [0.0] * 4, ratio,
+                                           torch.empty(0), torch.empty(0), [], 0.0)  # fmt: skip
+
+    runs = {n: run(n, s) for n, s in (("base", 200), ("a", 100), ("b", 200), ("c", 300),
+                                      ("d", None))}  # fmt: skip
+    assert phase_change.sweep_outcomes(runs) == {
+        "a": "earlier", "b": "the same", "c": "later", "d": "never"
+    }  # fmt: skip
+    assert set(phase_change.sweep_outcomes(runs).values()) == set(phase_change.SWEEP_OUTCOMES)

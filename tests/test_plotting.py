@@ -115,7 +115,7 @@ def test_loss_by_position_and_horizontal_bars():
 def test_one_diverging_scale_that_ignores_non_finite_entries():
     M = torch.tensor([[1.0, -4.0], [float("nan"), float("inf")]]).numpy()
     norm = plotting.diverging_norm(M, -2 * M)
-    assert (norm.vmin, norm.vcenter, norm.vmax) == (-8.0, 0.0, 8.0)
+    assert (norm.vmin, norm(0.0), norm.vmax) == (-8.0, 0.5, 8.0)  # 0 in the middle
     assert plotting.diverging_norm(torch.zeros(2, 2).numpy()).vmax == 1.0  # never an empty range
 
 
@@ -137,7 +137,7 @@ def test_a_blitted_update_draws_what_a_full_redraw_draws():
     for source, M, title in ((3, b, "second"), (None, a, "third"), (5, a, "fourth"), (2, a, "5")):
         changed = plotting.update_circuit_panel(fig, M, M.T, source=source, title=title)
         # the same circuits for another source: the images come from the last frame
-        assert bool(fig.course_blit_still) == (title in ("fourth", "5"))
+        assert bool(fig.blit.still) == (title in ("fourth", "5"))
         blitted = plotting.figure_png_blit(fig, changed)
         full = plotting.figure_png(
             plotting.circuit_panel(M, M.T, labels, source=source, title=title)
@@ -173,15 +173,17 @@ def test_a_blitted_heatmap_draws_what_a_full_redraw_draws():
     labels = [f"t{i}" for i in range(8)]
     g = torch.Generator().manual_seed(2)
     first, second = torch.rand(8, 8, generator=g), 0.5 * torch.rand(8, 8, generator=g)
-    for centre in (False, True):
-        fig = plotting.token_heatmap(first, labels, labels, centre=centre, title="first")
+    for scale in ({"centre": False}, {"centre": True}, {"attention": True}):
+        fig = plotting.token_heatmap(first, labels, labels, title="first", **scale)
         blitted = plotting.figure_png_blit(
             fig, plotting.update_token_heatmap(fig, second, title="second")
         )
         full = plotting.figure_png(
-            plotting.token_heatmap(second, labels, labels, centre=centre, title="second")
+            plotting.token_heatmap(second, labels, labels, title="second", **scale)
         )
         _assert_same_picture(blitted, full)
+    with pytest.raises(ValueError, match="needs a figure made by token_heatmap"):
+        plotting.update_token_heatmap(plotting.loss_curve([1.0, 2.0]), second)
 
 
 def test_a_blitted_distribution_comparison_draws_what_a_full_redraw_draws():
@@ -244,3 +246,65 @@ def test_formation_steps_show_runs_that_never_formed():
     assert [p.get_width() for p in ax.patches] == [150, 300]
     assert "none by step 300" in ax.texts[1].get_text()
     _png(fig)
+
+
+def test_heatmap_colours_say_what_is_drawn():
+    M = torch.rand(4, 4)
+    for scale, cmap, clim in (
+        ({}, plotting.DIVERGING_CMAP, (-M.max().item(), M.max().item())),
+        ({"centre": False}, plotting.SEQUENTIAL_CMAP, (0.0, M.max().item())),
+        ({"attention": True}, plotting.ATTENTION_CMAP, plotting.ATTENTION_SCALE),
+    ):
+        for fig in (plotting.token_heatmap(M, **scale),
+                    plotting.side_by_side_heatmaps({"a": M, "b": M / 2}, **scale)):  # fmt: skip
+            image = fig.axes[0].images[0]
+            assert image.get_cmap().name == cmap
+            assert image.get_clim() == pytest.approx(clim)
+
+
+def test_attention_patterns_lays_out_a_row_per_layer():
+    P = torch.rand(2, 3, 5, 5).softmax(-1)  # [layer, head, query_pos, key_pos]
+    fig = plotting.attention_patterns(P, list("abcde"), title="T")
+    shown = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in shown] == ["L0H0", "L0H1", "L0H2", "L1H0", "L1H1", "L1H2"]
+    assert len(fig.axes) == 6 + 1  # and one colour bar
+    assert [t.get_text() for t in shown[0].get_yticklabels()] == list("abcde")
+    fig = plotting.attention_patterns({f"h{i}": P[0, 0] for i in range(5)}, columns=4)
+    assert sum(ax.get_visible() for ax in fig.axes if ax.images) == 5  # a row of 4, then 1
+    with pytest.raises(ValueError, match=r"\[layer, head, query_pos, key_pos\]"):
+        plotting.attention_patterns(P[0])
+    with pytest.raises(ValueError, match="labels has 2 labels"):
+        plotting.attention_patterns(P, ["a", "b"])
+    with pytest.raises(ValueError, match="one \\[query_pos, key_pos\\] shape"):
+        plotting.attention_patterns({"a": P[0, 0], "b": P[0, 0, :3]})
+
+
+def test_token_labels_thin_out_only_where_they_cannot_fit():
+    letters = [chr(ord("a") + i % 26) for i in range(31)]
+    fig = plotting.attention_patterns(torch.rand(2, 4, 31, 31), letters)  # 31 tokens, 4 across
+    ax = fig.axes[0]
+    assert len(ax.get_xticks()) == 16 and "every 2nd token labelled" in fig.get_supxlabel()
+    fig = plotting.attention_patterns(torch.rand(2, 2, 16, 16), letters[:16])
+    assert len(fig.axes[0].get_xticks()) == 16 and "every" not in fig.get_supxlabel()
+
+
+def test_formation_steps_reveal_the_predictions():
+    formed = {"base": 150, "faster": 100, "slower": 200, "never": None}
+    trained = {"base": 150, "faster": 100, "slower": 200, "never": 300}
+    said = {"faster": "earlier", "slower": "the same", "never": "never"}
+    happened = {"faster": "earlier", "slower": "later", "never": "never"}
+    fig = plotting.formation_steps(formed, trained, predictions=said, outcomes=happened)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "earlier ✔" in texts and "never ✔" in texts
+    assert "the same ✘ (it was later)" in texts and "you said" in texts
+    with pytest.raises(ValueError, match="need the outcomes of the same runs"):
+        plotting.formation_steps(formed, trained, predictions={"faster": "sooner"})
+    with pytest.raises(ValueError, match="runs other than"):
+        plotting.formation_steps(formed, trained, predictions={"base": "the same"},
+                                 outcomes=happened)  # fmt: skip
+
+
+def test_update_state_lives_in_named_parts():
+    fig = plotting.contribution_bars(torch.tensor([1.0, -0.5]), ["embed", "L0H0"])
+    assert fig.parts is not None and not [a for a in vars(fig) if a.startswith("course_")]
+    assert plotting.loss_curve([1.0]).parts is None  # a figure no widget updates

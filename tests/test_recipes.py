@@ -1,4 +1,5 @@
-"""The stored checkpoints load, and retraining from the seeds reproduces the claims."""
+"""The stored checkpoints load, and retraining from the seeds reproduces the claims; chapter 05's
+recording loads, is what training gives, and stands in for training where that is too slow."""
 
 import math
 
@@ -73,8 +74,6 @@ def test_unknown_recipe_names_the_choices():
         ValueError, match="no recipe named 'bigram'; available: copying_2l, bigram_0l"
     ):
         recipes.load("bigram")
-    with pytest.raises(ValueError, match="no recipe named"):
-        recipes.main(["nope"])
 
 
 @pytest.mark.slow  # retrains a model: run by .ci/run (course.py test -m slow)

@@ -1,3 +1,4 @@
+import re
 import threading
 
 import pytest
@@ -145,3 +146,12 @@ def test_one_thread_keeps_each_python_threads_own_count():
     finally:
         torch.set_num_threads(before)  # also the count new threads start from
     assert seen == {"worker inside": 1, "main inside": 1, "main after": before, "worker after": 2}
+
+
+def test_training_shows_a_bar_with_the_time_left(capsys):
+    model = make_model(n_layers=1)
+    train(
+        model, BigramLanguage(n_states=model.cfg.d_vocab - 1), TrainConfig(n_steps=3, batch_size=2)
+    )
+    bar = capsys.readouterr().err  # tqdm writes to stderr outside a notebook: [elapsed<remaining]
+    assert re.search(r"training: .*\| 0/3 \[00:00<\?", bar)  # total known: a time left

@@ -3,6 +3,7 @@ import torch
 
 from helpers import widgets
 from helpers.data import BigramLanguage
+from helpers.plotting import ATTENTION_CMAP, ATTENTION_SCALE
 from tests.conftest import make_model, random_tokens
 
 
@@ -100,6 +101,8 @@ def test_attention_explorer_redraws():
     before = _png(explorer)
     head.value = (1, 2)
     assert _png(explorer) != before
+    (image,) = explorer._figure.axes[0].images  # in the course's attention colours
+    assert (image.get_cmap().name, image.get_clim()) == (ATTENTION_CMAP, ATTENTION_SCALE)
     with pytest.raises(ValueError, match="longer than n_ctx"):
         widgets.attention_explorer(model, torch.zeros(1, 20, dtype=torch.long), ["x"] * 13)
 

@@ -78,9 +78,12 @@ def learner_version(solution_nb: nbformat.NotebookNode, name: str) -> nbformat.N
     nb = copy.deepcopy(solution_nb)
     strip_outputs(nb)
     cells = []
+    # for the learner: how the exercises work. (Authors edit the solution notebook and regenerate
+    # this one: CONTRIBUTING.md says how; the learner need not know.)
     banner = nbformat.v4.new_markdown_cell(
-        f"*Exercise version. The complete notebook is `solutions/{name}`; this file is generated "
-        "from it by `python3 course.py notebooks`, so edit that one.*"
+        "*Exercise version: where a cell raises `NotImplementedError`, write your code in its "
+        "place, then run the check cell right after it. Each exercise has a hint above it and its "
+        f"solution, folded, below its check; the complete notebook is `solutions/{name}`.*"
     )
     banner.metadata["tags"] = ["generated-banner"]
     cells.append(banner)

@@ -9,8 +9,8 @@ and, after its asserts, prints one line
 
     Claim N ✔ <what was measured> (bound: <the threshold asserted>)
 
-Claims are numbered as in `shared/reference/paper-notes.md`, section 4; the short statements below
-are the course's own words.
+The numbers are the course's own, fixed once: the README's table is where a reader finds them, and
+`CLAIMS` below holds each claim's statement in the course's words.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What every checker shares: calling the learner's function safely, and diagnosing its answer.
 
-The rules every checker follows (see DESIGN.md, "Exercises"):
+The rules every checker follows:
 - the reference answer and every common mistake of every case are computed first, on the checker's
   own inputs, before the learner's function runs at all; the learner's function then gets clones
   (`call_learner`), so editing an input in place changes nothing but the learner's own copy;

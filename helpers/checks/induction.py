@@ -491,7 +491,8 @@ def _ov(model, layer: int, head: int) -> Tensor:
 def check_find_induction_circuit(find_induction_circuit: Callable) -> None:
     """Exercise 4.8: `find_induction_circuit(model) -> (previous_token_head, induction_heads)` for
     a two-layer model: the layer-0 head with the highest previous-token score, and the sorted
-    list of layer-1 heads with an induction score of at least 0.5, both as (layer, head), on
+    list of layer-1 heads with an induction score of at least `evals.INDUCTION_HEAD_THRESHOLD`,
+    both as (layer, head), on
     mystery models drawn at check time (the circuit hidden at random heads, the residual stream
     rotated)."""
     ex = "Exercise 4.8 (find_induction_circuit)"
@@ -523,6 +524,7 @@ def check_find_induction_circuit(find_induction_circuit: Callable) -> None:
             raise CheckFailed(
                 ex, f"{where}: induction heads {induction}, expected {len(mystery.induction_heads)} "
                 "head(s) in layer 1. Score every layer-1 head with the prefix-matching score on "
-                "repeated random tokens (Exercise 4.3) and keep those scoring >= 0.5.",
+                "repeated random tokens (Exercise 4.3) and keep those scoring >= "
+                f"evals.INDUCTION_HEAD_THRESHOLD ({evals.INDUCTION_HEAD_THRESHOLD}).",
             )  # fmt: skip
     passed(ex, "the hidden circuit of three mystery models, whatever the rotation and placement.")

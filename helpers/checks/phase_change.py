@@ -1,17 +1,19 @@
-"""Checkers of chapter 05: the in-context-learning score, Dursleys and Mrs Potter, and the
-pattern-preserving ablation."""
+"""Checkers of chapter 05: the in-context-learning score, Dursleys and Mrs Potter, the
+pattern-preserving ablation, smeared keys, the loss's bend and the sweep's predictions."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
+from IPython.display import display
 from torch import Tensor
 
-from helpers import evals, models, phase_change
+from helpers import evals, models, phase_change, plotting, recordings
 from helpers.checks._base import (
     Case,
     CheckFailed,
+    call_learner,
     check_cases,
     checker,
     draw_seed,
@@ -251,39 +253,74 @@ def check_slope_fall(slope_fall: Callable) -> None:
     passed(ex, "right on two bent loss curves recorded at uneven steps.")
 
 
-OUTCOMES = ("earlier", "the same", "later", "never")
-
-
 @checker
-def check_sweep_predictions(predict: Callable) -> None:
-    """Exercise 5.6: `predict() -> {setting: outcome}` for every setting of
-    `phase_change.sweep_settings()` but "base": when induction forms compared with the base run,
-    one of "earlier", "the same", "later", "never". Checked against the sweep itself (run once,
-    about 15 s, two runs at a time)."""
+def check_sweep_predictions(predict: Callable, *, live: bool | None = None) -> None:
+    """Exercise 5.6: `predict() -> {setting: outcome}` for every change of the chapter's sweep
+    (`phase_change.sweep_changes()`): when induction forms compared with the base run, one of
+    `phase_change.SWEEP_OUTCOMES`. Once the predictions are well formed, the sweep is made
+    (`recordings.phase_change_sweep(live=live)`: trained here, or its recording) and its figure,
+    the outcomes beside the predictions, shown, whether they are right or not. A stub runs
+    nothing and shows nothing."""
     ex = "Exercise 5.6 (predict)"
-    names = [n for n in phase_change.sweep_settings() if n != "base"]
-    prediction = predict()
-    if not isinstance(prediction, dict) or set(prediction) != set(names):
-        got = sorted(prediction) if isinstance(prediction, dict) else type(prediction).__name__
+    names = list(phase_change.sweep_changes())
+    if isinstance(predict, Mapping):
         raise CheckFailed(
-            ex, f"predict() must return a dict with one entry per setting, {names}; got {got}."
-        )
-    if bad := {k: v for k, v in prediction.items() if v not in OUTCOMES}:
-        raise CheckFailed(ex, f"each prediction must be one of {OUTCOMES}; got {bad}.")
-    runs = phase_change.chapter_sweep()
+            ex, "pass your function itself, check_sweep_predictions(predict), not the dict it "
+            "returns: the checker calls it."
+        )  # fmt: skip
+    try:
+        prediction = call_learner(ex, predict)
+    except (CheckFailed, NotImplementedError):  # a stub's becomes ExerciseNotDone
+        raise
+    except Exception as err:
+        raise CheckFailed(
+            ex, f"predict() raised {type(err).__name__}: {err}. It takes no arguments and returns "
+            "a dict {setting: outcome}."
+        ) from err  # fmt: skip
+    if not isinstance(prediction, Mapping):
+        got = type(prediction).__name__
+        raise CheckFailed(ex, f"predict() must return a dict {{setting: outcome}}, got {got}.")
+    missing = [name for name in names if name not in prediction]
+    extra = [key for key in prediction if key not in names]
+    if missing or extra:
+        problems = [f"missing {missing}"] * bool(missing) + [f"unexpected {extra}"] * bool(extra)
+        if "base" in extra:
+            problems.append("the base run is what the others are compared with")
+        raise CheckFailed(
+            ex, f"predict() must return one entry per change of the sweep, {names}: "
+            f"{'; '.join(problems)}."
+        )  # fmt: skip
+    outcomes = phase_change.SWEEP_OUTCOMES
+    if bad := {k: v for k, v in prediction.items() if not (isinstance(v, str) and v in outcomes)}:
+        raise CheckFailed(ex, f"each prediction must be one of {outcomes}; got {bad}.")
+    runs = recordings.phase_change_sweep(live=live)
+    display(_sweep_figure(runs, prediction))
     base = phase_change.formation_step(runs["base"])
     wrong = []
-    for name in names:
-        step = phase_change.formation_step(runs[name])
-        outcome = ("never" if step is None else "earlier" if step < base
-                   else "later" if step > base else "the same")  # fmt: skip
+    for name, outcome in phase_change.sweep_outcomes(runs).items():
         if prediction[name] != outcome:
+            step = phase_change.formation_step(runs[name])
             seen = (f"no induction by step {runs[name].steps[-1]}" if step is None
                     else f"induction at step {step}")  # fmt: skip
-            wrong.append(
-                f"{name!r}: you said {prediction[name]}, it was {outcome} ({seen}; base: step {base})"
-            )
+            wrong.append(f"{name!r}: you said {prediction[name]}, it was {outcome} ({seen}; "
+                         f"base: step {base})")  # fmt: skip
     if wrong:
-        raise CheckFailed(ex, f"{len(wrong)} of {len(names)} predictions missed:\n  " + "\n  ".join(wrong)
-                          + "\nWhy? The figure below shows every run; the text after it explains.")  # fmt: skip
-    passed(ex, f"all {len(names)} predictions right.")
+        missed = "\n  ".join(wrong)
+        raise CheckFailed(ex, f"{len(wrong)} of {len(names)} predictions missed:\n  {missed}\n"
+                          "Why? See the explanation below the figure.")  # fmt: skip
+    passed(ex, f"all {len(names)} predictions right; the explanation below the figure says why.")
+
+
+def _sweep_figure(runs: dict, prediction: Mapping[str, str]):
+    """When induction formed in each run of the sweep, the learner's predictions beside them."""
+    formed = {name: phase_change.formation_step(run) for name, run in runs.items()}
+    trained = {name: run.steps[-1] for name, run in runs.items()}
+    how = "recorded runs" if runs["base"].source == "recorded" else "runs trained here"
+    title = f"The sweep's {len(runs)} {how}: when induction formed"
+    return plotting.formation_steps(
+        formed,
+        trained,
+        title=title,
+        predictions=prediction,
+        outcomes=phase_change.sweep_outcomes(runs),
+    )

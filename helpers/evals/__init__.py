@@ -21,6 +21,7 @@ from helpers.evals.continuation import (
     skip_trigram_effect,
 )
 from helpers.evals.head_scores import (
+    INDUCTION_HEAD_THRESHOLD,
     InductionCircuit,
     RepeatLoss,
     bos_attention,
@@ -35,6 +36,7 @@ from helpers.evals.head_scores import (
 )
 
 __all__ = [
+    "INDUCTION_HEAD_THRESHOLD",
     "ContinuationEffect",
     "continuation_effect",
     "filler_contexts",

@@ -12,6 +12,15 @@ from helpers.data import BOS
 from helpers.models import AttnOnlyTransformer, next_token_loss
 from helpers.references import reference
 
+# What makes a head an induction head, everywhere in the course (chapters 03-05, exercise 4.8):
+# a prefix-matching score (`induction_scores`) of at least this. At 0.5 a head puts at least half
+# of its attention, on repeated random tokens, on the token after an earlier copy of the current
+# token: more there than on every other position together, which no head does by accident (a head
+# that attends anywhere else scores near 0, a uniform one about one over the position). Olsson et
+# al. (2022) ask for prefix matching "with much greater than random chance"; this is where the
+# course draws the line, the same for trained, hand-made and mystery models.
+INDUCTION_HEAD_THRESHOLD = 0.5
+
 
 def _check_has_heads(model: AttnOnlyTransformer) -> None:
     if model.cfg.n_layers == 0:
@@ -202,7 +211,10 @@ class InductionCircuit:
 @reference
 @torch.no_grad()
 def find_induction_circuit(
-    model: AttnOnlyTransformer, tokens: Tensor, length: int, threshold: float = 0.5
+    model: AttnOnlyTransformer,
+    tokens: Tensor,
+    length: int,
+    threshold: float = INDUCTION_HEAD_THRESHOLD,
 ) -> InductionCircuit:
     """The induction circuit of a two-layer model, from its behaviour on repeated random tokens
     (`tokens`: BOS + blocks of `length`): the layer-0 head with the highest previous-token score,

@@ -10,7 +10,9 @@ For each notebook on disk (parametrised, so a new chapter needs no edit here):
 5. no request may leave the machine, from the browser or from the kernel;
 6. for a learner notebook, what tests/learner_run.py asks of a Run All (tests/test_notebooks.py
    then does not run it a second time);
-7. save a full-notebook screenshot (folder printed at the end of the run).
+7. no text of any figure, widgets' included, is shown smaller than `plotting.MIN_TEXT_PX` at the
+   width JupyterLab gives it in a 1280-pixel window;
+8. save a full-notebook screenshot (folder printed at the end of the run).
 
 Solution notebooks run here under the `slow` marker (`.ci/run` selects it): nbval already
 executes them in the everyday suite.
@@ -32,7 +34,7 @@ from tests.learner_run import from_jupyterlab, learner_run_problems
 
 pytestmark = pytest.mark.browser
 
-RUN_TIMEOUT_S = 600  # a notebook slower than this should be made smaller (STYLE.md)
+RUN_TIMEOUT_S = 600  # a notebook slower than this should be made smaller, not given more time
 WIDGET_TIMEOUT_S = 30  # one widget change: a callback redrawing a figure
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 STUB_ERRORS = {"NotImplementedError", "ExerciseNotDone"}
@@ -115,6 +117,7 @@ def test_notebook_in_jupyterlab(
             problems += learner_run_problems(from_jupyterlab(executed), Path(path).name)
         problems += widget_problems(page, lab_server)
         problems += circuitsvis_problems(page)
+        problems += figure_text_problems(page)
     finally:
         save_screenshot(
             page, screenshots_dir / (path.replace("/", "__").removesuffix(".ipynb") + ".png")
@@ -349,6 +352,53 @@ def circuitsvis_problems(page) -> list[str]:
         if not blank or time.monotonic() > deadline:
             return [f"circuitsvis view {view_id} stayed empty" for view_id in blank]
         time.sleep(0.5)
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+# Every PNG the course draws records the size of its smallest text at its own width
+# (helpers.plotting.png_min_text_px); JupyterLab shows an image at that width or, when the output
+# area is narrower, scaled down to fit. Each image is scrolled into view first: JupyterLab lays out
+# only the cells on screen.
+FIGURES = """async () => {
+    const found = [];
+    const area = document.querySelector('.jp-Notebook .jp-OutputArea-output');
+    for (const img of document.querySelectorAll('.jp-Notebook .jp-OutputArea-output img')) {
+        img.scrollIntoView({block: 'center'});
+        await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+        found.push({src: img.src.slice(0, 22) === 'data:image/png;base64,' ? img.src : null,
+                    natural: img.naturalWidth, shown: img.getBoundingClientRect().width});
+    }
+    return {figures: found, outputWidth: area ? area.getBoundingClientRect().width : null};
+}"""
+
+
+def figure_text_problems(page) -> list[str]:
+    """No text of any figure (widgets' included) is shown smaller than plotting.MIN_TEXT_PX."""
+    import base64
+
+    from helpers import plotting
+
+    found = page.evaluate(FIGURES)
+    print(f"output area {found['outputWidth']} px wide; {len(found['figures'])} figures")
+    problems = []
+    for number, figure in enumerate(found["figures"], start=1):
+        if not figure["src"] or not figure["natural"]:
+            continue
+        smallest = plotting.png_min_text_px(base64.b64decode(figure["src"].split(",", 1)[1]))
+        if smallest is None:
+            problems.append(
+                f"figure {number} does not record its text size (not drawn by plotting)"
+            )
+            continue
+        shown = smallest * figure["shown"] / figure["natural"]
+        if shown < plotting.MIN_TEXT_PX:
+            problems.append(
+                f"figure {number}: its smallest text is shown {shown:.1f} px high "
+                f"({figure['natural']} px wide, shown at {figure['shown']:.0f} px); "
+                f"the floor is {plotting.MIN_TEXT_PX} px"
+            )
+    return problems
 
 
 # --- screenshot -------------------------------------------------------------------------------

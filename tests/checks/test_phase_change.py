@@ -1,12 +1,17 @@
 """Chapter 05's checkers accept the reference and reject plausible wrong answers."""
 
+import importlib
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from helpers import checks, evals, models, phase_change
+from helpers import checks, evals, models, phase_change, recordings
 from helpers.checks import CheckFailed
 from helpers.data import BOS
 from tests.checks.conftest import assert_accepts, assert_rejects
+
+checks_phase_change = importlib.import_module("helpers.checks.phase_change")
 
 
 def icl_reference(losses, early, late):
@@ -210,9 +215,18 @@ def test_slope_fall_rejects(wrong, diagnosis):
 
 
 @pytest.fixture
-def measured_sweep(monkeypatch):
+def shown(monkeypatch):
+    """The figures exercise 5.6's checker displays (outside IPython, `display` would print)."""
+    figures = []
+    monkeypatch.setattr(checks_phase_change, "display", figures.append)
+    return figures
+
+
+@pytest.fixture
+def measured_sweep(monkeypatch, shown):
     """Exercise 5.6's checker against a sweep whose outcomes are set here (the real one trains
-    for half a minute, and runs in the chapter's notebook)."""
+    for half a minute, or loads its recording: `test_sweep_predictions_on_the_recorded_sweep`);
+    `measured_sweep.calls` counts the sweeps asked for."""
     outcomes = {"base": 150, "half the learning rate": 225, "a fifth of the learning rate": None,
                 "segments of 4-8 tokens": None, "standard positions": 225, "smeared keys": 100,
                 "one layer": None, "one layer, smeared keys": 150}  # fmt: skip
@@ -224,16 +238,30 @@ def measured_sweep(monkeypatch):
         return phase_change.TrainingRecord(name, None, steps, [0.0] * n, [0.0] * n, ratio,
                                            torch.empty(0), torch.empty(0), [], 0.0)  # fmt: skip
 
-    monkeypatch.setattr(
-        phase_change, "chapter_sweep", lambda: {n: run(n, s) for n, s in outcomes.items()}
-    )
-    return {"half the learning rate": "later", "a fifth of the learning rate": "never",
-            "segments of 4-8 tokens": "never", "standard positions": "later",
-            "smeared keys": "earlier", "one layer": "never", "one layer, smeared keys": "the same"}  # fmt: skip
+    calls = []
+
+    def sweep(**kwargs):
+        calls.append(kwargs)
+        return {n: run(n, s) for n, s in outcomes.items()}
+
+    monkeypatch.setattr(recordings, "phase_change_sweep", sweep)
+    answer = {"half the learning rate": "later", "a fifth of the learning rate": "never",
+              "segments of 4-8 tokens": "never", "standard positions": "later",
+              "smeared keys": "earlier", "one layer": "never", "one layer, smeared keys": "the same"}  # fmt: skip
+    return SimpleNamespace(answer=answer, calls=calls)
 
 
-def test_sweep_predictions_accepts_what_was_measured(measured_sweep):
-    checks.check_sweep_predictions(lambda: dict(measured_sweep))
+def test_sweep_predictions_accepts_what_was_measured_and_shows_the_sweep(measured_sweep, shown,
+                                                                          capsys):  # fmt: skip
+    checks.check_sweep_predictions(lambda: dict(measured_sweep.answer), live=False)
+    assert measured_sweep.calls == [{"live": False}]
+    (figure,) = shown
+    assert figure.axes[0].get_title() == "The sweep's 8 runs trained here: when induction formed"
+    notes = [t.get_text() for t in figure.axes[0].texts]
+    assert "you said" in notes and "the same ✔" in notes  # the predictions beside the outcomes
+    out = capsys.readouterr().out
+    assert "✔ Exercise 5.6 (predict) passed: all 7 predictions right" in out
+    assert "the explanation below the figure" in out
 
 
 @pytest.mark.parametrize(
@@ -245,19 +273,78 @@ def test_sweep_predictions_accepts_what_was_measured(measured_sweep):
         ),
         ({"one layer": "later"}, "no induction by step 300"),
         ({"one layer, smeared keys": "earlier"}, "it was the same"),
-        ({"standard positions": "sooner"}, "must be one of"),
-        ({"base": "the same"}, "one entry per setting"),
     ],
 )
-def test_sweep_predictions_rejects(measured_sweep, change, diagnosis):
+def test_sweep_predictions_rejects_and_still_shows_the_sweep(measured_sweep, shown, change,
+                                                             diagnosis):  # fmt: skip
     with pytest.raises(CheckFailed) as info:
-        checks.check_sweep_predictions(lambda: {**measured_sweep, **change})
+        checks.check_sweep_predictions(lambda: {**measured_sweep.answer, **change})
+    assert diagnosis in str(info.value) and "1 of 7 predictions missed" in str(info.value)
+    assert str(info.value).endswith("Why? See the explanation below the figure.")
+    assert len(shown) == 1
+
+
+@pytest.mark.parametrize(
+    "answer, diagnosis",
+    [
+        (lambda a: {**a, "standard positions": "sooner"}, "must be one of ('earlier', "),
+        (lambda a: {**a, "standard positions": ["later"]}, "must be one of"),
+        (lambda a: {**a, "base": "the same"}, "unexpected ['base']; the base run is what"),
+        (lambda a: dict(list(a.items())[:-1]), "missing ['one layer, smeared keys']"),
+        (lambda a: {**a, 3: "later"}, "unexpected [3]"),
+        (lambda a: None, "predict() must return a dict {setting: outcome}, got NoneType"),
+        (lambda a: list(a), "got list"),
+    ],
+)
+def test_sweep_predictions_needs_one_outcome_per_change(measured_sweep, shown, answer, diagnosis):
+    """Malformed predictions are refused before anything runs or shows."""
+    with pytest.raises(CheckFailed) as info:
+        checks.check_sweep_predictions(lambda: answer(measured_sweep.answer))
     assert diagnosis in str(info.value)
+    assert not measured_sweep.calls and not shown
 
 
-def test_sweep_predictions_needs_a_dict(measured_sweep):
-    for answer in (None, list(measured_sweep), {k: "never" for k in list(measured_sweep)[:-1]}):
-        with pytest.raises(CheckFailed, match="one entry per setting"):
-            checks.check_sweep_predictions(lambda answer=answer: answer)
+def test_sweep_predictions_counts_the_misses(measured_sweep):
     with pytest.raises(CheckFailed, match="4 of 7 predictions missed"):
-        checks.check_sweep_predictions(lambda: dict.fromkeys(measured_sweep, "never"))
+        checks.check_sweep_predictions(lambda: dict.fromkeys(measured_sweep.answer, "never"))
+
+
+def test_sweep_predictions_of_a_stub_runs_and_shows_nothing(measured_sweep, shown):
+    def predict():
+        raise NotImplementedError("Exercise 5.6: your predictions here")
+
+    with pytest.raises(checks.ExerciseNotDone, match="5.6"):
+        checks.check_sweep_predictions(predict)
+    assert not measured_sweep.calls and not shown
+
+
+def test_sweep_predictions_says_what_to_pass(measured_sweep, shown):
+    with pytest.raises(CheckFailed, match=r"pass your function itself, .*not the dict it returns"):
+        checks.check_sweep_predictions(dict(measured_sweep.answer))
+    with pytest.raises(CheckFailed, match="pass your function itself, got str"):
+        checks.check_sweep_predictions("later")
+    with pytest.raises(CheckFailed, match=r"predict\(\) raised TypeError: .* takes no arguments"):
+        checks.check_sweep_predictions(lambda setting: "later")
+    with pytest.raises(CheckFailed, match=r"predict\(\) raised NameError: name 'later' is not"):
+        checks.check_sweep_predictions(lambda: {"smeared keys": later})  # noqa: F821
+    assert not measured_sweep.calls and not shown
+
+
+def test_sweep_predictions_on_the_recorded_sweep(monkeypatch, shown, capsys):
+    """The chapter's reference answer holds for the recorded sweep (which equals the live one:
+    tests/test_recordings.py), and the figure says the runs are recorded."""
+    monkeypatch.setattr(recordings, "_SWEEPS", {})
+    reference = {"half the learning rate": "later", "a fifth of the learning rate": "never",
+                 "segments of 4-8 tokens": "never", "standard positions": "later",
+                 "smeared keys": "earlier", "one layer": "never",
+                 "one layer, smeared keys": "earlier"}  # fmt: skip
+    checks.check_sweep_predictions(lambda: reference, live=False)
+    out = capsys.readouterr().out
+    assert out.startswith("recorded runs from data/phase_change_runs.pt") and "✔" in out
+    assert "8 recorded runs" in shown[0].axes[0].get_title()
+
+
+def test_sweep_predictions_shows_the_misses_in_the_figure(measured_sweep, shown):
+    with pytest.raises(CheckFailed):
+        checks.check_sweep_predictions(lambda: {**measured_sweep.answer, "one layer": "later"})
+    assert "later ✘ (it was never)" in [t.get_text() for t in shown[0].axes[0].texts]
