@@ -45,6 +45,10 @@ from helpers.plotting import (
     update_token_heatmap,
 )
 
+# controls sized to their content, so that an explorer's controls sit on one line above its
+# figure at JupyterLab's default width (ipywidgets' defaults are wider)
+CONTROL_WIDTH = "16em"
+TOGGLE_STYLE = {"button_width": "3.5em"}
 ERROR_CLASS = "course-widget-error"  # the browser tests fail on any element of this class
 
 
@@ -101,13 +105,17 @@ def head_dropdown(
     layers = range(model.cfg.n_layers) if layers is None else layers
     options = [(f"L{layer}H{head}", (layer, head))
                for layer in layers for head in range(model.cfg.n_heads)]  # fmt: skip
-    return widgets.Dropdown(options=options, value=options[0][1], description=description)
+    return widgets.Dropdown(options=options, value=options[0][1], description=description,
+                            layout=widgets.Layout(width=CONTROL_WIDTH))  # fmt: skip
 
 
 def token_dropdown(labels: Sequence[str], value: int, description: str) -> widgets.Dropdown:
     """A dropdown of tokens, shown by label, whose value is the token id."""
     return widgets.Dropdown(
-        options=[(label, i) for i, label in enumerate(labels)], value=value, description=description
+        options=[(label, i) for i, label in enumerate(labels)],
+        value=value,
+        description=description,
+        layout=widgets.Layout(width=CONTROL_WIDTH),
     )
 
 
@@ -236,7 +244,8 @@ def composition_explorer(model: AttnOnlyTransformer, token_labels: list[str]) ->
     _check_model_and_labels(model, token_labels)
     earlier = head_dropdown(model, layers=[0], description="layer 0")
     later = head_dropdown(model, layers=[1], description="layer 1")
-    kind = widgets.ToggleButtons(options=["K", "Q", "V"], value="K", description="matrix")
+    kind = widgets.ToggleButtons(options=["K", "Q", "V"], value="K", description="matrix",
+                                 style=TOGGLE_STYLE)  # fmt: skip
     scores = {k: circuits.composition_scores(model, k) for k in circuits.COMPOSITION_KINDS}
     baselines = {k: circuits.composition_baseline(model, k) for k in circuits.COMPOSITION_KINDS}
     finite = [float(v[v.isfinite()].max()) for v in scores.values() if v.isfinite().any()]
@@ -293,7 +302,8 @@ def memory_traffic_explorer(model: AttnOnlyTransformer) -> Explorer:
         )
     model.check_finite()
     reader = head_dropdown(model, layers=range(1, model.cfg.n_layers), description="reader")
-    kind = widgets.ToggleButtons(options=["K", "Q", "V"], value="K", description="input")
+    kind = widgets.ToggleButtons(options=["K", "Q", "V"], value="K", description="input",
+                                 style=TOGGLE_STYLE)  # fmt: skip
     table = {(r, k): circuits.read_shares(model, *r, k.lower())
              for _, r in reader.options for k in kind.options}  # fmt: skip
     baselines = circuits.random_shares(model, model.cfg.n_layers - 1)  # every possible writer
@@ -378,7 +388,10 @@ def phase_change_replay(record: TrainingRecord, tokens: Tensor) -> Explorer:
     def title() -> str:
         i = step.value
         best = float(record.prefix_matching[i, -1].max())
-        return (f"{record.name or 'training'}: step {record.steps[i]}, held-out loss "
+        name = record.name or "training"
+        if record.source == "recorded":  # loaded from data/, not trained in this session
+            name += " (recorded)"
+        return (f"{name}: step {record.steps[i]}, held-out loss "
                 f"{record.heldout_loss[i]:.2f}, ICL {record.icl[i]:+.2f}, best prefix-matching "
                 f"{best:.2f}")  # fmt: skip
 

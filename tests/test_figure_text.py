@@ -265,6 +265,7 @@ def test_every_figure_is_legible_at_the_default_width(course, name):
     fig = FIGURES[name](course)
     _assert_legible(plotting.figure_png(fig), name)
     assert not _overlapping_tick_labels(fig)
+    assert not plotting.texts_cut_off(fig), name
     assert not [a for a in vars(fig) if a.startswith("course_")]  # state lives in fig.parts
 
 
@@ -314,6 +315,7 @@ def _shown_png(explorer) -> bytes:
 def test_every_widget_is_legible_after_every_change(course, name):
     explorer = WIDGETS[name](course)
     _assert_legible(_shown_png(explorer), f"{name}, first drawing")
+    assert not plotting.texts_cut_off(explorer._figure), name
     for control in explorer.controls:
         options = getattr(control, "options", None)
         values = [o[1] if isinstance(o, tuple) else o for o in options] if options else None
@@ -332,9 +334,11 @@ def test_the_check_finds_text_too_small():
     small.add_subplot().set_title("5 pt", fontsize=5)
     assert plotting.smallest_text_px(small) == pytest.approx(5 * 100 / 72)
     assert plotting.displayed_text_px(plotting.figure_png(small)) < plotting.MIN_TEXT_PX
-    wide = plotting.CourseFigure(figsize=(20, 3))  # 2000 px, shown at 970
+    wide = plotting.CourseFigure(figsize=(20, 3))  # 2000 px, shown at DISPLAY_WIDTH_PX
     wide.add_subplot().set_xlabel("7 pt", fontsize=7)
-    assert plotting.smallest_text_px(wide) == pytest.approx(7 * 100 / 72 * 970 / 2000)
+    assert plotting.smallest_text_px(wide) == pytest.approx(
+        7 * 100 / 72 * plotting.DISPLAY_WIDTH_PX / 2000
+    )
     png = plotting.figure_png(wide)
     assert plotting.png_min_text_px(png) == pytest.approx(7 * 100 / 72, abs=0.01)  # native
     assert plotting.displayed_text_px(png) < plotting.MIN_TEXT_PX

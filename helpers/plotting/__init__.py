@@ -57,6 +57,7 @@ from helpers.plotting.figures import (
     figure_png_blit,
     png_min_text_px,
     smallest_text_px,
+    texts_cut_off,
 )
 from helpers.plotting.heatmaps import (
     attention_patterns,
@@ -91,6 +92,7 @@ __all__ = [
     "SEQUENTIAL_CMAP",
     "CourseFigure",
     "smallest_text_px",
+    "texts_cut_off",
     "png_min_text_px",
     "displayed_text_px",
     "figure_png",

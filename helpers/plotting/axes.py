@@ -143,7 +143,8 @@ def _every(label: str, step: int) -> str:
     if step == 1:
         return label
     nth = {2: "2nd", 3: "3rd"}.get(step, f"{step}th")
-    return f"{label}, every {nth} token labelled" if label else f"every {nth} token labelled"
+    # on a line of its own: a vertical label must fit the height of a one-row figure
+    return f"{label}\n(every {nth} token labelled)" if label else f"every {nth} token labelled"
 
 
 def _inches(fig: Figure, left: float, bottom: float, width: float, height: float) -> Axes:

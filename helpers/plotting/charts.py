@@ -41,7 +41,7 @@ def loss_curve(
     ax.set_xlabel("training step")
     ax.set_ylabel("loss (nats / token)")
     ax.set_title(title)
-    ax.legend(loc="upper right")
+    ax.legend(loc="best")  # away from the curve, which falls from the top left
     ax.grid(alpha=0.3)
     return fig
 

@@ -21,9 +21,10 @@ from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 
 PNG_DPI = 100  # every PNG written here: one inch of figure is 100 pixels
-# JupyterLab's output area with its default layout in a 1280 px browser window: a PNG wider than
-# this is scaled down to it, text included
-DISPLAY_WIDTH_PX = 970
+# JupyterLab's output area in a 1280 px browser window, in its default layout (the file browser
+# open on the left), as the browser tests measure it (JupyterLab 4.6): a PNG wider than this is
+# scaled down to it, text included. (With the file browser closed the area is wider.)
+DISPLAY_WIDTH_PX = 848
 MAX_WIDTH_IN = DISPLAY_WIDTH_PX / PNG_DPI  # a figure this wide or narrower is shown unscaled
 # the smallest text a figure may show, as an em size in pixels as displayed (6.5 pt at dpi 100):
 # the floor the course set after tick labels and legends shown at 5 to 8 px in JupyterLab were
@@ -88,9 +89,10 @@ class _TextMeter:
     draws: exactly what the figure shows (hidden or empty texts, and tick labels outside the
     view, are never drawn)."""
 
-    def __init__(self, renderer: RendererAgg):
+    def __init__(self, renderer: RendererAgg, find_cut: bool = False):
         self.renderer = renderer
         self.smallest = math.inf
+        self.cut: list[str] | None = [] if find_cut else None  # texts reaching past the canvas
 
     def __getattr__(self, name: str):
         return getattr(self.renderer, name)
@@ -99,6 +101,11 @@ class _TextMeter:
         if s.strip():
             size = prop.get_size_in_points() * self.renderer.dpi / 72
             self.smallest = min(self.smallest, size)
+            if self.cut is not None and mtext is not None:
+                box = mtext.get_window_extent(self.renderer)
+                width, height = self.renderer.get_canvas_width_height()
+                if box.x0 < -1 or box.y0 < -1 or box.x1 > width + 1 or box.y1 > height + 1:
+                    self.cut.append(s)
         self.renderer.draw_text(gc, x, y, s, prop, angle, ismath=ismath, mtext=mtext)
 
 
@@ -118,6 +125,17 @@ def _draw(fig: Figure, dpi: float = PNG_DPI) -> tuple[FigureCanvasAgg, float]:
     meter = _TextMeter(renderer)
     fig.draw(meter)
     return canvas, meter.smallest
+
+
+def texts_cut_off(fig: Figure) -> list[str]:
+    """The texts the figure draws partly or wholly outside itself, which its PNG cuts off (an axis
+    label beyond the edge of a fixed layout, say). It draws the figure."""
+    canvas = _canvas(fig, PNG_DPI)
+    renderer = canvas.get_renderer()
+    renderer.clear()
+    meter = _TextMeter(renderer, find_cut=True)
+    fig.draw(meter)
+    return meter.cut
 
 
 def _displayed(text_px: float, width_px: float, display_width: float) -> float:

@@ -80,8 +80,11 @@ def phase_change_panel(
                      grid_height)  # fmt: skip
     fig.colorbar(images[0], cax=bar_ax, label="attention weight (positions: query ↓, key →)")
     bar_ax.yaxis.label.set_size(NOTE_FONT_PT)
-    ax_scores = _inches(fig, 0.55, 0.55, 3.0, curves)
-    ax_loss = _inches(fig, 5.9, 0.55, 3.0, curves)
+    # the scores, their legend to the right (1.6 in), then the loss and ICL curves with room for
+    # ticks and an axis label on either side (0.75 in each): both curves share what is left
+    curve_width = (MAX_WIDTH_IN - 0.55 - 1.6 - 0.75 - 0.75) / 2
+    ax_scores = _inches(fig, 0.55, 0.55, curve_width, curves)
+    ax_loss = _inches(fig, MAX_WIDTH_IN - 0.75 - curve_width, 0.55, curve_width, curves)
     lines = []
     for layer in range(n_layers):
         for head in range(n_heads):
@@ -141,7 +144,8 @@ def phase_change_curves(
 ) -> Figure:
     """Held-out loss, ICL score and the best prefix-matching score of the last layer over
     training, one line per run (`runs`: name -> a `phase_change.TrainingRecord`), with each
-    run's phase-change window shaded where `windows` gives one; the runs' legend below."""
+    run's phase-change window shaded where `windows` gives one; the runs' legend below, where a
+    run loaded from its recording says so."""
     fig = CourseFigure(figsize=(MAX_WIDTH_IN, 3.9), layout="constrained")
     axes = fig.subplots(1, 3)
     for i, (name, run) in enumerate(runs.items()):
@@ -149,7 +153,7 @@ def phase_change_curves(
         best = (run.prefix_matching[:, -1].amax(-1).numpy() if run.prefix_matching.numel()
                 else np.zeros(len(run.steps)))  # fmt: skip
         for ax, values in zip(axes, (run.heldout_loss, run.icl, best), strict=True):
-            ax.plot(run.steps, values, color=colour, label=name)
+            ax.plot(run.steps, values, color=colour, label=_run_label(name, run))
             window = (windows or {}).get(name)
             if window is not None:
                 ax.axvspan(*window, color=colour, alpha=0.12)
@@ -163,6 +167,12 @@ def phase_change_curves(
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
                ncols=max(1, len(runs)))  # fmt: skip
     return fig
+
+
+def _run_label(name: str, run: object) -> str:
+    """A run's name, and "(recorded)" for a record loaded from its recording rather than trained
+    here (`TrainingRecord.source`)."""
+    return f"{name} (recorded)" if getattr(run, "source", "live") == "recorded" else name
 
 
 def formation_steps(
@@ -188,7 +198,7 @@ def formation_steps(
         raise ValueError(f"predictions for runs other than {names[1:]}: {unknown}")
     if missing := sorted(set(predictions) - set(outcomes)):
         raise ValueError(f"predictions need the outcomes of the same runs; none for {missing}")
-    fig = CourseFigure(figsize=(8.5 if predictions else 8, 0.45 * len(names) + 1.4),
+    fig = CourseFigure(figsize=(MAX_WIDTH_IN if predictions else 8, 0.45 * len(names) + 1.4),
                        layout="constrained")  # fmt: skip
     ax = fig.add_subplot()
     for i, name in enumerate(names):

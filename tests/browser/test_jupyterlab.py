@@ -362,14 +362,25 @@ def circuitsvis_problems(page) -> list[str]:
 # only the cells on screen.
 FIGURES = """async () => {
     const found = [];
-    const area = document.querySelector('.jp-Notebook .jp-OutputArea-output');
+    const widths = [...document.querySelectorAll('.jp-Notebook .jp-OutputArea-output')]
+        .map(a => a.getBoundingClientRect().width);
     for (const img of document.querySelectorAll('.jp-Notebook .jp-OutputArea-output img')) {
         img.scrollIntoView({block: 'center'});
         await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+        // the part of the cell's output area a reader can see: an image wider than it is cut off
+        const box = img.getBoundingClientRect();
+        const panel = img.closest('.jp-WindowedPanel-outer') || img.closest('.jp-Notebook');
+        let visible = panel ? panel.getBoundingClientRect().right : box.right;
+        for (let e = img.parentElement; e && e !== panel; e = e.parentElement) {
+            if (getComputedStyle(e).overflowX !== 'visible') {
+                visible = Math.min(visible, e.getBoundingClientRect().right);
+            }
+        }
         found.push({src: img.src.slice(0, 22) === 'data:image/png;base64,' ? img.src : null,
-                    natural: img.naturalWidth, shown: img.getBoundingClientRect().width});
+                    natural: img.naturalWidth, shown: box.width,
+                    cut: Math.max(0, box.right - visible)});
     }
-    return {figures: found, outputWidth: area ? area.getBoundingClientRect().width : null};
+    return {figures: found, outputWidth: Math.max(0, ...widths)};
 }"""
 
 
@@ -380,7 +391,7 @@ def figure_text_problems(page) -> list[str]:
     from helpers import plotting
 
     found = page.evaluate(FIGURES)
-    print(f"output area {found['outputWidth']} px wide; {len(found['figures'])} figures")
+    print(f"output area {found['outputWidth']:.0f} px wide; {len(found['figures'])} figures")
     problems = []
     for number, figure in enumerate(found["figures"], start=1):
         if not figure["src"] or not figure["natural"]:
@@ -391,6 +402,11 @@ def figure_text_problems(page) -> list[str]:
                 f"figure {number} does not record its text size (not drawn by plotting)"
             )
             continue
+        if figure["cut"] > 1:
+            problems.append(
+                f"figure {number} is cut off: {figure['cut']:.0f} px of it lie beyond the right "
+                f"edge of its output ({figure['natural']} px wide)"
+            )
         shown = smallest * figure["shown"] / figure["natural"]
         if shown < plotting.MIN_TEXT_PX:
             problems.append(
@@ -406,15 +422,27 @@ def figure_text_problems(page) -> list[str]:
 
 def save_screenshot(page, path: Path) -> None:
     """Screenshot the whole notebook: JupyterLab scrolls inside the notebook, not the page, so the
-    window is made as tall as the notebook first."""
+    window is made as tall as the notebook first (Chromium draws at most 16000 pixels at a time,
+    so a taller notebook is taken in parts, `<name>.png`, `<name>-2.png`, …, scrolled in turn)."""
     try:
         height = page.evaluate(
             "() => { const n = document.querySelector('.jp-NotebookPanel .jp-WindowedPanel-outer');"
             " if (!n) return 900; n.scrollTop = 0;"
             " return n.scrollHeight + n.getBoundingClientRect().top + 60; }"
         )
-        page.set_viewport_size({"width": 1280, "height": int(min(max(height, 900), 16000))})
+        part_height = int(min(max(height, 900), 16000))
+        page.set_viewport_size({"width": 1280, "height": part_height})
         page.wait_for_timeout(300)  # let JupyterLab re-layout
         page.screenshot(path=str(path), full_page=True)
+        scrolled, part = part_height - 200, 2  # each part overlaps the one before a little
+        while scrolled < height - 200:
+            page.evaluate(
+                "y => { document.querySelector('.jp-NotebookPanel .jp-WindowedPanel-outer')"
+                ".scrollTop = y; }",
+                scrolled,
+            )
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(path.with_name(f"{path.stem}-{part}{path.suffix}")))
+            scrolled, part = scrolled + part_height - 200, part + 1
     except Exception as error:  # a screenshot is a diagnostic; never hide the real failure
         print(f"screenshot {path} failed: {error}")
