@@ -29,22 +29,30 @@ NO_MASK = """def attention_pattern(x, W_Q, W_K):
 """
 
 
-def exercise_cells(number: str, answer: str | None) -> list[nbformat.NotebookNode]:
+STUB = 'def head_output(pattern, x, W_V, W_O):\n    raise NotImplementedError("Exercise 0.2")\n'
+CONCAT = """def concat_then_project(z, W_O):
+    return z.flatten(-2) @ W_O.flatten(0, 1)
+"""
+
+
+def exercise_cells(heading: str, answer: str, checker: str, function: str) -> list:
     """One exercise as a chapter has it: heading, the learner's cell, its check cell."""
-    stub = 'def attention_pattern(x, W_Q, W_K):\n    raise NotImplementedError("Exercise")\n'
     return [
-        nbformat.v4.new_markdown_cell(f"### Exercise {number} — the attention pattern\nText."),
-        nbformat.v4.new_code_cell(answer or stub, metadata={"tags": ["exercise"]}),
-        nbformat.v4.new_code_cell(
-            "checks.check_attention_pattern(attention_pattern)", metadata={"tags": ["check"]}
-        ),
+        nbformat.v4.new_markdown_cell(f"### {heading}\nText."),
+        nbformat.v4.new_code_cell(answer, metadata={"tags": ["exercise"]}),
+        nbformat.v4.new_code_cell(f"checks.{checker}({function})", metadata={"tags": ["check"]}),
     ]
 
 
-def learner_notebook(*answers: str | None) -> nbformat.NotebookNode:
+def learner_notebook(first: str = NO_MASK) -> nbformat.NotebookNode:
+    """Three of chapter 00's exercises: 0.1 (`first`), 0.2 not started, 0.4 right."""
     cells = [nbformat.v4.new_code_cell("import torch\nfrom helpers import checks")]
-    for index, answer in enumerate(answers):
-        cells += exercise_cells(f"0.{index + 1}", answer)
+    cells += exercise_cells("Exercise 0.1 — the attention pattern", first,
+                            "check_attention_pattern", "attention_pattern")  # fmt: skip
+    cells += exercise_cells("Exercise 0.2 — what the head writes", STUB, "check_head_output",
+                            "head_output")  # fmt: skip
+    cells += exercise_cells("Exercise 0.4 — concatenate, then project", CONCAT,
+                            "check_concat_then_project", "concat_then_project")  # fmt: skip
     cells.append(nbformat.v4.new_code_cell("print('the notebook goes on')"))
     return nbformat.v4.new_notebook(cells=cells)
 
@@ -62,18 +70,20 @@ def digest(folder: Path) -> dict[str, tuple[str, int]]:
 
 def test_reads_not_started_failing_and_done_from_a_real_kernel(tmp_path):
     path = tmp_path / "learner.ipynb"
-    nbformat.write(learner_notebook(None, NO_MASK, RIGHT), path)
+    nbformat.write(learner_notebook(), path)
     nb, broke_off = progress.execute(path, tmp_path, timeout=120)
     assert broke_off == ""
     assert "the notebook goes on" in nb.cells[-1].outputs[0]["text"]  # errors allowed
-    found = progress.check_cells(nb)
-    assert [(n, t) for n, t, _ in found] == [(f"0.{i}", "the attention pattern") for i in (1, 2, 3)]
-    stub, no_mask, right = (progress.status_of(cell, 120) for _, _, cell in found)
+    found = {n: (t, cell) for n, t, cell in progress.check_cells(nb, "00")}
+    assert found["0.1"][0] == "the attention pattern"  # every declared exercise, in order
+    assert list(found) == [e.number for e in progress.exercises("00")]
+    assert found["0.3"][1] is None  # no check cell: the learner's copy lost it
+    no_mask, stub, right = (progress.status_of(found[n][1], 120) for n in ("0.1", "0.2", "0.4"))
     assert stub == ("not started", "")
     assert right == ("done", "")
     status, diagnosis = no_mask
     assert status == "failing"
-    assert diagnosis.startswith("d_head") and "common mistake: no causal mask" in diagnosis
+    assert "common mistake: no causal mask" in diagnosis
     assert "\n" not in diagnosis
 
 
@@ -102,13 +112,13 @@ def test_status_of_other_errors_timeouts_and_edited_checks():
     )  # fmt: skip
 
 
-def test_check_cells_follow_headings_and_untagged_check_calls():
-    nb = learner_notebook(None)
+def test_check_cells_are_found_by_their_checker_even_untagged_or_renamed():
+    nb = learner_notebook()
     nb.cells[3].metadata = {}  # a learner's copy that lost its tags still has the call
-    nb.cells.append(nbformat.v4.new_markdown_cell("## Exercise 0.2 - second\n"))
-    nb.cells.append(nbformat.v4.new_code_cell("checks.check_other(f)"))
-    found = [(n, t) for n, t, _ in progress.check_cells(nb)]
-    assert found == [("0.1", "the attention pattern"), ("0.2", "second")]
+    nb.cells[1].source = "### my notes on 0.1"  # and headings are the learner's to edit
+    found = {n: (t, cell) for n, t, cell in progress.check_cells(nb, "00")}
+    assert found["0.1"] == ("the attention pattern", nb.cells[3])
+    assert found["0.4"][1] is nb.cells[9] and found["0.10"][1] is None
 
 
 def test_bad_input_is_named(tmp_path, capsys):

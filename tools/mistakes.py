@@ -25,7 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
-from progress import EXERCISE_HEADING, exercise_order  # noqa: E402  (how progress reads them)
+from progress import exercise_order, exercises  # noqa: E402  (the course's declared exercises)
 
 START, END = "<!-- mistakes: start -->", "<!-- mistakes: end -->"
 CAP = 8  # entries per exercise: a teacher's guide lists what is common, not every message
@@ -83,18 +83,15 @@ def harvest() -> tuple[list[Record], int]:
 
 
 def read_titles(notebooks: Path = ROOT / "notebooks") -> dict[str, str]:
-    """Titles from the learner notebooks: {"2": "02 · One layer: …" (the notebook's `# ` title),
-    "2.1": "the full OV circuit", …}; a chapter's number is that of its exercises."""
-    titles: dict[str, str] = {}
+    """Titles: each exercise's as declared ({"2.1": "the full OV circuit", …}) and each chapter's
+    from its learner notebook's `# ` title ({"2": "02 · One layer: …"})."""
+    titles = {e.number: e.title for e in exercises()}
     for path in sorted(notebooks.glob("0*.ipynb")):
         notebook = nbformat.read(path, as_version=4)
         markdown = "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
         chapter = re.search(r"^# (.+?)\s*$", markdown, re.MULTILINE)
-        exercises = EXERCISE_HEADING.findall(markdown)
-        for number, title in exercises:
-            titles.setdefault(number, title)
-        if chapter and exercises:
-            titles[exercises[0][0].split(".")[0]] = chapter.group(1)
+        if chapter:
+            titles[str(int(path.name[:2]))] = chapter.group(1)
     return titles
 
 

@@ -10,8 +10,8 @@ copies are executed there (so even a notebook that writes files next to itself c
 Every cell runs, failing or not, as in JupyterLab's "Run All" with errors allowed: an unfinished
 exercise does not stop the rest, since the notebooks carry on with the course's reference.
 
-An exercise is read off its check cell (tagged `check`, or any cell calling `checks.check_...`)
-under the heading "Exercise N.M — title":
+Every exercise the course declares for a chapter (`helpers.checks.exercises`) is read off its
+check cell, the first cell that calls its checker (`checks.check_...`):
 - done: the checker printed "✔ Exercise N.M passed";
 - not started: the checker raised ExerciseNotDone (the function is still the stub);
 - failing: the checker raised CheckFailed (its diagnosis is shown), or the cell raised anything
@@ -36,9 +36,10 @@ from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from helpers.checks import exercises  # noqa: E402  (the exercises each chapter declares)
+
 COURSE_NOTEBOOKS = ROOT / "notebooks"
-EXERCISE_HEADING = re.compile(r"^#+\s*Exercise\s+(\d+\.\d+)\s*[—–-]\s*(.*?)\s*$", re.M)
-CHECK_CALL = re.compile(r"\bchecks\.check_\w+\(")
 STATUSES = ("done", "failing", "not started", "not run")
 
 
@@ -68,19 +69,18 @@ def _one_line(text: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def check_cells(nb: nbformat.NotebookNode) -> list[tuple[str, str, nbformat.NotebookNode]]:
-    """(exercise number, title, check cell) for every exercise of a notebook, in order."""
-    found, current = [], None
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            match = EXERCISE_HEADING.search(cell.source)
-            if match:
-                current = (match.group(1), match.group(2))
-        elif current and (
-            "check" in cell.metadata.get("tags", []) or CHECK_CALL.search(cell.source)
-        ):
-            found.append((*current, cell))
-            current = None  # one check cell per exercise: the first after its heading
+def check_cells(
+    nb: nbformat.NotebookNode, chapter: str
+) -> list[tuple[str, str, nbformat.NotebookNode | None]]:
+    """(exercise number, title, check cell) for every exercise the course declares for
+    `chapter` ("02", `helpers.checks.exercises`), in order: its check cell is the first code cell
+    that calls its checker, None if the learner deleted it."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    found = []
+    for exercise in exercises(chapter):
+        call = re.compile(rf"\bchecks\.{exercise.checker_name}\(")
+        cell = next((c for c in code if call.search(c.source)), None)
+        found.append((exercise.number, exercise.title, cell))
     return found
 
 
@@ -128,30 +128,28 @@ def execute(path: Path, workdir: Path, timeout: float) -> tuple[nbformat.Noteboo
 
 def report_notebook(learner: str, chapter: str, path: Path | None, workdir: Path, timeout: float):
     """The Exercise rows of one learner's copy of one chapter."""
-    reference = check_cells(nbformat.read(COURSE_NOTEBOOKS / chapter, as_version=4))
+    reference = [(e.number, e.title) for e in exercises(chapter[:2])]
     if path is None:
         return [
             Exercise(learner, chapter, n, t, "not run", "notebook not found in the folder")
-            for n, t, _ in reference
+            for n, t in reference
         ]
     try:
         nb, broke_off = execute(path, workdir, timeout)
     except Exception as err:  # unreadable JSON, not a notebook, no kernel: say so, go on
         why = f"could not run {path.name}: {type(err).__name__}: {_one_line(str(err))}"
-        return [Exercise(learner, chapter, n, t, "not run", why) for n, t, _ in reference]
+        return [Exercise(learner, chapter, n, t, "not run", why) for n, t in reference]
     rows = []
-    for number, title, cell in check_cells(nb):
+    for number, title, cell in check_cells(nb, chapter[:2]):
+        if cell is None:
+            rows.append(Exercise(learner, chapter, number, title, "not run",
+                                 "its check cell was deleted"))  # fmt: skip
+            continue
         status, diagnosis = status_of(cell, timeout)
         if status == "not run" and broke_off:
             diagnosis = broke_off
         rows.append(Exercise(learner, chapter, number, title, status, diagnosis))
-    have = {r.exercise for r in rows}
-    rows += [
-        Exercise(learner, chapter, n, t, "not run", "its heading or check cell was deleted")
-        for n, t, _ in reference
-        if n not in have
-    ]
-    return sorted(rows, key=lambda r: exercise_order(r.exercise))
+    return rows
 
 
 def find_copy(folder: Path, chapter: str) -> Path | None:

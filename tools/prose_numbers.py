@@ -247,7 +247,8 @@ def _registered() -> list[Registered]:
           "ARENA's chapter on induction heads"),
         R("04", "say 50 per matching direction", D, "a suggestion: any large value works"),
         R("04", "(≥ 0.8 of the attention), an induction score ≥ 0.8, and a loss on repeats ≤ 0.1 ×", S, "",
-          lambda: _source(induction_checks.check_handmade_induction, "prev < 0.8 or r[0] < 0.8 or r[1] > 0.1")),
+          lambda: (induction_checks.PREVIOUS_NEEDED, induction_checks.INDUCTION_NEEDED,
+                  induction_checks.LOSS_RATIO_NEEDED) == (0.8, 0.8, 0.1)),
         # 05
         R("05", "On a quiet 2-core laptop this cell takes about 15 s; beside a busy program, about 20 s",
           T, "", live("the two-layer model", 15, 20)),

@@ -51,10 +51,14 @@ _HELPERS_DIR = _CHECKS_DIR.parent
 @dataclass(frozen=True)
 class Requirement:
     """What a right answer must satisfy where many answers are right (weights set by hand, say):
-    `holds(answer)` is True for a right answer; `otherwise` says what is wrong when it is not."""
+    `holds(answer)` is True for a right answer; `otherwise` says what is wrong when it is not (a
+    text, or a function of the answer that writes one, quoting what was measured)."""
 
     holds: Callable[[object], bool]
-    otherwise: str
+    otherwise: str | Callable[[object], str]
+
+    def explain(self, answer: object) -> str:
+        return self.otherwise(answer) if callable(self.otherwise) else self.otherwise
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,11 @@ def same(answer: object, reference: object, widen: float = 1.0) -> bool:
     if isinstance(reference, Tensor):
         if not isinstance(answer, Tensor) or answer.shape != reference.shape:
             return False
+        if not reference.dtype.is_floating_point and not reference.dtype.is_complex:
+            # counts, token ids, kinds: integers are right or wrong, at any size
+            return not answer.dtype.is_floating_point and bool(
+                torch.equal(answer.long(), reference.long())
+            )
         a, b = answer.detach().double(), reference.detach().double()
         atol = widen * TOLERANCE * _scale(b)
         return bool(torch.allclose(a, b, atol=atol, rtol=0.0, equal_nan=True))
@@ -142,10 +151,27 @@ def same(answer: object, reference: object, widen: float = 1.0) -> bool:
     return answer == reference
 
 
+def _requirements(expected: object) -> bool:
+    """Whether a case's right answer is given by `Requirement`s rather than a value."""
+    return (
+        isinstance(expected, Sequence)
+        and bool(expected)
+        and all(isinstance(r, Requirement) for r in expected)
+    )
+
+
+def _right(answer: object, expected: object, widen: float = 1.0) -> bool:
+    """Whether an answer is right: it meets every `Requirement`, or is `same` as the value."""
+    if _requirements(expected):
+        return all(r.holds(answer) for r in expected)
+    return same(answer, expected, widen=widen)
+
+
 def _telling(mistake: object, reference: object) -> bool:
     """Whether a mistake gives something other than the right answer here (well outside the
-    tolerance): only then does an answer that matches it say anything."""
-    return not same(mistake, reference, widen=10)
+    tolerance; for `Requirement`s, one it does not meet): only then does an answer that matches
+    it say anything."""
+    return not _right(mistake, reference, widen=10)
 
 
 def name_mistake(exercise: str, judged: Sequence[tuple[Case, object, bool]]) -> None:
@@ -353,7 +379,7 @@ def call_learner(
     block_forward: bool = False,
     clone: bool = True,
     where: str = "",
-    on_error: Mapping[str, str] | None = None,
+    on_error: Mapping[str, str | Callable[[Exception], str | None]] | None = None,
 ) -> object:
     """`fn(*clones of args)`, the one way the checkers call the learner's code: with the exercise's
     references withheld (and, with `block_forward`, the forward pass of every model), on clones of
@@ -361,8 +387,10 @@ def call_learner(
     place changes only the learner's copy (`clone=False` for exercises whose point is an edit in
     place). An error the learner's code raises comes back as a CheckFailed that names it, shows
     the learner's own lines of the traceback (not the checker's), says on which input it happened,
-    adds `on_error[type name]` where the exercise knows what causes it, and asks whether the code
-    assumes the notebook's sizes only when a number in the message is none of the inputs'."""
+    adds `on_error[type name]` where the exercise knows what causes it (the name of the error's
+    type or of a type it derives from; a text, or a function of the error that writes one or says
+    None), and asks whether the code assumes the notebook's sizes only when a number in the
+    message is none of the inputs'."""
     if not callable(fn):
         raise CheckFailed(
             exercise,
@@ -376,7 +404,9 @@ def call_learner(
                 stack.enter_context(forward_unavailable())
             return fn(*clones)
     except ReferenceWithheld as err:
-        raise CheckFailed(exercise, f"{err} (the course's version runs after the check).") from None
+        raise CheckFailed(
+            exercise, f"{err} (you may use it again once this check is done)."
+        ) from None
     except (CheckFailed, ExerciseNotDone):
         raise
     except NotImplementedError as err:  # the stub: the checker decorator makes it ExerciseNotDone
@@ -388,15 +418,25 @@ def call_learner(
         if frames:
             lines.append("where, in your code:")
             lines += [f"  line {f.lineno}, in {f.name}: {(f.line or '').strip()}" for f in frames]
-        hint = (on_error or {}).get(type(err).__name__)
+        hint = _hint(on_error or {}, err)
         if hint:
             lines.append(hint)
-        elif _assumes_sizes(err, args):
+        if _assumes_sizes(err, args):
             lines.append(
                 "The checker draws its own inputs, of other sizes than the notebook's: does your "
                 "code assume sizes (layers, heads, positions, vocabulary) of the notebook's model?"
             )
         raise CheckFailed(exercise, "\n".join(lines)) from None
+
+
+def _hint(on_error: Mapping, err: Exception) -> str | None:
+    """What the exercise knows of this error: the entry for its type, or the nearest type it
+    derives from (torch's `_LinAlgError` is a RuntimeError)."""
+    for kind in type(err).__mro__:
+        if kind.__name__ in on_error:
+            hint = on_error[kind.__name__]
+            return hint(err) if callable(hint) else hint
+    return None
 
 
 # ---- the judge -------------------------------------------------------------------------------------
@@ -409,48 +449,47 @@ def judge(
     cases: Sequence[Case],
     read: Callable[[object, Case], object] | None = None,
     reveal: Callable[[list[object]], None] | None = None,
-) -> None:
+) -> list[object]:
     """Judge the learner's answers to `cases`: `run(case)` calls the learner's code on one case
     (through `call_learner`); each answer is read in its right form (`read`, else `read_answer`),
     then, where the case has `answer`, turned into the value judged; `reveal(answers)`, if given,
     shows them before the verdict (a "predict, then test" exercise). Every case is run before
     any is judged, so that a mistake can be named across them all; then the first wrong case is
-    described, unless one common mistake explains every answer (`name_mistake`)."""
+    described, unless one common mistake explains every answer (`name_mistake`). Returns the
+    answers, as read, when every one is right."""
     answers = []
     for case in cases:
         out = run(case)
-        if case.answer is not None:
-            out = case.answer(out, case.args)
-        answers.append(
-            read(out, case) if read is not None else read_answer(exercise, name, out, case)
-        )
+        try:
+            if case.answer is not None:
+                out = case.answer(out, case.args)
+            answers.append(
+                read(out, case) if read is not None else read_answer(exercise, name, out, case)
+            )
+        except CheckFailed as err:  # the answer's form: say on which case
+            if case.where and not err.diagnosis.startswith(case.where):
+                raise CheckFailed(exercise, f"{case.where}: {err.diagnosis}") from None
+            raise
     for case in cases:
         if isinstance(case.expected, Deferred):
             case.expected = case.expected.compute()
     if reveal is not None:
         reveal(answers)
-    judged = []
-    for case, answer in zip(cases, answers, strict=True):
-        if (
-            isinstance(case.expected, Sequence)
-            and case.expected
-            and all(isinstance(r, Requirement) for r in case.expected)
-        ):
-            unmet = [r for r in case.expected if not r.holds(answer)]
-            if unmet:
-                prefix = f"{case.where}: " if case.where else ""
-                raise CheckFailed(exercise, prefix + unmet[0].otherwise)
-            judged.append((case, answer, True))
-        else:
-            judged.append((case, answer, same(answer, case.expected)))
+    judged = [
+        (case, answer, _right(answer, case.expected))
+        for case, answer in zip(cases, answers, strict=True)
+    ]
     wrong = [(case, answer) for case, answer, right in judged if not right]
     if not wrong:
-        return
+        return answers
     name_mistake(exercise, judged)
     case, answer = wrong[0]
     prefix = f"{case.where}: " if case.where else ""
     if len(wrong) == 1 and case.alone:
         raise CheckFailed(exercise, prefix + case.alone)
+    if _requirements(case.expected):
+        unmet = [r for r in case.expected if not r.holds(answer)]
+        raise CheckFailed(exercise, prefix + unmet[0].explain(answer))
     if case.describe is not None:
         raise CheckFailed(exercise, prefix + case.describe(answer))
     raise CheckFailed(exercise, prefix + describe(answer, case.expected, case.near_miss))

@@ -31,7 +31,8 @@ class Exercise:
     `case.args`. `read(answer,
     case)`: the answer in its right form or a CheckFailed on its form, where the default
     (`read_answer`: a tensor, a number or a tuple of these) does not fit. `reveal(answers, cases)`:
-    shown before the verdict. `options`: keywords the checker takes, with their defaults, passed
+    shown before the verdict. `passed`: what the pass line says (a text, or a function of the
+    answers and the cases that writes one, quoting what was measured). `options`: keywords the checker takes, with their defaults, passed
     to `cases` (e.g. whether to train or load a recording). `covers`: the structures the exercise's text names (biases, a
     rank-deficient W_O, several heads of one layer …) that its cases must exercise (`Case.tags`)."""
 
@@ -39,7 +40,7 @@ class Exercise:
     title: str
     functions: tuple[str, ...]
     cases: Callable[..., Sequence[Case]]
-    passed: str
+    passed: str | Callable[[list, Sequence[Case]], str]
     reference: Callable | None = None
     withhold: tuple[Callable, ...] = ()
     block_forward: bool = False
@@ -48,7 +49,7 @@ class Exercise:
     run: Callable[[Exercise, Sequence[Callable], Case], object] | None = None
     read: Callable[[object, Case], object] | None = None
     reveal: Callable[[list, Sequence[Case]], None] | None = None
-    on_error: Mapping[str, str] = field(default_factory=dict)
+    on_error: Mapping[str, str | Callable[[Exception], str | None]] = field(default_factory=dict)
     covers: frozenset[str] = frozenset()
     checker: str = ""
     options: Mapping[str, object] = field(default_factory=dict)  # the checker's keywords: defaults
@@ -103,8 +104,8 @@ class Exercise:
             return self.call(functions[0], case)
 
         reveal = None if self.reveal is None else (lambda answers: self.reveal(answers, cases))
-        judge(self.name, self.functions[0], run, cases, read=self.read, reveal=reveal)
-        passed(self.name, self.passed)
+        answers = judge(self.name, self.functions[0], run, cases, read=self.read, reveal=reveal)
+        passed(self.name, self.passed(answers, cases) if callable(self.passed) else self.passed)
 
     def checker_function(self) -> Callable:
         """`helpers.checks.check_…`: the checker the notebook calls."""

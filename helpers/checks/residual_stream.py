@@ -1,10 +1,11 @@
-"""Checkers of chapter 00: one attention head, a whole layer, hooks, the direct path, the logits
-as a sum of contributions, the residual stream's lack of a privileged basis, and a head's write
-subspace."""
+"""Exercises of chapter 00, declared: one attention head, a whole layer, hooks, the direct path,
+the logits as a sum of contributions, the residual stream's lack of a privileged basis, and a
+head's write subspace."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -13,29 +14,37 @@ from torch import Tensor
 
 from helpers import attribution, circuits, evals
 from helpers.checks._base import (
-    Case,
     CheckFailed,
-    call_learner,
-    check_cases,
-    checker,
-    diagnose,
-    draw_seed,
-    expect_tensor,
     generator,
     heads_phrase,
-    matches,
-    name_mistake,
-    passed,
     random_models,
     random_tokens,
 )
+from helpers.checks._judge import Case, describe, same
+from helpers.checks._registry import Exercise, declare
 from helpers.evals import head_scores
 from helpers.models import AttnOnlyTransformer
 
 
-def _pattern_variants(scores: Tensor, d_head: int, d_model: int) -> dict[str, Tensor]:
+def _models_and_caches(seed: int, n_layers: int = 1):
+    """Two random models of different sizes, and their activations on random tokens (two
+    sequences each)."""
+    for i, model in enumerate(random_models(seed, n_layers=n_layers)):
+        _, cache = model.run_with_cache(random_tokens(model, seed + 10 + i, batch=2))
+        yield model, cache
+
+
+def _causal(n: int) -> Tensor:
+    """`[query, key]`: True where a query may look (keys up to its own position)."""
+    return torch.ones(n, n, dtype=torch.bool).tril()
+
+
+# ---- 0.1 the attention pattern -------------------------------------------------------------------
+
+
+def _pattern_mistakes(scores: Tensor, d_head: int, d_model: int) -> dict[str, Tensor]:
     n = scores.shape[-1]
-    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    causal = _causal(n)
     masked = scores.masked_fill(~causal, float("-inf"))
     scale = math.sqrt(d_head)
     return {
@@ -54,39 +63,46 @@ def _pattern_variants(scores: Tensor, d_head: int, d_model: int) -> dict[str, Te
         "the mask is applied after the softmax (zeroing weights), so rows no longer sum to 1.": (
             (scores / scale).softmax(-1) * causal
         ),
+        "the masked scores were set to 0, not -inf (torch.tril of the scores does that): a score "
+        "of 0 still gets weight exp(0) after the softmax, -inf gets none.": (
+            (scores / scale).masked_fill(~causal, 0.0).softmax(-1)
+        ),
+        "the mask is on the wrong side: query q may look at keys k ≤ q (the lower triangle, "
+        "tril), not at k ≥ q.": (scores / scale).masked_fill(~causal.T, float("-inf")).softmax(-1),
     }
 
 
-def _models_and_caches(seed: int):
-    """Two random one-layer models of different sizes, and their activations on random tokens."""
-    for i, model in enumerate(random_models(seed)):
-        _, cache = model.run_with_cache(random_tokens(model, seed + 10 + i, batch=2))
-        yield model, cache
-
-
-@checker
-def check_attention_pattern(attention_pattern: Callable) -> None:
-    """Exercise 0.1: `attention_pattern(x, W_Q, W_K) -> [batch, query_pos, key_pos]`."""
-    ex = "Exercise 0.1 (attention_pattern)"
+def _pattern_cases(seed: int) -> list[Case]:
+    """Every head of two random one-layer models of different sizes, on two sequences each."""
     cases = []
-    for model, cache in _models_and_caches(draw_seed()):
+    for model, cache in _models_and_caches(seed):
         x = cache["hook_embed"] + cache["hook_pos_embed"]  # the input of queries and keys
+        D, d = model.cfg.d_model, model.cfg.d_head
         for head in range(model.cfg.n_heads):
             W_Q, W_K = model.W_Q[0, head].detach(), model.W_K[0, head].detach()
             scores = (x @ W_Q) @ (x @ W_K).transpose(-1, -2)
-            mistakes = _pattern_variants(scores, model.cfg.d_head, model.cfg.d_model)
             expected = cache["blocks.0.attn.hook_pattern"][:, head]
-            cases.append(Case((x, W_Q, W_K), expected, mistakes, f"d_head {model.cfg.d_head}"))
-    check_cases(ex, attention_pattern, "attention_pattern", cases, atol=1e-5)
-    passed(ex, f"matches the model's attention pattern for {heads_phrase(2)}.")
+            tags = {"several sequences"} if x.shape[0] > 1 else set()
+            cases.append(Case((x, W_Q, W_K), expected, _pattern_mistakes(scores, d, D),
+                              f"head {head} of a model with d_model {D}, d_head {d}",
+                              tags=tags))  # fmt: skip
+    return cases
 
 
-@checker
-def check_head_output(head_output: Callable) -> None:
-    """Exercise 0.2: `head_output(pattern, x, W_V, W_O) -> [batch, pos, d_model]`."""
-    ex = "Exercise 0.2 (head_output)"
+declare(Exercise(
+    number="0.1", title="the attention pattern", functions=("attention_pattern",),
+    cases=_pattern_cases, covers=frozenset({"several sequences"}),
+    passed=f"matches the model's attention pattern for {heads_phrase(2)}.",
+))  # fmt: skip
+
+
+# ---- 0.2 what the head writes --------------------------------------------------------------------
+
+
+def _head_output_cases(seed: int) -> list[Case]:
+    """Every head of two random one-layer models, with the patterns the model computed."""
     cases = []
-    for model, cache in _models_and_caches(draw_seed()):
+    for model, cache in _models_and_caches(seed):
         x = cache["blocks.0.hook_resid_pre"]  # the input of values (no positions: shortformer)
         for head in range(model.cfg.n_heads):
             pattern = cache["blocks.0.attn.hook_pattern"][:, head]
@@ -100,16 +116,249 @@ def check_head_output(head_output: Callable) -> None:
                 "the pattern is not applied: each position only reads itself.": x @ OV,
             }
             expected = cache["blocks.0.attn.hook_result"][:, :, head]
-            cases.append(Case((pattern, x, W_V, W_O), expected, mistakes))
-    check_cases(ex, head_output, "head_output", cases)
-    passed(ex, f"matches the model's per-head output (hook_result) for {heads_phrase(2)}.")
+            tags = {"several sequences"} if x.shape[0] > 1 else set()
+            cases.append(Case((pattern, x, W_V, W_O), expected, mistakes,
+                              f"head {head} of a model with d_model {model.cfg.d_model}",
+                              tags=tags))  # fmt: skip
+    return cases
 
 
-@checker
-def check_direct_path_logits(direct_path_logits: Callable) -> None:
-    """Exercise 0.7: `direct_path_logits(model, tokens) -> [batch, pos, d_vocab]`."""
-    ex = "Exercise 0.7 (direct_path_logits)"
-    seed = draw_seed()
+declare(Exercise(
+    number="0.2", title="what the head writes", functions=("head_output",),
+    cases=_head_output_cases, covers=frozenset({"several sequences"}),
+    passed=f"matches the model's per-head output (hook_result) for {heads_phrase(2)}.",
+))  # fmt: skip
+
+
+# ---- 0.3 a layer of heads ------------------------------------------------------------------------
+
+
+def _layer(qk_input, v_input, W_Q, W_K, W_V, W_O, causal: bool = True) -> Tensor:
+    """Every head of a layer, summed (a reference written independently of helpers.models)."""
+    q = torch.einsum("bpm,hmd->bhpd", qk_input, W_Q)
+    k = torch.einsum("bpm,hmd->bhpd", qk_input, W_K)
+    v = torch.einsum("bpm,hmd->bhpd", v_input, W_V)
+    scores = q @ k.transpose(-1, -2) / W_Q.shape[-1] ** 0.5  # [batch, head, query, key]
+    if causal:
+        scores = scores.masked_fill(~_causal(scores.shape[-1]), float("-inf"))
+    return torch.einsum("bhqk,bhkd,hdm->bqm", scores.softmax(-1), v, W_O)
+
+
+def _attention_layer_cases(seed: int) -> list[Case]:
+    """Both layers of two random two-layer models (the second layer reads a stream the first
+    wrote into)."""
+    cases = []
+    for model, cache in _models_and_caches(seed, n_layers=2):
+        pos = cache["hook_pos_embed"]
+        for layer in range(2):
+            attn = model.blocks[layer].attn
+            W = [w.detach() for w in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O)]
+            resid = cache[f"blocks.{layer}.hook_resid_pre"]
+            x = resid + pos
+            with torch.no_grad():
+                mistakes = [
+                    ("this is what the heads write, without the residual stream they add it to: "
+                     "return resid + Σ_h head_h.", cache[f"blocks.{layer}.hook_attn_out"]),
+                    ("positions also went into the values: in a shortformer model only queries "
+                     "and keys read resid + pos; values read resid alone.",
+                     resid + _layer(x, x, *W)),
+                    ("the positions are missing from the queries and keys (they read resid + pos).",
+                     resid + _layer(resid, resid, *W)),
+                    ("no causal mask: a position must not attend to later ones.",
+                     resid + _layer(x, resid, *W, causal=False)),
+                    ("the heads were averaged; their outputs add up (Σ over heads).",
+                     resid + _layer(x, resid, *W) / model.cfg.n_heads),
+                ]  # fmt: skip
+                added = (
+                    "the positions were added to the stream the layer returns: in a shortformer "
+                    "model they enter only the queries' and keys' input (resid + pos); values read "
+                    "resid, and the layer returns resid + Σ_h head_h."
+                )
+                mistakes += [(added, x + _layer(x, resid, *W)), (added, x + _layer(x, x, *W))]
+            tags = {"several heads of one layer"} if model.cfg.n_heads > 1 else set()
+            tags |= {"a layer after the first"} if layer > 0 else set()
+            expected = cache[f"blocks.{layer}.hook_resid_post"]
+            cases.append(Case((resid, pos, *W), expected, mistakes,
+                              f"layer {layer} of a model with {model.cfg.n_heads} heads",
+                              tags=tags))  # fmt: skip
+    return cases
+
+
+declare(Exercise(
+    number="0.3", title="a layer of heads, from the weights", functions=("attention_layer",),
+    cases=_attention_layer_cases, block_forward=True,
+    covers=frozenset({"several heads of one layer", "a layer after the first"}),
+    passed="matches the model's residual stream after both layers of two random test models.",
+))  # fmt: skip
+
+
+# ---- 0.4 concatenate, then project ---------------------------------------------------------------
+
+
+def _concat_cases(seed: int) -> list[Case]:
+    """The heads' z of both layers of two random two-layer models."""
+    cases = []
+    for model, cache in _models_and_caches(seed, n_layers=2):
+        for layer in range(2):
+            z = cache[f"blocks.{layer}.attn.hook_z"]
+            W_O = model.blocks[layer].attn.W_O.detach()
+            H, d, D = W_O.shape
+            mistakes = {
+                "the concatenation and the stack of W_O are in different orders: flatten z as "
+                "[batch, pos, (head d_head)] and W_O as [(head d_head), d_model], head first in "
+                "both.": z.transpose(2, 3).reshape(*z.shape[:2], H * d) @ W_O.reshape(H * d, D),
+                "only the first head was used.": z[:, :, 0] @ W_O[0],
+                "the heads were averaged: the projection sums over all n_heads·d_head "
+                "coordinates.": (z.reshape(*z.shape[:2], H * d) @ W_O.reshape(H * d, D)) / H,
+            }
+            tags = {"several heads of one layer"} if H > 1 else set()
+            tags |= {"a layer after the first"} if layer > 0 else set()
+            expected = cache[f"blocks.{layer}.hook_attn_out"]
+            cases.append(Case((z, W_O), expected, mistakes, f"layer {layer} ({H} heads)",
+                              tags=tags))  # fmt: skip
+    return cases
+
+
+declare(Exercise(
+    number="0.4", title="concatenate, then project", functions=("concat_then_project",),
+    cases=_concat_cases,
+    covers=frozenset({"several heads of one layer", "a layer after the first"}),
+    passed="one product of the concatenated heads equals the layer's output, for two models.",
+))  # fmt: skip
+
+
+# ---- 0.5 reading the cache -----------------------------------------------------------------------
+
+
+def _bos_cases(seed: int) -> list[Case]:
+    """Random models of one, two and three layers (the answer must not assume the number of
+    layers), three sequences each."""
+    cases = []
+    per_model = [{"n_layers": n} for n in (2, 1, 3)]
+    for i, model in enumerate(random_models(seed, 3, per_model=per_model)):
+        n_layers = model.cfg.n_layers
+        tokens = random_tokens(model, seed + 10 + i, batch=3)
+        _, cache = model.run_with_cache(tokens)
+        patterns = torch.stack(
+            [cache[f"blocks.{j}.attn.hook_pattern"] for j in range(n_layers)]
+        )  # [layer, batch, head, query, key]
+        expected = evals.bos_attention(model, tokens)
+        mistakes = {
+            "position 0 was included: it can only attend to itself (1.0), so leave it out and "
+            "average over queries 1..": patterns[..., :, 0].mean(dim=(1, 3)),
+            "that is the attention *from* BOS (row 0), not the attention *to* BOS (column 0).": (
+                patterns[..., 0, :].mean(dim=(1, 3))
+            ),
+            "only the first sequence was used; average over the batch too.": (
+                patterns[:, 0, :, 1:, 0].mean(dim=-1)
+            ),
+            "layers and heads are swapped: rows are layers, columns heads.": expected.T,
+        }
+        layers = f"{n_layers} layer" + "s" * (n_layers > 1)
+        cases.append(Case((model, tokens), expected, mistakes, f"a {n_layers}-layer model",
+                          tags={layers}))  # fmt: skip
+    return cases
+
+
+declare(Exercise(
+    number="0.5", title="reading the cache: how much each head rests on BOS",
+    functions=("bos_attention",), cases=_bos_cases, reference=evals.bos_attention,
+    withhold=(evals.bos_attention, head_scores._pattern_stack),
+    covers=frozenset({"1 layer", "2 layers", "3 layers"}),
+    on_error={"KeyError": "A cache holds blocks.{l}.… only for the model's own layers, "
+              "l in range(model.cfg.n_layers): the checker's models have one, two and three."},
+    passed="every head's attention to BOS, for random one-, two- and three-layer models.",
+))  # fmt: skip
+
+
+# ---- 0.6 replacing an activation ---------------------------------------------------------------
+
+
+def _uniform_pattern(n: int) -> Tensor:
+    causal = _causal(n).float()
+    return causal / causal.sum(-1, keepdim=True)  # [query, key]
+
+
+def _uniform_cases(seed: int) -> list[Case]:
+    """A two-layer model on tokens of its full context (layers 0 and 1) and a three-layer model on
+    tokens shorter than its context (its middle and last layers), so that neither the number of
+    layers, nor the layer, nor the pattern's size can be assumed."""
+    cases = []
+    for i, model in enumerate(random_models(seed, n_layers=2, per_model=[{}, {"n_layers": 3}])):
+        tokens = random_tokens(model, seed + 10 + i, batch=2)
+        tokens = tokens[:, : model.cfg.n_ctx - i]  # the second model: shorter than n_ctx
+        n, n_layers = tokens.shape[1], model.cfg.n_layers
+
+        def replaced(pattern: Tensor, layers, model=model, tokens=tokens) -> Tensor:
+            hooks = [(f"blocks.{j}.attn.hook_pattern", lambda x, hook: pattern.expand_as(x).clone())
+                     for j in layers]  # fmt: skip
+            with torch.no_grad():
+                return model.run_with_hooks(tokens, hooks)
+
+        causal, uniform = _causal(n).float(), _uniform_pattern(n)
+        for layer in range(n_layers - 2, n_layers):
+            others = [j for j in range(n_layers) if j != layer]
+            more = [[layer, j] for j in others] + ([list(range(n_layers))] * (len(others) > 1))
+            rows = (
+                "the rows of the pattern do not sum to 1: query q spreads weight 1 over its q + 1 "
+                "keys, 1/(q + 1) each (divide the causal ones by their row sums, "
+                "sum(dim=-1, keepdim=True))."
+            )
+            mistakes = [
+                ("every position attends to all positions, later ones too: uniform attention "
+                 "must stay causal (weight 1/(q+1) on keys 0..q).",
+                 replaced(torch.full((n, n), 1 / n), [layer])),
+                (rows, replaced(causal, [layer])),
+                (rows, replaced(causal / n, [layer])),
+                (rows, replaced(causal / causal.sum(0, keepdim=True), [layer])),
+                *[("more layers than `layer` were replaced: hook only "
+                   "blocks.{layer}.attn.hook_pattern.", replaced(uniform, chosen))
+                  for chosen in more],
+                *[("another layer was replaced instead of `layer`: the hook's name must hold the "
+                   "layer asked for, f\"blocks.{layer}.attn.hook_pattern\".",
+                   replaced(uniform, [j])) for j in others],
+                # a layer fixed in the code is right where it is the one asked for: one mistake
+                # per layer, so that the case it gets right does not rule it out
+                *[(f"the hook is always on layer {j}, whatever `layer` is: its name must hold the "
+                   "argument, f\"blocks.{layer}.attn.hook_pattern\".", replaced(uniform, [j]))
+                  for j in others],
+                ("nothing was replaced: these are the model's own logits. The hook must return "
+                 "the new pattern (a hook that returns nothing leaves the activation as it was), "
+                 "and hang at blocks.{layer}.attn.hook_pattern.", replaced(uniform, [])),
+            ]  # fmt: skip
+            tags = {"layer 0"} if layer == 0 else set()
+            tags |= {"the last layer"} if layer == n_layers - 1 else set()
+            tags |= {"a middle layer"} if 0 < layer < n_layers - 1 else set()
+            tags |= {"tokens shorter than n_ctx"} if n < model.cfg.n_ctx else set()
+            tags |= {f"{n_layers} layers"}
+            where = (f"layer {layer} of a {n_layers}-layer model, on {n} tokens "
+                     f"(n_ctx {model.cfg.n_ctx})")  # fmt: skip
+            cases.append(Case((model, tokens, layer), replaced(uniform, [layer]), mistakes, where,
+                              tags=tags))  # fmt: skip
+    return cases
+
+
+declare(Exercise(
+    number="0.6", title="replacing an activation: uniform attention",
+    functions=("with_uniform_attention",), cases=_uniform_cases,
+    withhold=(evals.run_with_frozen_patterns,),
+    covers=frozenset({"layer 0", "a middle layer", "the last layer", "tokens shorter than n_ctx",
+                      "3 layers"}),
+    on_error={"RuntimeError": "If it is about sizes: the hook receives the pattern [batch, head, "
+              "query_pos, key_pos] of these tokens, which may be shorter than n_ctx; build the "
+              "uniform pattern from tokens.shape[-1] and return pattern.expand_as(the hook's "
+              "input)."},
+    passed="the logits with one layer's attention made uniform, for random models of two and "
+    "three layers, on tokens of full and of shorter length.",
+))  # fmt: skip
+
+
+# ---- 0.7 the direct path -------------------------------------------------------------------------
+
+
+def _direct_path_cases(seed: int) -> list[Case]:
+    """A model with shortformer positions, on tokens of its full context, and one with standard
+    positions, on tokens shorter than its context (W_pos[:n_pos])."""
     cases = []
     kinds = ("shortformer", "standard")
     models = random_models(
@@ -135,200 +384,40 @@ def check_direct_path_logits(direct_path_logits: Callable) -> None:
                 "W_pos[:pos]; the positional part is missing."
             ] = embed_only
         expected = attribution.direct_path_logits(model, tokens)
-        cases.append(Case((model, tokens), expected, mistakes, f"{positions} positions"))
-    check_cases(
-        ex,
-        direct_path_logits,
-        "direct_path_logits",
-        cases,
-        withhold=[
-            attribution.direct_path_logits,
-            attribution.logit_contributions,
-            attribution.decompose_resid,
-        ],
-        block_forward=True,
-        atol=1e-5,
-    )
-    passed(ex, "right for random models with shortformer and with standard positions.")
+        tags = {f"{positions} positions"}
+        tags |= {"tokens shorter than n_ctx"} if tokens.shape[1] < model.cfg.n_ctx else set()
+        where = f"{positions} positions, {tokens.shape[1]} tokens (n_ctx {model.cfg.n_ctx})"
+        cases.append(Case((model, tokens), expected, mistakes, where, tags=tags))
+    return cases
 
 
-def _two_layer_models_and_caches(seed: int):
-    """Two random two-layer models of different sizes, and their activations on random tokens."""
-    for i, model in enumerate(random_models(seed, n_layers=2)):
-        _, cache = model.run_with_cache(random_tokens(model, seed + 10 + i, batch=2))
-        yield model, cache
+declare(Exercise(
+    number="0.7", title="the direct path", functions=("direct_path_logits",),
+    cases=_direct_path_cases, reference=attribution.direct_path_logits,
+    withhold=(attribution.direct_path_logits, attribution.logit_contributions,
+              attribution.decompose_resid, attribution.one_layer_path_expansion,
+              circuits.direct_path),
+    block_forward=True,
+    covers=frozenset({"shortformer positions", "standard positions", "tokens shorter than n_ctx"}),
+    on_error={"RuntimeError": "If it is about sizes: the tokens may be shorter than n_ctx, so "
+              "the positions' embeddings are W_pos[:n_pos], n_pos = tokens.shape[-1]."},
+    passed="right for random models with shortformer and with standard positions.",
+))  # fmt: skip
 
 
-@checker
-def check_attention_layer(attention_layer: Callable) -> None:
-    """Exercise 0.3: `attention_layer(resid, pos, W_Q, W_K, W_V, W_O) -> [batch, pos, d_model]`,
-    the residual stream after one layer of heads (shortformer: positions reach queries and keys
-    only), from the stacked weights `[n_heads, d_model, d_head]` and `[n_heads, d_head, d_model]`."""
-    ex = "Exercise 0.3 (attention_layer)"
+# ---- 0.8 logit contributions ---------------------------------------------------------------------
+
+
+def _contribution_cases(seed: int) -> list[Case]:
+    """Random shortformer models without biases, of two and three layers (the notebook's has
+    two)."""
     cases = []
-    for model, cache in _two_layer_models_and_caches(draw_seed()):
-        pos = cache["hook_pos_embed"]
-        for layer in range(2):
-            attn = model.blocks[layer].attn
-            W = [w.detach() for w in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O)]
-            resid = cache[f"blocks.{layer}.hook_resid_pre"]
-            attn_out = cache[f"blocks.{layer}.hook_attn_out"]
-            with torch.no_grad():
-                mistakes = {
-                    "this is what the heads write, without the residual stream they add it to: "
-                    "return resid + Σ_h head_h.": attn_out,
-                    "positions also went into the values: in a shortformer model only queries and "
-                    "keys read resid + pos; values read resid alone.": resid
-                    + _layer(resid + pos, resid + pos, *W),
-                    "the positions are missing from the queries and keys (they read resid + pos).": (
-                        resid + _layer(resid, resid, *W)
-                    ),
-                    "no causal mask: a position must not attend to later ones.": resid
-                    + _layer(resid + pos, resid, *W, causal=False),
-                    "the heads were averaged; their outputs add up (Σ over heads).": resid
-                    + _layer(resid + pos, resid, *W) / model.cfg.n_heads,
-                }
-            expected = cache[f"blocks.{layer}.hook_resid_post"]
-            cases.append(Case((resid, pos, *W), expected, mistakes, f"layer {layer}"))
-    check_cases(ex, attention_layer, "attention_layer", cases, block_forward=True)
-    passed(ex, "matches the model's residual stream after both layers of two random test models.")
-
-
-def _layer(qk_input, v_input, W_Q, W_K, W_V, W_O, causal: bool = True) -> Tensor:
-    """Every head of a layer, summed (a reference written independently of helpers.models)."""
-    q = torch.einsum("bpm,hmd->bhpd", qk_input, W_Q)
-    k = torch.einsum("bpm,hmd->bhpd", qk_input, W_K)
-    v = torch.einsum("bpm,hmd->bhpd", v_input, W_V)
-    scores = q @ k.transpose(-1, -2) / W_Q.shape[-1] ** 0.5  # [batch, head, query, key]
-    if causal:
-        n = scores.shape[-1]
-        scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
-    return torch.einsum("bhqk,bhkd,hdm->bqm", scores.softmax(-1), v, W_O)
-
-
-@checker
-def check_concat_then_project(concat_then_project: Callable) -> None:
-    """Exercise 0.4: `concat_then_project(z, W_O) -> [batch, pos, d_model]`: the heads' weighted
-    values `z [batch, pos, n_heads, d_head]` concatenated to `[batch, pos, n_heads·d_head]` and
-    multiplied by `W_O [n_heads, d_head, d_model]` stacked to `[n_heads·d_head, d_model]`."""
-    ex = "Exercise 0.4 (concat_then_project)"
-    cases = []
-    for model, cache in _two_layer_models_and_caches(draw_seed()):
-        for layer in range(2):
-            z = cache[f"blocks.{layer}.attn.hook_z"]
-            W_O = model.blocks[layer].attn.W_O.detach()
-            H, d, D = W_O.shape
-            mistakes = {
-                "the concatenation and the stack of W_O are in different orders: flatten z as "
-                "[batch, pos, (head d_head)] and W_O as [(head d_head), d_model], head first in "
-                "both.": z.transpose(2, 3).reshape(*z.shape[:2], H * d) @ W_O.reshape(H * d, D),
-                "only the first head was used.": z[:, :, 0] @ W_O[0],
-                "the heads were averaged: the projection sums over all n_heads·d_head "
-                "coordinates.": (z.reshape(*z.shape[:2], H * d) @ W_O.reshape(H * d, D)) / H,
-            }
-            expected = cache[f"blocks.{layer}.hook_attn_out"]
-            cases.append(Case((z, W_O), expected, mistakes, f"layer {layer}"))
-    check_cases(ex, concat_then_project, "concat_then_project", cases)
-    passed(ex, "one product of the concatenated heads equals the layer's output, for two models.")
-
-
-@checker
-def check_bos_attention(bos_attention: Callable) -> None:
-    """Exercise 0.5: `bos_attention(model, tokens) -> [n_layers, n_heads]`, each head's mean
-    attention on position 0 from positions 1.., read from `run_with_cache`."""
-    ex = "Exercise 0.5 (bos_attention)"
-    seed = draw_seed()
-    cases = []
-    # one, two and three layers: the answer must not assume the number of layers
-    per_model = [{"n_layers": n} for n in (2, 1, 3)]
-    for i, model in enumerate(random_models(seed, 3, per_model=per_model)):
-        n_layers = model.cfg.n_layers
-        tokens = random_tokens(model, seed + 10 + i, batch=3)
-        _, cache = model.run_with_cache(tokens)
-        patterns = torch.stack(
-            [cache[f"blocks.{j}.attn.hook_pattern"] for j in range(n_layers)]
-        )  # [layer, batch, head, query, key]
-        mistakes = {
-            "position 0 was included: it can only attend to itself (1.0), so leave it out and "
-            "average over queries 1..": patterns[..., :, 0].mean(dim=(1, 3)),
-            "that is the attention *from* BOS (row 0), not the attention *to* BOS (column 0).": (
-                patterns[..., 0, :].mean(dim=(1, 3))
-            ),
-            "only the first sequence was used; average over the batch too.": (
-                patterns[:, 0, :, 1:, 0].mean(dim=-1)
-            ),
-        }
-        expected = evals.bos_attention(model, tokens)
-        mistakes["layers and heads are swapped: rows are layers, columns heads."] = expected.T
-        cases.append(Case((model, tokens), expected, mistakes, f"a {n_layers}-layer model"))
-    check_cases(
-        ex,
-        bos_attention,
-        "bos_attention",
-        cases,
-        withhold=[evals.bos_attention, head_scores._pattern_stack],
-        atol=1e-5,
-    )
-    passed(ex, "every head's attention to BOS, for random one-, two- and three-layer models.")
-
-
-def _uniform_pattern(n: int) -> Tensor:
-    causal = torch.ones(n, n).tril()
-    return causal / causal.sum(-1, keepdim=True)  # [query, key]
-
-
-@checker
-def check_with_uniform_attention(with_uniform_attention: Callable) -> None:
-    """Exercise 0.6: `with_uniform_attention(model, tokens, layer) -> logits`, with every head of
-    `layer` made to attend equally to all positions up to its own (a hook replacing
-    `blocks.{layer}.attn.hook_pattern`)."""
-    ex = "Exercise 0.6 (with_uniform_attention)"
-    seed = draw_seed()
-    cases = []
-    for i, model in enumerate(random_models(seed, n_layers=2)):
-        tokens = random_tokens(model, seed + 10 + i, batch=2)
-        tokens = tokens[:, : model.cfg.n_ctx - i]  # the second model: shorter than n_ctx
-        n = tokens.shape[1]
-
-        def replaced(pattern: Tensor, layers, model=model, tokens=tokens) -> Tensor:
-            hooks = [(f"blocks.{j}.attn.hook_pattern", lambda x, hook: pattern.expand_as(x).clone())
-                     for j in layers]  # fmt: skip
-            with torch.no_grad():
-                return model.run_with_hooks(tokens, hooks)
-
-        for layer in range(2):
-            mistakes = {
-                "every position attends to all positions, later ones too: uniform attention "
-                "must stay causal (weight 1/(q+1) on keys 0..q).": replaced(
-                    torch.full((n, n), 1 / n), [layer]
-                ),
-                "both layers were replaced; only `layer` should be.": replaced(
-                    _uniform_pattern(n), [0, 1]
-                ),
-                "the other layer was replaced.": replaced(_uniform_pattern(n), [1 - layer]),
-            }
-            expected = replaced(_uniform_pattern(n), [layer])
-            cases.append(Case((model, tokens, layer), expected, mistakes, f"layer {layer}"))
-    check_cases(
-        ex, with_uniform_attention, "with_uniform_attention", cases,
-        withhold=[evals.run_with_frozen_patterns],
-    )  # fmt: skip
-    passed(ex, "the logits with either layer's attention made uniform, for two random models.")
-
-
-@checker
-def check_logit_contributions(logit_contributions: Callable) -> None:
-    """Exercise 0.8: `logit_contributions(model, cache) -> [1 + n_layers·n_heads, batch, pos,
-    d_vocab]`: the embedding's contribution to the logits, then every head's (layer by layer),
-    from `run_with_cache`'s cache of a shortformer model without biases."""
-    ex = "Exercise 0.8 (logit_contributions)"
-    seed = draw_seed()
-    cases = []
-    for i, model in enumerate(random_models(seed, n_layers=2)):
+    for i, model in enumerate(random_models(seed, n_layers=2, per_model=[{}, {"n_layers": 3}])):
         tokens = random_tokens(model, seed + 10 + i, batch=2)
         _, cache = model.run_with_cache(tokens)
         expected, _ = attribution.logit_contributions(model, tokens)
-        heads = expected[1:].reshape(2, model.cfg.n_heads, *expected.shape[1:])
+        L, H = model.cfg.n_layers, model.cfg.n_heads
+        heads = expected[1:].reshape(L, H, *expected.shape[1:])
         mistakes = {
             "the heads are ordered head by head across layers (L0H0, L1H0, L0H1, …); order them "
             "layer by layer: L0H0, L0H1, …, L1H0, …": torch.cat(
@@ -339,25 +428,38 @@ def check_logit_contributions(logit_contributions: Callable) -> None:
                 [(cache["hook_embed"] + cache["hook_pos_embed"])[None] @ model.W_U, expected[1:]]
             ),
         }
-        cases.append(Case((model, cache), expected.detach(), mistakes))
-    check_cases(
-        ex, logit_contributions, "logit_contributions", cases,
-        withhold=[attribution.logit_contributions, attribution.decompose_resid],
-    )  # fmt: skip
-    passed(ex, "embedding plus every head, layer by layer, for two random two-layer models.")
+        cases.append(Case((model, cache), expected.detach(), mistakes, f"a {L}-layer model",
+                          tags={f"{L} layers"}))  # fmt: skip
+    return cases
 
 
-# ---- 0.9 no privileged basis ----------------------------------------------------------------------
+declare(Exercise(
+    number="0.8", title="every component's contribution to the logits",
+    functions=("logit_contributions",), cases=_contribution_cases,
+    reference=attribution.logit_contributions,
+    withhold=(attribution.logit_contributions, attribution.decompose_resid),
+    covers=frozenset({"2 layers", "3 layers"}),
+    on_error={"KeyError": "A cache holds blocks.{l}.… only for the model's own layers, "
+              "l in range(model.cfg.n_layers): the checker's models have two and three."},
+    passed="embedding plus every head, layer by layer, for random two- and three-layer models.",
+))  # fmt: skip
+
+
+# ---- 0.9 no privileged basis ---------------------------------------------------------------------
 _WRITERS = ("W_E", "W_pos", "W_O", "b_O")  # write the stream: ... @ R
 _READERS = ("W_Q", "W_K", "W_V", "W_U")  # read it: Rᵀ @ ...
+# the config fields that change what a model computes (not how it was initialised)
+_COMPUTING_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "n_ctx", "d_vocab",
+                     "positional_embedding_type", "use_bias", "smeared_keys")  # fmt: skip
 
 
-def _flat(state: dict[str, Tensor]) -> Tensor:
-    return torch.cat([value.detach().flatten() for value in state.values()])
-
-
-def _rotation_mistakes(state: dict[str, Tensor], R: Tensor) -> list[tuple[str, Tensor]]:
-    """The common mistakes of Exercise 0.9, as the flattened weights each one gives."""
+def _rotation_mistakes(
+    state: dict[str, Tensor], R: Tensor, shortformer: bool
+) -> list[tuple[str, dict]]:
+    """The common mistakes of Exercise 0.9, as the weights (a state dict) each one gives. W_pos
+    left unrotated is a mistake of shortformer models, whose positions seem to stay out of the
+    stream: it is not listed for standard positions, so that a learner who rotates W_pos there
+    (rightly) and forgets it with shortformer positions is still told so."""
     # every weight times R and times Rᵀ on its side (writers on the right, readers on the left),
     # and as it is; each mistake picks its pieces
     pieces = {}
@@ -382,9 +484,9 @@ def _rotation_mistakes(state: dict[str, Tensor], R: Tensor) -> list[tuple[str, T
          {"writer": "Rt", "reader": "Rt"}),
         ("the model is unchanged: no weight was rotated. Writers (W_E, W_pos, W_O, b_O) get … R, "
          "readers (W_Q, W_K, W_V, W_U) Rᵀ ….", {"writer": None, "reader": None}),
-        (f"W_pos {forgot}positions are added to the stream's coordinates (with shortformer "
-         "positions, at the queries' and keys' input), so they rotate like the embedding: "
-         "W_pos R.", {"skip": ("W_pos",)}),
+        *[(f"W_pos {forgot}positions are added to the stream's coordinates (with shortformer "
+           "positions, at the queries' and keys' input), so they rotate like the embedding: "
+           "W_pos R.", {"skip": ("W_pos",)})] * shortformer,
         (f"W_E {forgot}the embedding writes the stream: W_E R.", {"skip": ("W_E",)}),
         (f"W_U {forgot}the unembedding reads the stream: Rᵀ W_U.", {"skip": ("W_U",)}),
         (f"W_V {forgot}values read the stream too, like queries and keys: Rᵀ W_V.",
@@ -399,13 +501,13 @@ def _rotation_mistakes(state: dict[str, Tensor], R: Tensor) -> list[tuple[str, T
     mistakes = []
     for description, spec in variants:
         spec = {"writer": "R", "reader": "Rt", "skip": ()} | spec
-        flat = []
+        weights = {}
         for name, choices in pieces.items():
             last = name.split(".")[-1]
             side = "writer" if last in _WRITERS else "reader"
             kept = last in spec["skip"] or len(choices) == 1  # b_Q, b_K, b_V, b_U stay
-            flat.append(choices[None if kept else spec[side]].flatten())
-        mistakes.append((description, torch.cat(flat)))
+            weights[name] = choices[None if kept else spec[side]]
+        mistakes.append((description, weights))
     return mistakes
 
 
@@ -426,176 +528,168 @@ def _shared_with(out: AttnOnlyTransformer, given: AttnOnlyTransformer) -> list[s
     return [n for n, p in out.state_dict().items() if p.untyped_storage().data_ptr() in storages]
 
 
-@checker
-def check_rotate_residual(rotate_residual: Callable) -> None:
-    """Exercise 0.9: `rotate_residual(model, R) -> AttnOnlyTransformer`, a new model whose
-    residual stream is the input's rotated by the orthogonal `R` `[d_model, d_model]`: writers
-    W_E R, W_pos R, W_O R, b_O R; readers Rᵀ W_Q, Rᵀ W_K, Rᵀ W_V, Rᵀ W_U. The input is left
-    as it was."""
-    ex = "Exercise 0.9 (rotate_residual)"
-    seed = draw_seed()
-    per_model = [
-        {"positional_embedding_type": "shortformer", "n_layers": 2},
-        {"positional_embedding_type": "standard", "n_layers": 3},
-    ]
-    models = random_models(seed, 2, per_model=per_model, use_bias=True)
-    cases = []
-    for i, model in enumerate(models):
-        _randomise_biases(model, seed + 30 + i)
-        tokens = random_tokens(model, seed + 10 + i)
-        with torch.no_grad():
-            logits = model(tokens)
-        state = {name: value.clone() for name, value in model.state_dict().items()}
-        for j in range(2):  # two rotations per model
-            R = circuits.random_rotation(model.cfg.d_model, seed + 100 + 10 * i + j)
-            reference = circuits.rotate_residual(model, R)
-            expected = reference.state_dict()
-            with torch.no_grad():  # what these weights compute (the float error of three
-                rotated_logits = reference(tokens)  # layers can pass 1e-4 of the original's)
-            where = (
-                f"rotation {j + 1} of a {model.cfg.n_layers}-layer model with "
-                f"{model.cfg.positional_embedding_type} positions and biases"
-            )
-            mistakes = _rotation_mistakes(state, R)
-            cases.append(
-                (model, R, tokens, logits, rotated_logits, state, expected, mistakes, where)
-            )
-    wrong = []
-    for model, R, tokens, logits, rotated_logits, state, expected, mistakes, where in cases:
-        given = copy.deepcopy(model)  # the learner's copy, to see afterwards what became of it
-        out = call_learner(
-            ex, rotate_residual, given, R.clone(), withhold=[circuits.rotate_residual],
-            clone=False, where=where,
-        )  # fmt: skip
-        _judge_rotated_model(ex, out, given, state, expected, where)
-        got, right = _flat(out.state_dict()), _flat(expected)
-        if not matches(got, right, 1e-4):
-            wrong.append((where, got, right, mistakes, out, expected, tokens, logits))
-            continue
-        with torch.no_grad():
-            after = out(tokens)
-        if not matches(after, rotated_logits, 1e-4):  # right weights, other logits: a guard
-            raise CheckFailed(
-                ex, f"{where}: your model's weights are right but its logits are not."
-            )
-    if wrong:
-        name_mistake(
-            ex, [w[:4] for w in wrong], lambda a, b, widen=1.0: matches(a, b, widen * 1e-4)
-        )
-        where, _, _, _, out, expected, tokens, logits = wrong[0]
+def _rotated_weights(state: dict[str, Tensor], where: str) -> Callable:
+    """Exercise 0.9's `Case.answer`: what must hold of the learner's model before its weights are
+    judged (the input left as it was; a new model, with the input's config and weights' names,
+    shapes and dtypes, sharing no memory with the input), then its weights, as a dict."""
+
+    def answer(out: object, args: tuple) -> dict[str, Tensor]:
+        ex, given = _ROTATE.name, args[0]
+        edited = [n for n, v in given.state_dict().items()
+                  if n not in state or not torch.equal(v, state[n])]  # fmt: skip
+        if edited or set(given.state_dict()) != set(state):
+            names = ", ".join(edited[:3]) + (", …" if len(edited) > 3 else "")
+            raise CheckFailed(ex, f"{where}: your function edited the model it was given in place "
+                              f"({names} changed): the input must stay as it was, since the "
+                              "notebook still uses it. Rotate a copy (copy.deepcopy(model)) and "
+                              "return that.")  # fmt: skip
+        if out is given:
+            raise CheckFailed(ex, f"{where}: your function returned the model it was given, "
+                              "unchanged: return a new model (copy.deepcopy(model)) with its "
+                              "weights rotated.")  # fmt: skip
+        if not isinstance(out, AttnOnlyTransformer):
+            hint = " (did you forget the return?)" if out is None else ""
+            raise CheckFailed(ex, "rotate_residual must return a model (an AttnOnlyTransformer), "
+                              f"got {type(out).__name__}{hint}.")  # fmt: skip
         got = out.state_dict()
-        differ = [n for n, value in expected.items() if not matches(got[n], value, 1e-4)]
+        if set(got) != set(state):
+            missing, extra = sorted(set(state) - set(got)), sorted(set(got) - set(state))
+            raise CheckFailed(ex, f"{where}: your model's weights are not the input's: missing "
+                              f"{missing}, unexpected {extra}. Build it from the same config "
+                              "(copy.deepcopy(model) keeps everything).")  # fmt: skip
+        for name, value in state.items():
+            if got[name].shape != value.shape:
+                raise CheckFailed(ex, f"{where}: your model's {name} has shape "
+                                  f"{tuple(got[name].shape)}; the input's is {tuple(value.shape)}. "
+                                  "Rotating changes coordinates, not shapes.")  # fmt: skip
+            if got[name].dtype != value.dtype:
+                raise CheckFailed(ex, f"{where}: your model's {name} is {got[name].dtype}; the "
+                                  f"input's is {value.dtype}. Keep the model's dtype.")  # fmt: skip
+        theirs, mine = out.cfg, given.cfg
+        differ = [f"{k}: {getattr(theirs, k)!r}, the input's {getattr(mine, k)!r}"
+                  for k in _COMPUTING_FIELDS if getattr(theirs, k) != getattr(mine, k)]  # fmt: skip
+        if differ:
+            raise CheckFailed(ex, f"{where}: your model's config is not the input's "
+                              f"({'; '.join(differ)}), so it computes something else with the "
+                              "same weights. Start from copy.deepcopy(model), which keeps "
+                              "it.")  # fmt: skip
+        shared = _shared_with(out, given)
+        if shared:
+            raise CheckFailed(ex, f"{where}: your new model shares {', '.join(shared[:3])} with "
+                              "the input model (the same tensor in memory), so editing one "
+                              "model would edit the other. Start from "
+                              "copy.deepcopy(model).")  # fmt: skip
+        return {name: value.detach() for name, value in got.items()}
+
+    return answer
+
+
+def _explain_rotation(expected: dict[str, Tensor], cfg, tokens: Tensor, logits: Tensor) -> Callable:
+    """What is wrong with weights no common mistake explains: which weights differ, and whether
+    the model still computes the input's logits (another rotation, say) or not."""
+
+    def explain(weights: dict[str, Tensor]) -> str:
+        differ = [n for n, value in expected.items() if not same(weights[n], value)]
         names = ", ".join(differ[:4]) + (", …" if len(differ) > 4 else "")
         verb = "is not what it" if len(differ) == 1 else "are not what they"
+        model = AttnOnlyTransformer(cfg)  # the learner's config is the input's (checked)
+        model.load_state_dict(weights)
         with torch.no_grad():
-            error = float((out(tokens) - logits).abs().max())
+            error = float((model(tokens) - logits).abs().max())
         if error <= 1e-4 * max(1.0, float(logits.abs().max())):
             what = "your model computes the same logits as the original, but"
         else:
             what = f"your model's logits differ from the original's by up to {error:.3g}, and"
-        raise CheckFailed(
-            ex,
-            f"{where}: {what} its weights are not the input's rotated by R: {names} {verb} should "
-            "be. The stream's new coordinates are x R: every weight that writes it (W_E, "
-            "W_pos, W_O, b_O) gets … @ R, every weight that reads it (W_Q, W_K, W_V, W_U) R.T @ …; "
-            "the other biases stay.",
-        )
-    passed(
-        ex,
-        "every weight rotated (writers … R, readers Rᵀ …), the logits unchanged and the input left "
-        "as it was, for two rotations each of random 2- and 3-layer models with biases "
-        "(shortformer and standard positions).",
-    )
+        return (f"{what} its weights are not the input's rotated by R: {names} {verb} should be. "
+                "The stream's new coordinates are x R: every weight that writes it (W_E, W_pos, "
+                "W_O, b_O) gets … @ R, every weight that reads it (W_Q, W_K, W_V, W_U) R.T @ …; "
+                "the other biases stay.")  # fmt: skip
+
+    return explain
 
 
-def _judge_rotated_model(
-    ex: str,
-    out: object,
-    given: AttnOnlyTransformer,
-    state: dict[str, Tensor],
-    expected: dict[str, Tensor],
-    where: str,
-) -> None:
-    """What must hold of Exercise 0.9's answer before its weights are compared: the input was not
-    edited, a new model came back, with the input's weights' names, shapes and dtypes."""
-    edited = [
-        n for n, v in given.state_dict().items() if n not in state or not torch.equal(v, state[n])
+def _rotation_cases(seed: int) -> list[Case]:
+    """Two rotations each of three random models: shortformer positions, two layers, biases;
+    standard positions, three layers, biases, d_vocab = d_model (so that no weight's side can be
+    told by an axis of size d_model); and, as the course's models are, no biases, with one head
+    per layer whose d_head is d_model (as in chapter 05's sweep)."""
+    per_model = [
+        {"positional_embedding_type": "shortformer", "n_layers": 2, "use_bias": True},
+        {"positional_embedding_type": "standard", "n_layers": 3, "use_bias": True},
+        {"positional_embedding_type": "shortformer", "n_layers": 2, "use_bias": False},
     ]
-    if edited or set(given.state_dict()) != set(state):
-        names = ", ".join(edited[:3]) + (", …" if len(edited) > 3 else "")
-        raise CheckFailed(
-            ex,
-            f"{where}: your function edited the model it was given in place ({names} changed): "
-            "the input must stay as it was, since the notebook still uses it. Rotate a copy "
-            "(copy.deepcopy(model)) and return that.",
-        )
-    if out is given:
-        raise CheckFailed(
-            ex,
-            f"{where}: your function returned the model it was given, unchanged: return a new "
-            "model (copy.deepcopy(model)) with its weights rotated.",
-        )
-    if not isinstance(out, AttnOnlyTransformer):
-        hint = " (did you forget the return?)" if out is None else ""
-        raise CheckFailed(
-            ex,
-            f"rotate_residual must return a model (an AttnOnlyTransformer), got "
-            f"{type(out).__name__}{hint}.",
-        )
-    got = out.state_dict()
-    if set(got) != set(expected):
-        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-        raise CheckFailed(
-            ex,
-            f"{where}: your model's weights are not the input's: missing {missing}, unexpected "
-            f"{extra}. Build it from the same config (copy.deepcopy(model) keeps everything).",
-        )
-    for name, value in expected.items():
-        if got[name].shape != value.shape:
-            raise CheckFailed(
-                ex,
-                f"{where}: your model's {name} has shape {tuple(got[name].shape)}; the input's "
-                f"is {tuple(value.shape)}. Rotating changes coordinates, not shapes.",
-            )
-        if got[name].dtype != value.dtype:
-            raise CheckFailed(
-                ex,
-                f"{where}: your model's {name} is {got[name].dtype}; the input's is "
-                f"{value.dtype}. Keep the model's dtype.",
-            )
-    shared = _shared_with(out, given)
-    if shared:
-        raise CheckFailed(
-            ex,
-            f"{where}: your new model shares {', '.join(shared[:3])} with the input model (the "
-            "same tensor in memory), so editing one model would edit the other. Start from "
-            "copy.deepcopy(model).",
-        )
-
-
-# ---- 0.10 a head's write subspace -----------------------------------------------------------------
-def _projector_cases(seed: int) -> list[tuple[Tensor, str, int]]:
-    """(W_O, where, rank) for every head of two random models, then one W_O of rank d_head - 1:
-    its last row twice its first (exactly, in float32), the rank deficiency a projector built
-    as if W_O had rank d_head gets wrong."""
+    drawn = random_models(seed, 3, per_model=per_model)
+    changes = [{}, {"d_vocab": drawn[1].cfg.d_model},
+               {"n_heads": 1, "d_head": drawn[2].cfg.d_model}]  # fmt: skip
     cases = []
-    models = random_models(seed, 2)
-    for model in models:
-        D, d = model.cfg.d_model, model.cfg.d_head
-        for head in range(model.cfg.n_heads):
-            W_O = model.W_O[0, head].detach().clone()
-            cases.append((W_O, f"head {head} of a model with d_model {D}, d_head {d}", d))
-    W_O = models[1].W_O[0, 0].detach().clone() * 1.5
-    W_O[-1] = 2 * W_O[0]
-    D, d = W_O.shape[1], W_O.shape[0]
-    cases.append(
-        (W_O, f"a W_O [{d}, {D}] of rank {d - 1} < d_head (its last row is twice its first)", d - 1)
-    )
+    for i, (model, change) in enumerate(zip(drawn, changes, strict=True)):
+        model = AttnOnlyTransformer(dataclasses.replace(model.cfg, **change))
+        if model.cfg.use_bias:
+            _randomise_biases(model, seed + 30 + i)
+        cfg = model.cfg
+        tokens = random_tokens(model, seed + 10 + i)
+        with torch.no_grad():
+            logits = model(tokens)
+        state = {name: value.clone() for name, value in model.state_dict().items()}
+        heads = "several heads of one layer" if cfg.n_heads > 1 else "one head per layer"
+        tags = {"biases" if cfg.use_bias else "no biases", heads,
+                f"{cfg.positional_embedding_type} positions", f"{cfg.n_layers} layers"}  # fmt: skip
+        tags |= {"d_head = d_model"} if cfg.d_head == cfg.d_model else set()
+        tags |= {"d_vocab = d_model"} if cfg.d_vocab == cfg.d_model else set()
+        described = (f"a {cfg.n_layers}-layer model with {cfg.positional_embedding_type} "
+                     f"positions, {'biases' if cfg.use_bias else 'no biases'}, {cfg.n_heads} "
+                     f"head{'s' * (cfg.n_heads > 1)} of d_head {cfg.d_head} in d_model "
+                     f"{cfg.d_model}, d_vocab {cfg.d_vocab}")  # fmt: skip
+        for j in range(2):  # two rotations per model
+            R = circuits.random_rotation(cfg.d_model, seed + 100 + 10 * i + j)
+            expected = {name: value.detach() for name, value in
+                        circuits.rotate_residual(model, R).state_dict().items()}  # fmt: skip
+            where = f"rotation {j + 1} of {described}"
+            shortformer = cfg.positional_embedding_type == "shortformer"
+            cases.append(Case(
+                (copy.deepcopy(model), R.clone()), expected,
+                _rotation_mistakes(state, R, shortformer), where,
+                answer=_rotated_weights(state, where),
+                describe=_explain_rotation(expected, cfg, tokens, logits), tags=tags,
+            ))  # fmt: skip
     return cases
 
 
+_NO_BIAS = (
+    "If it is about a bias that is None: the checker's models include one without biases, as the "
+    "course's models are; there b_O is None, so rotate b_O only if it is not None."
+)
+
+_ROTATE = declare(Exercise(
+    number="0.9", title="rotate the residual stream", functions=("rotate_residual",),
+    cases=_rotation_cases, reference=circuits.rotate_residual,
+    withhold=(circuits.rotate_residual,), clone=False,
+    on_error={
+        "AttributeError": f"{_NO_BIAS} If it is about setting an attribute: model.W_E, model.W_Q, "
+        "… are read-only views of the weights; write into the parameters themselves, e.g. "
+        "new.embed.W_E.copy_(model.W_E @ R), inside `with torch.no_grad():`.",
+        "TypeError": f"{_NO_BIAS} If it is about assigning a tensor as a parameter: copy into the "
+        "parameter instead, e.g. new.embed.W_E.copy_(model.W_E @ R).",
+        "RuntimeError": "If it is about an in-place operation on a tensor that requires grad: do "
+        "the copies inside `with torch.no_grad():`.",
+    },
+    covers=frozenset({"biases", "no biases", "shortformer positions", "standard positions",
+                      "3 layers", "several heads of one layer", "one head per layer",
+                      "d_head = d_model", "d_vocab = d_model"}),
+    passed="every weight rotated (writers … R, readers Rᵀ …), the logits unchanged and the input "
+    "left as it was, for two rotations each of random 2- and 3-layer models with and without "
+    "biases (shortformer and standard positions, d_head and d_vocab equal to d_model).",
+))  # fmt: skip
+
+
+# ---- 0.10 a head's write subspace ----------------------------------------------------------------
 _BASIS = (
     "the right singular vectors whose singular values are above a tolerance, or "
+    "torch.linalg.pinv(W_O) @ W_O"
+)
+_RELATIVE = (
+    "keep only the directions whose singular values are not rounding noise, above "
+    "max(W_O.shape) · eps · the largest (as torch.linalg.matrix_rank counts), or use "
     "torch.linalg.pinv(W_O) @ W_O"
 )
 
@@ -628,71 +722,131 @@ def _write_projector_mistakes(W_O: Tensor, P: Tensor, rank: int) -> list[tuple[s
     ]  # fmt: skip
 
 
-@checker
-def check_write_projector(write_projector: Callable) -> None:
-    """Exercise 0.10: `write_projector(W_O) -> [d_model, d_model]`, the orthogonal projector onto
-    the row space of one head's `W_O [d_head, d_model]`: the subspace the head writes into."""
-    ex = "Exercise 0.10 (write_projector)"
-    drawn = _projector_cases(draw_seed())
+def _explain_projector(W_O: Tensor, rank: int, expected: Tensor, structure: str) -> Callable:
+    """What is wrong with a projector no common mistake explains, for one W_O: a projector onto
+    too many or too few dimensions (a rank miscounted: rounding noise kept, or a threshold fixed
+    in advance that this W_O's scale defeats) or onto the wrong ones."""
+    d = W_O.shape[0]
+    entries = float(W_O.abs().max())
+    if entries > 1e2:
+        scale = (f" A W_O with entries this large (up to {entries:.0e}) has rounding noise far "
+                 "above a threshold fixed in advance (S > 1e-6, say): compare the singular values "
+                 "with the largest.")  # fmt: skip
+    elif entries < 1e-2:
+        scale = (f" This W_O's entries are all small (up to {entries:.0e}), so are its singular "
+                 "values, yet none is zero: a threshold fixed in advance (S > 1e-6, say) drops "
+                 "real directions; compare the singular values with the largest.")  # fmt: skip
+    else:
+        scale = ""
+
+    def explain(answer: Tensor) -> str:
+        if torch.isnan(answer).any():
+            return ("your matrix holds NaN (a division by the norm of a row that is, up to "
+                    f"rounding, zero?).{scale} Build the projector from {_BASIS}.")  # fmt: skip
+        A = answer.double()
+        dims = float(torch.trace(A))
+        projector = same(A @ A, A, widen=100) and same(A, A.T, widen=100)
+        if not projector or abs(dims - round(dims)) > 1e-2:
+            return describe(answer, expected)
+        # the cases of full rank come first: a rank-deficient one is the first wrong only when
+        # every W_O of full rank was answered right
+        before = "right for every W_O of full rank, but not here: " if rank < d else ""
+        if round(dims) == rank:
+            return (f"{before}your matrix projects onto {rank} dimensions, as many as W_O writes "
+                    f"into, yet not onto W_O's row space.{structure} Build it from "
+                    f"{_BASIS}.")  # fmt: skip
+        return (f"{before}your matrix has trace {dims:.3g} (for a projector, the dimension it "
+                f"projects onto), where W_O writes into {rank} dimensions.{structure}{scale} "
+                f"To count the rank, {_RELATIVE}.")  # fmt: skip
+
+    return explain
+
+
+def _dependent(W: Tensor, g: torch.Generator, n: int, rows: int) -> tuple[Tensor, str]:
+    """W with `n` of its rows made multiples (by ±2 or ±1/2, exact in float32) of another row, the
+    rows drawn among its first `rows`; and a phrase saying which."""
+    W = W.clone()
+    order = torch.randperm(rows, generator=g).tolist()
+    source, said = order[0], []
+    for row in order[1 : n + 1]:
+        factor = [-2.0, -0.5, 0.5, 2.0][int(torch.randint(4, (), generator=g))]
+        W[row] = factor * W[source]
+        said.append(f"row {row} is {factor:g} × row {source}")
+    return W, " and ".join(said)
+
+
+def _projector_cases(seed: int) -> list[Case]:
+    """Every head's W_O of two random models and a W_O of tiny entries, all of full rank; then
+    W_Os whose rows are dependent (dependent rows drawn: before the last, so that the first
+    rank(W_O) rows do not span the row space; anywhere, in a square W_O as in a model whose one
+    head has d_head = d_model; anywhere, two of them, in a W_O of huge entries). The tiny and
+    huge scales defeat a rank counted against a fixed threshold, from either side. The cases of
+    full rank come first (`_explain_projector` relies on it)."""
+    models = random_models(seed, 2)
+    g = generator(seed + 50)
+    drawn = []  # (W_O, where, which rows depend on which)
+    for model in models:
+        D, d = model.cfg.d_model, model.cfg.d_head
+        for head in range(model.cfg.n_heads):
+            W_O = model.W_O[0, head].detach().clone()
+            drawn.append((W_O, f"head {head} of a model with d_model {D}, d_head {d}", ""))
+    (d0, D0), (d1, D1) = (m.W_O.shape[-2:] for m in models)
+    tiny = torch.randn(d0, D0, generator=g) * 1e-8  # a head that weight decay has all but erased
+    drawn.append((tiny, f"a W_O [{d0}, {D0}] with entries about 1e-8, of full rank", ""))
+    W, which = _dependent(torch.randn(d1, D1, generator=g) * 0.75, g, 1, d1 - 1)
+    drawn.append((W, f"a W_O [{d1}, {D1}] of rank {d1 - 1} < d_head ({which})", which))
+    n = int(torch.randint(5, 9, (), generator=g))
+    W, which = _dependent(torch.randn(n, n, generator=g) * 0.5, g, 1, n)
+    drawn.append((W, f"a square W_O [{n}, {n}] (d_head = d_model) of rank {n - 1} < d_head "
+                     f"({which})", which))  # fmt: skip
+    W, which = _dependent(torch.randn(d0, D0, generator=g) * 1e4, g, 2, d0)
+    drawn.append((W, f"a W_O [{d0}, {D0}] with entries about 1e4, of rank {d0 - 2} < d_head "
+                     f"({which})", which))  # fmt: skip
+
     cases = []
-    for W_O, where, rank in drawn:
-        P = circuits.projector(circuits.row_space(W_O))
-        d, D = W_O.shape
-        hints = {
-            (d, d): "a d_head × d_head matrix, like W_O @ W_O.T, or Q Qᵀ from the QR of W_O "
-            "(rather than of W_O.T), acts on the head's d_head space. The write subspace lies "
-            "in the residual stream: the projector is [d_model, d_model], Q Qᵀ with Q "
-            "[d_model, rank] orthonormal columns spanning W_O's rows.",
-        }
-        cases.append(Case((W_O,), P, _write_projector_mistakes(W_O, P, rank), where, hints))
-    answers = []
-    for case in cases:
-        try:
-            out = call_learner(
-                ex, write_projector, *case.args, where=case.where, block_forward=True,
-                withhold=[circuits.projector, circuits.row_space, circuits.write_subspace],
-            )  # fmt: skip
-        except torch.linalg.LinAlgError as err:
-            raise CheckFailed(
-                ex,
-                f"{case.where}: your function failed with torch's error '{err}'. W_O W_Oᵀ is "
-                "singular when W_O's rows are dependent, so it has no inverse; build the "
-                "projector from an orthonormal basis of W_O's rows instead (the SVD, keeping the "
-                "singular values above a tolerance, or torch.linalg.pinv(W_O) @ W_O).",
-            ) from None
-        shape = tuple(out.shape) if isinstance(out, Tensor) else None
-        if shape != tuple(case.expected.shape) and shape in case.shape_hints:
-            raise CheckFailed(
-                ex, f"write_projector returned shape {shape}: {case.shape_hints[shape]}"
-            )
-        answers.append(expect_tensor(ex, "write_projector", out, case.expected.shape))
-    wrong = [
-        (case.where, out, case.expected, case.mistakes)
-        for out, case in zip(answers, cases, strict=True)
-        if not matches(out, case.expected, 1e-4)
-    ]
-    if not wrong:
-        passed(
-            ex,
-            f"the projector onto W_O's row space for {len(cases) - 1} heads of two random models "
-            "and for a W_O whose rows are dependent (rank < d_head).",
-        )
-        return
-    where, out, expected, _ = wrong[0]
-    if len(wrong) == 1 and where == cases[-1].where:  # only the rank-deficient one
-        dims = float(torch.trace(out.double()))
-        rank = round(float(torch.trace(expected.double())))
-        what = (
-            "your matrix holds NaN (a division by the norm of a row that is, up to rounding, zero?)"
-            if torch.isnan(out).any()
-            else f"your matrix has trace {dims:.3g} (for a projector, the dimension it projects "
-            f"onto), where W_O writes into {rank} dimensions"
-        )
-        raise CheckFailed(
-            ex,
-            f"right for every W_O of full rank, but not for {where}: {what}. Keep only the directions "
-            "whose singular values are not rounding noise (above max(W_O.shape) · eps · the "
-            "largest, as torch.linalg.matrix_rank counts), or use torch.linalg.pinv(W_O) @ W_O.",
-        )
-    name_mistake(ex, wrong, lambda a, b, widen=1.0: matches(a, b, widen * 1e-4))
-    diagnose(ex, out, expected, {}, atol=1e-4, where=where)
+    for W_O, where, which in drawn:
+        basis = circuits.row_space(W_O)
+        P, (d, D), rank = circuits.projector(basis), W_O.shape, basis.shape[0]
+        first_rows = circuits.row_space(W_O[:rank]).shape[0] < rank
+        structure = ""
+        if rank < d:
+            structure = f" Its rows are dependent here ({which})"
+            structure += (", so its first rank(W_O) rows do not span its row space (a QR of "
+                          "W_O.T cut to that many columns assumes they do)." if first_rows
+                          else ".")  # fmt: skip
+        hints = {} if d == D else {
+            (d, d): "a d_head × d_head matrix, like W_O @ W_O.T, U Uᵀ from the SVD, or Q Qᵀ from "
+            "the QR of W_O (rather than of W_O.T), acts on the head's d_head space. The write "
+            "subspace lies in the residual stream: the projector is [d_model, d_model], Q Qᵀ with "
+            "Q [d_model, rank] orthonormal columns spanning W_O's rows.",
+        }  # fmt: skip
+        entries = float(W_O.abs().max())
+        tags = {"full rank" if rank == d else "rank-deficient"}
+        tags |= {"the first rank(W_O) rows are dependent"} if first_rows else set()
+        tags |= {"d_head = d_model"} if d == D else set()
+        tags |= {"entries far below 1"} if entries < 1e-2 else set()
+        tags |= {"entries far above 1"} if entries > 1e2 else set()
+        explain = _explain_projector(W_O, rank, P, structure)
+        cases.append(Case((W_O,), P, _write_projector_mistakes(W_O, P, rank), where, hints,
+                          describe=explain, tags=tags))  # fmt: skip
+    return cases
+
+
+declare(Exercise(
+    number="0.10", title="a head's write subspace", functions=("write_projector",),
+    cases=_projector_cases, reference=circuits.projector,
+    withhold=(circuits.projector, circuits.row_space, circuits.write_subspace),
+    block_forward=True,
+    covers=frozenset({"full rank", "rank-deficient", "the first rank(W_O) rows are dependent",
+                      "d_head = d_model", "entries far below 1", "entries far above 1"}),
+    on_error={
+        name: "W_O W_Oᵀ is singular when W_O's rows are dependent, so it has no inverse; build the "
+        "projector from an orthonormal basis of W_O's rows instead (the SVD, keeping the "
+        "singular values above a tolerance relative to the largest, or "
+        "torch.linalg.pinv(W_O) @ W_O)."
+        for name in ("_LinAlgError", "LinAlgError")
+    },
+    passed="the projector onto W_O's row space for every head of two random models, for W_Os of "
+    "tiny and huge entries, and for W_Os whose rows are dependent (rank < d_head), one of them "
+    "square (d_head = d_model).",
+))  # fmt: skip

@@ -31,14 +31,47 @@ def test_previous_token_score_rejects(wrong, diagnosis):
     assert_rejects(checks.check_previous_token_score, wrong, diagnosis=diagnosis)
 
 
-def _induction(shift=1, latest_only=False, average=False, fixed_length=None, bos=1):
+def test_previous_token_score_accepts_float64_patterns_scored_in_float32():
+    assert_accepts(
+        checks.check_previous_token_score, lambda p: float(p.float().diagonal(-1, -2, -1).mean())
+    )
+
+
+def _wrapped_index(p):  # row 0 has no previous position: index -1 wraps round to the last key
+    n = p.shape[-1]
+    return p[:, torch.arange(n), torch.arange(n) - 1].mean()
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_wrapped_index, "position 0 was averaged in"),
+        (lambda p: p[0].diagonal(-1).mean(), "only the first sequence"),
+        (lambda p: p.diagonal(-1, -2, -1)[:, :10].mean(), "Exercise 4.1"),  # 11 positions assumed
+        (lambda p: p.diagonal(-1).mean(), "NaN"),  # the diagonal of batch and query
+    ],
+)
+def test_previous_token_score_rejects_answers_that_fit_some_shapes_only(wrong, diagnosis):
+    assert_rejects(checks.check_previous_token_score, wrong, diagnosis=diagnosis)
+
+
+def _induction(
+    shift=1,
+    latest_only=False,
+    average=False,
+    fixed_length=None,
+    bos=1,
+    first=None,
+    copies_from=None,
+):
     def fn(pattern, length):  # bos=0: positions counted as if there were no BOS
         length = fixed_length or length
         n, per_query = pattern.shape[-1], []
-        for q in range(bos + length, n):
-            rs = [1] if latest_only else list(range(1, (q - bos) // length + 1))
+        earliest = bos if copies_from is None else copies_from  # the earliest copy's position
+        for q in range(bos + length if first is None else first, n):
+            rs = [1] if latest_only else list(range(1, (q - earliest) // length + 1))
             total = pattern[:, q, [q - r * length + shift for r in rs]].sum(-1)
-            per_query.append(total / len(rs) if average else total)
+            per_query.append(total / len(rs) if average and rs else total)
         return float(torch.stack(per_query).mean())
 
     return fn
@@ -71,6 +104,46 @@ def test_induction_score_accepts_olssons_average_with_a_note(capsys):
 )
 def test_induction_score_rejects(wrong, diagnosis):
     assert_rejects(checks.check_induction_score, wrong, diagnosis=diagnosis)
+
+
+def _vectorised(shift, every_query=False):
+    """A mask of the targets, built by loops, applied at once; `every_query`: averaged over every
+    query, those with no earlier copy (BOS, the first block) included."""
+
+    def fn(pattern, length):
+        n = pattern.shape[-1]
+        mask = torch.zeros(n, n)
+        for q in range(1 + length, n):
+            for r in range(1, (q - 1) // length + 1):
+                mask[q, q - r * length + shift] = 1.0
+        per_query = torch.einsum("bqk,qk->bq", pattern, mask)  # float32 mask: float64 fails
+        return float(per_query.mean() if every_query else per_query[:, 1 + length :].mean())
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_induction(shift=-1), "shifted the wrong way"),
+        (_induction(copies_from=0), "one copy too far"),
+        (_induction(first=1), "the first block"),
+        (lambda p, length: _vectorised(1, every_query=True)(p.float(), length), "the first block"),
+        (
+            _vectorised(1),
+            "raised RuntimeError on blocks of 3, 3 blocks, 2 pattern(s) (torch.float64)",
+        ),
+        (lambda p, length: _induction()(p, 5 if length == 6 else length), "Exercise 4.3"),
+    ],
+)
+def test_induction_score_names_more_mistakes(wrong, diagnosis):
+    assert_rejects(checks.check_induction_score, wrong, diagnosis=diagnosis)
+
+
+def test_induction_score_accepts_a_float32_answer_to_float64_patterns():
+    assert_accepts(
+        checks.check_induction_score, lambda p, length: _vectorised(1)(p.float(), length)
+    )
 
 
 def _handmade_parts():
@@ -162,6 +235,73 @@ def test_handmade_rejects(variant, diagnosis):
     assert_rejects(checks.check_handmade_induction, *args, diagnosis=diagnosis)
 
 
+def _into_the_stacked_copy(model, layout):  # model.W_Q is a stacked copy: nothing is set
+    n = layout.n_ctx
+    position = torch.arange(layout.position.start, layout.position.stop)
+    model.W_Q[0, 0, position, torch.arange(n)] = 50.0
+    model.W_K[0, 0, position[:-1], torch.arange(1, n)] = 50.0
+
+
+def _a_new_model(model, layout):  # builds and returns a model; the one given stays blank
+    model = handmade.blank_model(layout)
+    _handmade_parts()[0](model, layout)
+    return model
+
+
+def _d_head_is_n_ctx(model, layout):  # eye(n_ctx) for [n_ctx, d_head]: only if n_ctx >= d_vocab
+    prev, _ = _handmade_parts()
+    prev(model, layout)
+    model.blocks[0].attn.W_Q[0, layout.position, :] = 50.0 * torch.eye(layout.n_ctx)
+
+
+def _d_head_is_d_vocab(model, layout):  # eye(d_vocab) for [d_vocab, d_head]
+    _, induction = _handmade_parts()
+    induction(model, layout)
+    model.blocks[1].attn.W_V[0, layout.token, :] = torch.eye(layout.d_vocab)
+
+
+def _the_notebooks_layout(model, layout):  # 25 positions, as handmade.Layout() has
+    a = model.blocks[0].attn
+    position = torch.arange(layout.position.start, layout.position.start + 25)
+    a.W_Q[0, position, torch.arange(25)] = 50.0
+
+
+@pytest.mark.parametrize(
+    "variant, diagnosis",
+    [
+        ("stacked copy", "model.W_Q and the like are stacked copies"),
+        ("a new model", "It returned something: edit the model it is given instead"),
+        ("d_head is n_ctx", "Shapes must fit the layout"),
+        ("d_head is d_vocab", "Shapes must fit the layout"),
+        ("the notebook's layout", "the checker's layouts are not the notebook's"),
+    ],
+)
+def test_handmade_rejects_answers_for_one_layout(variant, diagnosis):
+    prev, induction = _handmade_parts()
+    args = {
+        "stacked copy": (_into_the_stacked_copy, induction),
+        "a new model": (_a_new_model, induction),
+        "d_head is n_ctx": (_d_head_is_n_ctx, induction),
+        "d_head is d_vocab": (prev, _d_head_is_d_vocab),
+        "the notebook's layout": (_the_notebooks_layout, induction),
+    }[variant]
+    assert_rejects(checks.check_handmade_induction, *args, diagnosis=diagnosis)
+
+
+def test_handmade_shows_what_the_model_does(capsys):
+    assert_accepts(checks.check_handmade_induction, *_handmade_parts(), seeds=(0,))
+    out = capsys.readouterr().out
+    assert out.count("weakest previous-token attention") == 2  # one line per layout
+    assert "the course's solution" in out
+
+
+def test_handmade_thresholds_are_the_ones_the_prose_quotes():
+    from helpers.checks import induction
+
+    needed = (induction.PREVIOUS_NEEDED, induction.INDUCTION_NEEDED, induction.LOSS_RATIO_NEEDED)
+    assert needed == (0.8, 0.8, 0.1)
+
+
 # ---- 4.2 duplicate-token score ----------------------------------------------------------------------
 def test_duplicate_token_score_accepts_reference():
     assert_accepts(checks.check_duplicate_token_score, _induction(shift=0))
@@ -172,13 +312,22 @@ def test_duplicate_token_score_accepts_reference():
     [
         (_induction(shift=1), "this is the induction score"),
         (_induction(shift=0, latest_only=True), "only the most recent earlier copy"),
-        (_induction(shift=-1), "Exercise 4.2"),
+        (_induction(shift=-1), "one position too early"),
+        (_induction(shift=0, average=True), "averaged over the earlier copies"),
+        (_induction(shift=0, first=0), "the first block"),
+        (_induction(shift=0, copies_from=0), "one copy too far"),
         (_induction(shift=0, bos=0), "positions are one off"),
         (lambda p, length: evals.duplicate_token_scores, "Exercise 4.2"),
     ],
 )
 def test_duplicate_token_score_rejects(wrong, diagnosis):
     assert_rejects(checks.check_duplicate_token_score, wrong, diagnosis=diagnosis)
+
+
+def test_duplicate_token_score_accepts_a_float32_answer_to_float64_patterns():
+    assert_accepts(
+        checks.check_duplicate_token_score, lambda p, length: _vectorised(0)(p.float(), length)
+    )
 
 
 # ---- 4.4 ablations through hooks ------------------------------------------------------------------------
@@ -212,6 +361,7 @@ def test_ablate_heads_accepts_reference():
         ({"mean_dims": (1,)}, "over the positions only"),
         ({"whole_layer": True}, "every head of the layer"),
         ({"force_kind": "zero"}, "the other kind of ablation"),
+        ({"mean_dims": (0, 1, 3)}, "one number per head"),
     ],
 )
 def test_ablate_heads_rejects(kwargs, diagnosis):
@@ -253,6 +403,34 @@ def test_ablate_heads_names_hook_mistakes():
     assert_rejects(checks.check_ablate_heads, _late_binding, diagnosis="final value")
 
 
+def _one_head_per_layer(m, t, heads, kind):  # dict(heads): {layer: head} keeps the last
+    return ablate_reference(m, t, list(dict(heads).items()), kind)
+
+
+def _first_two_layers(m, t, heads, kind):  # the layers the notebook's model has
+    return ablate_reference(m, t, [(layer, h) for layer, h in heads if layer < 2], kind)
+
+
+def _hooks_return_nothing(m, t, heads, kind):  # each hook edits a clone and returns None
+    def ablate(x, hook):
+        x = x.clone()
+        x[:, :, [h for _, h in heads]] = 0.0
+
+    return m.run_with_hooks(t, [(f"blocks.{layer}.attn.hook_result", ablate) for layer, _ in heads])
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_one_head_per_layer, "only one head of the layer was ablated"),
+        (_first_two_layers, "3-layer model"),
+        (_hooks_return_nothing, "nothing was ablated"),
+    ],
+)
+def test_ablate_heads_rejects_answers_for_the_notebooks_model_only(wrong, diagnosis):
+    assert_rejects(checks.check_ablate_heads, wrong, diagnosis=diagnosis)
+
+
 def test_ablate_heads_refuses_the_reference():
     assert_rejects(checks.check_ablate_heads, evals.run_with_ablation, diagnosis="withholds")
 
@@ -288,6 +466,20 @@ def test_k_composition_circuit_rejects(kwargs, diagnosis):
     assert_rejects(checks.check_k_composition_circuit, answer, diagnosis=diagnosis)
 
 
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m, p, h: kcomp_reference(m, p, h, scale=False) / m.cfg.d_model**0.5,
+         "sqrt(d_model)"),
+        (lambda m, p, h: kcomp_reference(m, h, p), "swapped"),
+        (lambda m, p, h: kcomp_reference(m, p, h) + kcomp_reference(m, p, h, no_prev=True),
+         "direct path"),
+    ],
+)  # fmt: skip
+def test_k_composition_circuit_names_more_mistakes(wrong, diagnosis):
+    assert_rejects(checks.check_k_composition_circuit, wrong, diagnosis=diagnosis)
+
+
 def test_k_composition_circuit_rejects_q_composition_and_the_reference():
     def q_comp(m, p, h):
         a0, a1 = m.blocks[0].attn, m.blocks[1].attn
@@ -319,6 +511,9 @@ def test_combined_ov_circuit_accepts_reference():
         (lambda m, heads: sum(ov(m, *x) for x in heads).T, "transposed"),
         (lambda m, heads: ov(m, *heads[0]), "only the first head"),
         (lambda m, heads: sum(ov(m, 1, h) for _, h in heads), "Exercise 4.6"),  # layer ignored
+        (lambda m, heads: sum(ov(m, *x) for x in heads[:2]), "only the first two heads"),
+        (lambda m, heads: sum(ov(m, *x) for x in heads) + m.W_E @ m.W_U, "direct path"),
+        (lambda m, heads: sum(circuits.full_ov_circuit(m, *x) for x in heads), "withholds"),
     ],
 )
 def test_combined_ov_circuit_rejects(wrong, diagnosis):
@@ -327,11 +522,10 @@ def test_combined_ov_circuit_rejects(wrong, diagnosis):
 
 def test_combined_ov_circuit_names_a_cross_layer_product_as_a_virtual_head():
     def product(m, heads):
-        if len(heads) == 1:
-            return ov(m, *heads[0])
-        (l0, h0), (l1, h1) = heads
-        a0, a1 = m.blocks[l0].attn, m.blocks[l1].attn
-        return m.W_E @ a0.W_V[h0] @ a0.W_O[h0] @ a1.W_V[h1] @ a1.W_O[h1] @ m.W_U
+        out = m.W_E
+        for layer, h in heads:
+            out = out @ m.blocks[layer].attn.W_V[h] @ m.blocks[layer].attn.W_O[h]
+        return out @ m.W_U
 
     with checks.fixed_seed(0), pytest.raises(checks.CheckFailed) as info:
         checks.check_combined_ov_circuit(product)
@@ -385,3 +579,82 @@ def test_find_induction_circuit_accepts_reference():
 )
 def test_find_induction_circuit_rejects(wrong, diagnosis):
     assert_rejects(checks.check_find_induction_circuit, wrong, diagnosis=diagnosis)
+
+
+def _first_above(m, threshold=0.5):  # the first layer-0 head past a threshold, not the highest
+    _, induction = find_reference(m)
+    V, n = m.cfg.d_vocab, m.cfg.n_ctx
+    length = min(V - 1, (n - 1) // 2)
+    t = repeated_random_tokens(
+        V - 1, length, (n - 1) // length, 20, torch.Generator().manual_seed(0)
+    )
+    prev = evals.previous_token_scores(m, t)[0]
+    return (0, next(h for h in range(m.cfg.n_heads) if prev[h] >= threshold)), induction
+
+
+def _olssons_average(m):  # the induction score averaged over the earlier copies, on 3+ blocks
+    prev, _ = find_reference(m)
+    V, n = m.cfg.d_vocab, m.cfg.n_ctx
+    length = min(V - 1, (n - 1) // 3)
+    t = repeated_random_tokens(V - 1, length, 3, 20, torch.Generator().manual_seed(0))
+    _, cache = m.run_with_cache(t)
+    pattern = cache["blocks.1.attn.hook_pattern"]  # [batch, head, query, key]
+    score = _induction(average=True)
+    heads = [h for h in range(m.cfg.n_heads) if score(pattern[:, h], length) >= 0.5]
+    return prev, [(1, h) for h in heads]
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m: find_reference(m, threshold=0.6), "just above evals.INDUCTION_HEAD_THRESHOLD"),
+        (lambda m: find_reference(m, threshold=0.7), "just above evals.INDUCTION_HEAD_THRESHOLD"),
+        (lambda m: find_reference(m, threshold=0.9), "just above evals.INDUCTION_HEAD_THRESHOLD"),
+        (lambda m: find_reference(m, threshold=0.3), "is your threshold lower"),
+        (lambda m: find_reference(m, threshold=0.2), "is your threshold lower"),
+        (_first_above, "not the first that passes a threshold"),
+        (_olssons_average, "averaged over them it comes out lower"),
+    ],
+)
+def test_find_induction_circuit_names_a_threshold_other_than_the_courses(wrong, diagnosis):
+    assert_rejects(checks.check_find_induction_circuit, wrong, diagnosis=diagnosis)
+
+
+def test_find_induction_circuit_accepts_any_repeated_random_tokens():
+    def with_probe(length_of, blocks_of, batch):
+        def fn(m):
+            V, n = m.cfg.d_vocab, m.cfg.n_ctx
+            length = length_of(V, n)
+            blocks = blocks_of(length, n)
+            g = torch.Generator().manual_seed(1)
+            t = repeated_random_tokens(V - 1, length, blocks, batch, g)
+            prev, ind = evals.previous_token_scores(m, t), evals.induction_scores(m, t, length)
+            heads = [(1, h) for h in range(m.cfg.n_heads) if ind[1, h] >= 0.5]
+            return (0, int(prev[0].argmax())), sorted(heads, reverse=True)  # any order
+
+        return fn
+
+    blocks_of_two = with_probe(lambda V, n: 2, lambda L, n: (n - 1) // L, 200)  # the most blocks
+    two_long_blocks = with_probe(lambda V, n: min(V - 1, (n - 1) // 2), lambda L, n: 2, 30)
+    assert_accepts(checks.check_find_induction_circuit, blocks_of_two)
+    assert_accepts(checks.check_find_induction_circuit, two_long_blocks)
+
+
+def test_the_near_threshold_heads_stay_on_their_side_on_any_repeated_random_tokens():
+    from helpers.checks import induction
+
+    T, near = evals.INDUCTION_HEAD_THRESHOLD, induction.NEAR
+    for seed in range(4):
+        case = induction._mystery_cases(seed)[1]
+        (model,), heads = case.args, case.context
+        V, n = model.cfg.d_vocab, model.cfg.n_ctx
+        for length in sorted({2, 3, min(V - 1, (n - 1) // 2)}):
+            for blocks in sorted({2, (n - 1) // length}):
+                for batch in (1, 30):
+                    g = torch.Generator().manual_seed(seed)
+                    t = repeated_random_tokens(V - 1, length, blocks, batch, g)
+                    scores = evals.induction_scores(model, t, length)[1]
+                    assert scores[heads["above"]] >= T + near - 1e-3
+                    assert scores[heads["below"]] <= T - near + 1e-3
+                    previous = evals.previous_token_scores(model, t)[0, heads["partly previous"]]
+                    assert abs(previous - induction.PARTLY_PREVIOUS) < 1e-3

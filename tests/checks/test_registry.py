@@ -27,15 +27,23 @@ def notebook_exercises() -> dict[str, dict]:
     exercise cell defines (with that cell's source) and the checker its check cell calls."""
     found: dict[str, dict] = {}
     for path in SOLUTIONS:
-        current = None
+        current, imports = None, []
         for cell in nbformat.read(path, as_version=4).cells:
             tags = cell.metadata.get("tags", [])
+            if cell.cell_type == "code":
+                imports += [ast.unparse(n) for n in ast.parse(cell.source).body
+                            if isinstance(n, (ast.Import, ast.ImportFrom))]  # fmt: skip
             if cell.cell_type == "markdown" and (m := HEADING.search(cell.source)):
-                current = found.setdefault(m.group(1), {"chapter": path.name[:2], "title": m.group(2)})
+                current = found.setdefault(
+                    m.group(1), {"chapter": path.name[:2], "title": m.group(2)}
+                )
             elif current is not None and "exercise" in tags:
                 tree = ast.parse(cell.source)
-                current["functions"] = tuple(n.name for n in tree.body if isinstance(n, ast.FunctionDef))
+                current["functions"] = tuple(
+                    n.name for n in tree.body if isinstance(n, ast.FunctionDef)
+                )
                 current["source"] = cell.source
+                current["imports"] = "\n".join(imports)  # what the notebook imported by then
             elif current is not None and "check" in tags:
                 call = re.search(r"checks\.(check_\w+)\(", cell.source)
                 current["checker"] = call.group(1) if call else None
@@ -73,8 +81,7 @@ def test_the_notebook_and_the_declaration_agree(number):
 def solution(number: str):
     """The solution notebook's own answer to an exercise: its exercise cell, run."""
     namespace: dict = {}
-    exec("import copy, math\nimport einops, torch\nfrom helpers import *\n"  # noqa: S102
-         "from helpers.data import BOS, repeated_random_tokens\n", namespace)  # fmt: skip
+    exec(NOTEBOOK[number]["imports"], namespace)  # noqa: S102
     exec(compile(NOTEBOOK[number]["source"], f"<Exercise {number}>", "exec"), namespace)  # noqa: S102
     return [namespace[name] for name in DECLARED[number].functions]
 
@@ -153,7 +160,10 @@ def test_the_cases_take_both_sides_of_every_branch_of_the_solution(number):
     """Run the solution notebook's answer on the cases, traced: every `if` and `while` of it must be
     both taken and not taken by some case (a case on each side of it)."""
     exercise = DECLARED[number]
-    if any(isinstance(c.expected, Deferred) for c in exercise.cases(0, *given(exercise), **exercise.options)):
+    if any(
+        isinstance(c.expected, Deferred)
+        for c in exercise.cases(0, *given(exercise), **exercise.options)
+    ):
         pytest.skip("no input: the answer does not depend on any case")  # noqa: PT018
     functions = solution(number)
     missing = []
@@ -190,3 +200,27 @@ def _run_solution(exercise, functions, function, case):
         exercise.run(exercise, functions, case)
     else:
         function(*args)
+
+
+def _traced(function, inputs):
+    tracer, previous = _Arcs(function.__code__), sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        for x in inputs:
+            function(x)
+    finally:
+        sys.settrace(previous)
+    return tracer.arcs
+
+
+def test_the_branch_tracing_tells_both_sides_apart():
+    def answer(x):
+        if x > 0:
+            return 1
+        return 0
+
+    ((line, body),) = _branches(answer).items()
+    one_side = _traced(answer, [1, 2])
+    assert (line, body) in one_side and not {a for a in one_side if a[0] == line} - {(line, body)}
+    both = _traced(answer, [1, -1])
+    assert (line, body) in both and {a for a in both if a[0] == line} - {(line, body)}

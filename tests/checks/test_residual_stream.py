@@ -9,7 +9,7 @@ import torch
 
 from helpers import attribution, checks, circuits, evals
 from helpers.evals import head_scores
-from helpers.models import AttnOnlyTransformer
+from helpers.models import AttnOnlyTransformer, HookedTransformerConfig
 from tests.checks.conftest import assert_accepts, assert_rejects
 
 
@@ -76,6 +76,26 @@ def test_attention_pattern_accepts_reference(capsys):
                 .softmax(-1)
             ),
             "queries and keys are swapped",
+        ),
+        (
+            lambda x, Q, K: torch.tril(_scores(x, Q, K) / math.sqrt(Q.shape[-1])).softmax(-1),
+            "the masked scores were set to 0, not -inf",
+        ),
+        (
+            lambda x, Q, K: (
+                (_scores(x, Q, K) / math.sqrt(Q.shape[-1]))
+                .masked_fill(~_causal(x.shape[1]).T, float("-inf"))
+                .softmax(-1)
+            ),
+            "the mask is on the wrong side",
+        ),
+        (
+            lambda x, Q, K: (
+                (_scores(x, Q, K) / math.sqrt(x.shape[-1]))
+                .masked_fill(~_causal(x.shape[1]), float("-inf"))
+                .softmax(-1)
+            ),
+            "divided by sqrt(d_model)",
         ),
         (_scores, "matches none of the common mistakes"),
         (pattern_in_place_then_constant, "matches none of the common mistakes"),
@@ -149,6 +169,16 @@ def _zero_everything_then_answer(model, tokens):
         ),
         (lambda m, t: attribution.logit_contributions(m, t)[0][0], "which this exercise withholds"),
         (_zero_everything_then_answer, "matches none"),
+        (  # W_E @ W_U, looked up: right for shortformer positions (and no b_U), were it allowed
+            lambda m, t: circuits.direct_path(m)[t],
+            "`circuits.direct_path`, which this exercise withholds",
+        ),
+        (
+            lambda m, t: (
+                (m.W_E[t] + m.W_pos * (m.cfg.positional_embedding_type == "standard")) @ m.W_U
+            ),  # W_pos of n_ctx positions: the tokens may be fewer
+            "the tokens may be shorter than n_ctx, so the positions' embeddings are W_pos[:n_pos]",
+        ),
     ],
 )
 def test_direct_path_rejects(wrong, diagnosis):
@@ -183,7 +213,18 @@ def test_the_reference_is_usable_again_after_a_check():
 
 # ---- 0.3 a whole layer ---------------------------------------------------------------------------
 def layer_reference(
-    resid, pos, W_Q, W_K, W_V, W_O, *, pos_in_values=False, causal=True, mean=False, residual=True
+    resid,
+    pos,
+    W_Q,
+    W_K,
+    W_V,
+    W_O,
+    *,
+    pos_in_values=False,
+    causal=True,
+    mean=False,
+    residual=True,
+    pos_in_stream=False,
 ):
     qk_in = resid + pos
     v_in = resid + pos if pos_in_values else resid
@@ -194,7 +235,8 @@ def layer_reference(
         scores = scores.masked_fill(~_causal(scores.shape[-1]), float("-inf"))
     out = torch.einsum("bhqk,bhkd,hdm->bqm", scores.softmax(-1), v, W_O)
     out = out / W_Q.shape[0] if mean else out
-    return resid + out if residual else out
+    stream = resid + pos if pos_in_stream else resid
+    return stream + out if residual else out
 
 
 def test_attention_layer_accepts_reference():
@@ -208,6 +250,11 @@ def test_attention_layer_accepts_reference():
         ({"pos_in_values": True}, "positions also went into the values"),
         ({"causal": False}, "no causal mask"),
         ({"mean": True}, "heads were averaged"),
+        ({"pos_in_stream": True}, "the positions were added to the stream the layer returns"),
+        (
+            {"pos_in_stream": True, "pos_in_values": True},  # x = resid + pos, used everywhere
+            "the positions were added to the stream the layer returns",
+        ),
     ],
 )
 def test_attention_layer_rejects(kwargs, diagnosis):
@@ -224,7 +271,7 @@ def test_attention_layer_rejects_positions_missing():
     )
 
 
-# ---- 0.4 concatenate, then project ------------------------------------------------------------------
+# ---- 0.4 concatenate, then project ---------------------------------------------------------------
 def concat_reference(z, W_O):
     return einops.rearrange(z, "b p h d -> b p (h d)") @ einops.rearrange(W_O, "h d m -> (h d) m")
 
@@ -255,7 +302,7 @@ def test_concat_then_project_rejects(wrong, diagnosis):
     assert_rejects(checks.check_concat_then_project, wrong, diagnosis=diagnosis)
 
 
-# ---- 0.5 reading the cache ---------------------------------------------------------------------------
+# ---- 0.5 reading the cache -----------------------------------------------------------------------
 def bos_reference(model, tokens):
     _, cache = model.run_with_cache(tokens)
     return torch.stack(
@@ -305,9 +352,13 @@ def test_bos_attention_must_not_assume_two_layers():
             [cache[f"blocks.{i}.attn.hook_pattern"][:, :, 1:, 0].mean(dim=(0, 2)) for i in (0, 1)]
         )
 
-    with checks.fixed_seed(0), pytest.raises(KeyError) as info:  # on the one-layer model
+    with checks.fixed_seed(0), pytest.raises(checks.CheckFailed) as info:  # the one-layer model
         checks.check_bos_attention(two_layers)
-    assert "raised this on a 1-layer model" in "".join(info.value.__notes__)
+    message = str(info.value)
+    assert "raised KeyError on a 1-layer model: 'blocks.1.attn.hook_pattern'" in message
+    assert "in two_layers:" in message  # the learner's own line, none of the checker's
+    assert "_judge.py" not in message and "_registry.py" not in message
+    assert "l in range(model.cfg.n_layers)" in message
 
 
 def test_bos_attention_refuses_the_pattern_stack():
@@ -323,12 +374,17 @@ def test_bos_attention_refuses_the_reference():
     )
 
 
-# ---- 0.6 replacing an activation ------------------------------------------------------------------------
-def uniform_reference(model, tokens, layer, *, causal=True, layers=None):
+# ---- 0.6 replacing an activation -----------------------------------------------------------------
+def uniform_reference(model, tokens, layer, *, causal=True, layers=None, rows="sum to 1"):
     n = tokens.shape[1]
     pattern = torch.ones(n, n).tril() if causal else torch.ones(n, n)
-    pattern = pattern / pattern.sum(-1, keepdim=True)
-    chosen = [layer] if layers is None else layers
+    if rows == "sum to 1":
+        pattern = pattern / pattern.sum(-1, keepdim=True)
+    elif rows == "over n":
+        pattern = pattern / n
+    elif rows == "columns":
+        pattern = pattern / pattern.sum(0, keepdim=True)
+    chosen = [layer] if layers is None else layers(model)
     return model.run_with_hooks(
         tokens,
         [(f"blocks.{j}.attn.hook_pattern", lambda x, hook: pattern.expand_as(x)) for j in chosen],
@@ -344,18 +400,46 @@ def test_with_uniform_attention_accepts_reference():
     [
         (lambda m, t, layer: uniform_reference(m, t, layer, causal=False), "must stay causal"),
         (
-            lambda m, t, layer: uniform_reference(m, t, layer, layers=[0, 1]),
-            "both layers were replaced",
+            lambda m, t, layer: uniform_reference(
+                m, t, layer, layers=lambda m: range(m.cfg.n_layers)
+            ),
+            "more layers than `layer` were replaced",
         ),
-        (lambda m, t, layer: uniform_reference(m, t, 0), "the other layer was replaced"),
+        (lambda m, t, layer: uniform_reference(m, t, 0), "the hook is always on layer 0"),
+        (
+            lambda m, t, layer: uniform_reference(
+                m, t, layer, layers=lambda m: [(layer + 1) % m.cfg.n_layers]
+            ),
+            "another layer was replaced instead of `layer`",
+        ),
         (lambda m, t, layer: m(t), "Exercise 0.6"),
+        (lambda m, t, layer: m(t), "nothing was replaced: these are the model's own logits"),
+        (lambda m, t, layer: uniform_reference(m, t, layer, rows=None), "do not sum to 1"),
+        (lambda m, t, layer: uniform_reference(m, t, layer, rows="over n"), "do not sum to 1"),
+        (lambda m, t, layer: uniform_reference(m, t, layer, rows="columns"), "do not sum to 1"),
     ],
 )
 def test_with_uniform_attention_rejects(wrong, diagnosis):
     assert_rejects(checks.check_with_uniform_attention, wrong, diagnosis=diagnosis)
 
 
-# ---- 0.8 logit contributions --------------------------------------------------------------------------------
+def _uniform_sized_by_n_ctx(model, tokens, layer):
+    n = model.cfg.n_ctx  # the checker's tokens may be shorter
+    pattern = torch.ones(n, n).tril()
+    pattern = pattern / pattern.sum(-1, keepdim=True)
+    hook = (f"blocks.{layer}.attn.hook_pattern", lambda x, hook: pattern.expand_as(x))
+    return model.run_with_hooks(tokens, [hook])
+
+
+def test_with_uniform_attention_says_the_tokens_may_be_shorter_than_n_ctx():
+    assert_rejects(
+        checks.check_with_uniform_attention,
+        _uniform_sized_by_n_ctx,
+        diagnosis="may be shorter than n_ctx; build the uniform pattern from tokens.shape[-1]",
+    )
+
+
+# ---- 0.8 logit contributions ---------------------------------------------------------------------
 def contributions_reference(model, cache):
     parts = [cache["hook_embed"]]
     for layer in range(model.cfg.n_layers):
@@ -401,7 +485,17 @@ def test_logit_contributions_rejects(wrong, diagnosis):
     assert_rejects(checks.check_logit_contributions, wrong, diagnosis=diagnosis)
 
 
-# ---- 0.9 no privileged basis ----------------------------------------------------------------------------
+def test_logit_contributions_must_not_assume_two_layers():
+    def two_layers(model, cache):  # the notebook's model has two
+        parts = [cache["hook_embed"]]
+        for layer in (0, 1):
+            parts += list(cache[f"blocks.{layer}.attn.hook_result"].unbind(dim=2))
+        return torch.stack(parts) @ model.W_U
+
+    assert_rejects(checks.check_logit_contributions, two_layers, diagnosis="returned shape")
+
+
+# ---- 0.9 no privileged basis ---------------------------------------------------------------------
 WRITERS, READERS = ("W_E", "W_pos", "W_O", "b_O"), ("W_Q", "W_K", "W_V", "W_U")
 
 
@@ -531,6 +625,118 @@ def test_rotate_residual_rejects_other_answers(wrong, diagnosis):
     assert_rejects(checks.check_rotate_residual, wrong, diagnosis=diagnosis)
 
 
+def _rotate_assuming_biases(model, R):  # the notebook's solution without its `if`
+    new = copy.deepcopy(model)
+    with torch.no_grad():
+        new.embed.W_E.copy_(model.W_E @ R)
+        new.pos_embed.W_pos.copy_(model.W_pos @ R)
+        for block, old in zip(new.blocks, model.blocks, strict=True):
+            for name in ("W_Q", "W_K", "W_V"):
+                getattr(block.attn, name).copy_(R.T @ getattr(old.attn, name))
+            block.attn.W_O.copy_(old.attn.W_O @ R)
+            block.attn.b_O.copy_(old.attn.b_O @ R)
+        new.unembed.W_U.copy_(R.T @ model.W_U)
+    return new
+
+
+def _rotate_by_shape(model, R):
+    """The side of each weight told by which axis has d_model's size: right unless d_head or
+    d_vocab is d_model too."""
+    new = copy.deepcopy(model)
+    with torch.no_grad():
+        for _, p in new.named_parameters():
+            if p.shape[-1] == R.shape[0]:
+                p.copy_(p @ R)
+            elif p.ndim >= 2 and p.shape[-2] == R.shape[0]:
+                p.copy_(R.T @ p)
+    return new
+
+
+def _rotate_heads_by_shape(model, R):
+    """The embeddings and unembedding by name, the heads' weights by the axis of size d_model:
+    wrong only where d_head is d_model."""
+    new = rotate_reference(model, R, skip=("W_Q", "W_K", "W_V", "W_O"))
+    with torch.no_grad():
+        for block, old in zip(new.blocks, model.blocks, strict=True):
+            for name in ("W_Q", "W_K", "W_V", "W_O"):
+                W = getattr(old.attn, name)
+                getattr(block.attn, name).copy_(W @ R if W.shape[-1] == R.shape[0] else R.T @ W)
+    return new
+
+
+def _rotate_biases_of_size_d_model(model, R):
+    new = rotate_reference(model, R)
+    with torch.no_grad():
+        if new.unembed.b_U is not None and new.unembed.b_U.shape[0] == R.shape[0]:
+            new.unembed.b_U.copy_(model.unembed.b_U @ R)  # a bias of d_model's size: b_O, or so
+    return new
+
+
+def _rebuilt_without_the_positions(model, R):
+    c = model.cfg
+    cfg = HookedTransformerConfig(
+        n_layers=c.n_layers,
+        d_model=c.d_model,
+        n_heads=c.n_heads,
+        d_head=c.d_head,
+        n_ctx=c.n_ctx,
+        d_vocab=c.d_vocab,
+        use_bias=c.use_bias,
+    )  # positional_embedding_type forgotten
+    new = AttnOnlyTransformer(cfg)
+    new.load_state_dict(rotate_reference(model, R).state_dict())
+    return new
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_rotate_assuming_biases, "raised AttributeError on rotation 1 of a 2-layer model with "
+         "shortformer positions, no biases"),
+        (_rotate_assuming_biases, "rotate b_O only if it is not None"),
+        (_rotate_by_shape, "with standard positions, biases, "),  # d_vocab = d_model there
+        (_rotate_by_shape, "unembed.W_U"),
+        (_rotate_heads_by_shape, "no biases, 1 head of d_head"),
+        (_rotate_heads_by_shape, "its weights are not the input's rotated by R: blocks.0.attn.W_Q"),
+        (_rotate_biases_of_size_d_model, "unembed.b_U is not what it should be"),
+        (_rebuilt_without_the_positions, "your model's config is not the input's "
+         "(positional_embedding_type: 'shortformer', the input's 'standard')"),
+    ],
+)  # fmt: skip
+def test_rotate_residual_rejects_answers_fitted_to_the_test_models(wrong, diagnosis):
+    assert_rejects(checks.check_rotate_residual, wrong, diagnosis=diagnosis)
+
+
+def _set_the_property(model, R):
+    new = copy.deepcopy(model)
+    new.W_E = model.W_E @ R  # a read-only view
+    return new
+
+
+def _assign_a_tensor(model, R):
+    new = copy.deepcopy(model)
+    new.embed.W_E = model.W_E @ R  # a tensor where a Parameter belongs
+    return new
+
+
+def _copy_with_grad(model, R):
+    new = copy.deepcopy(model)
+    new.embed.W_E.copy_(model.W_E @ R)  # outside torch.no_grad()
+    return new
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_set_the_property, "model.W_E, model.W_Q, … are read-only views of the weights"),
+        (_assign_a_tensor, "copy into the parameter instead"),
+        (_copy_with_grad, "do the copies inside `with torch.no_grad():`"),
+    ],
+)
+def test_rotate_residual_explains_the_usual_errors(wrong, diagnosis):
+    assert_rejects(checks.check_rotate_residual, wrong, diagnosis=diagnosis, seeds=(0,))
+
+
 def test_rotate_residual_says_when_the_logits_are_kept_but_the_weights_are_not():
     def rotate_by_r_squared(m, R):  # another rotation: the same logits, other coordinates
         return rotate_reference(rotate_reference(m, R), R)
@@ -542,7 +748,7 @@ def test_rotate_residual_says_when_the_logits_are_kept_but_the_weights_are_not()
     )
 
 
-# ---- 0.10 a head's write subspace ------------------------------------------------------------------------
+# ---- 0.10 a head's write subspace ----------------------------------------------------------------
 def projector_reference(W_O):
     """A learner's answer: the right singular vectors whose singular values are not rounding
     noise, as orthonormal rows; the projector is basisᵀ basis."""
@@ -641,12 +847,61 @@ def test_write_projector_rejects(wrong, diagnosis):
 )
 def test_write_projector_catches_an_answer_that_assumes_rank_d_head(wrong):
     assert_rejects(
-        checks.check_write_projector, wrong, diagnosis="(its last row is twice its first)"
-    )
+        checks.check_write_projector, wrong, diagnosis=" < d_head (row "
+    )  # the first W_O whose rows are dependent: which rows is drawn
     with checks.fixed_seed(0), pytest.raises(checks.CheckFailed) as info:
         checks.check_write_projector(_qr_projector)
     assert "right for every W_O of full rank" in str(info.value)
     assert "your matrix has trace 5" in str(info.value)
+
+
+def _qr_cut_to_the_rank(W_O):
+    Q, _ = torch.linalg.qr(W_O.T)  # [d_model, d_head]
+    rank = int(torch.linalg.matrix_rank(W_O))
+    return Q[:, :rank] @ Q[:, :rank].T  # spans the first `rank` rows only
+
+
+def _fixed_threshold(threshold, dtype=torch.float32):
+    def write_projector(W_O):
+        _, S, Vh = torch.linalg.svd(W_O.to(dtype), full_matrices=False)
+        basis = Vh[S > threshold]
+        return (basis.T @ basis).float()
+
+    return write_projector
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_qr_cut_to_the_rank, "right for every W_O of full rank, but not here: your matrix "
+         "projects onto"),
+        (_qr_cut_to_the_rank, "yet not onto W_O's row space. Its rows are dependent here (row "),
+        (_qr_cut_to_the_rank, "so its first rank(W_O) rows do not span its row space"),
+        (_fixed_threshold(1e-3), "with entries about 1e-8, of full rank: your matrix has trace 0"),
+        (_fixed_threshold(1e-6), "This W_O's entries are all small (up to "),
+        (_fixed_threshold(1e-10), " < d_head (row "),  # float32 rounding noise at scale 1 counts
+        (_fixed_threshold(1e-10), "To count the rank, keep only the directions whose singular "
+         "values are not rounding noise"),
+        (_fixed_threshold(1e-13, torch.float64), "with entries about 1e4"),
+        (_fixed_threshold(1e-13, torch.float64), "A W_O with entries this large (up to "),
+        (lambda W_O: torch.linalg.pinv(W_O, atol=1e-6) @ W_O, "entries are all small"),
+    ],
+)  # fmt: skip
+def test_write_projector_rejects_a_rank_counted_against_a_fixed_threshold(wrong, diagnosis):
+    assert_rejects(checks.check_write_projector, wrong, diagnosis=diagnosis)
+
+
+def test_write_projector_explains_a_singular_inverse():
+    def via_inverse(W_O):
+        if torch.linalg.matrix_rank(W_O) < W_O.shape[0]:  # what inv(W_O @ W_O.T) raises then
+            raise torch.linalg.LinAlgError("linalg.inv: The diagonal element 4 is zero")
+        return W_O.T @ torch.linalg.inv(W_O @ W_O.T) @ W_O
+
+    assert_rejects(
+        checks.check_write_projector,
+        via_inverse,
+        diagnosis="W_O W_Oᵀ is singular when W_O's rows are dependent, so it has no inverse",
+    )
 
 
 def test_rotate_residual_draws_new_models_and_rotations_at_each_check():
@@ -658,4 +913,4 @@ def test_rotate_residual_draws_new_models_and_rotations_at_each_check():
 
     checks.check_rotate_residual(spy)
     checks.check_rotate_residual(spy)
-    assert len(seen) == 8  # two models, two rotations each, per check; none repeated
+    assert len(seen) == 12  # three models, two rotations each, per check; none repeated
