@@ -159,7 +159,7 @@ def _circuitsvis_megabytes() -> float:
 
 def _registered() -> list[Registered]:
     from helpers import evals, phase_change
-    from helpers.checks import induction as induction_checks
+    from helpers.checks.induction import by_hand as induction_checks
     from helpers.data import PROBE_LENGTH
 
     copying, bigrams = _language("copying_2l"), _language("bigram_0l")

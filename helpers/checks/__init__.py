@@ -9,7 +9,8 @@ with a diagnosis: what is wrong, on which input, and which common mistake the an
 stub that still raises NotImplementedError becomes a one-line `ExerciseNotDone`.
 """
 
-from helpers.checks import (
+# importing each chapter's package declares its exercises
+from helpers.checks import (  # noqa: F401
     bigrams,
     composition,
     induction,
@@ -21,13 +22,6 @@ from helpers.checks._base import CheckFailed, ExerciseNotDone, fixed_seed
 from helpers.checks._registry import EXERCISES, Exercise, exercises
 
 __all__ = ["CheckFailed", "ExerciseNotDone", "fixed_seed", "EXERCISES", "Exercise", "exercises"]
-
-# the checkers of chapters whose modules still define them directly (while they are converted)
-for _module in (residual_stream, bigrams, one_layer, composition, induction, phase_change):
-    for _name in dir(_module):
-        if _name.startswith("check_") and _name != "check_cases" and _name not in __all__:
-            globals()[_name] = getattr(_module, _name)
-            __all__.append(_name)
 
 # every declared exercise's checker, under its name (`check_<function>`)
 for _exercise in exercises():

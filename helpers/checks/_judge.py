@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import re
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -437,6 +438,62 @@ def _hint(on_error: Mapping, err: Exception) -> str | None:
             hint = on_error[kind.__name__]
             return hint(err) if callable(hint) else hint
     return None
+
+
+# ---- reading token ids -----------------------------------------------------------------------------
+
+
+def read_token_ids(ex: str, name: str, out: object, k: int, d_vocab: int) -> list[int]:
+    """`out` as k distinct token ids (from a list, tuple, set or 1-d integer tensor), or a
+    CheckFailed saying what is wrong with it."""
+    if isinstance(out, (set, frozenset)):
+        out = sorted(out)
+    if isinstance(out, np.ndarray):
+        out = torch.from_numpy(out)
+    if isinstance(out, Tensor):
+        if out.ndim != 1:
+            raise CheckFailed(ex, f"{name} must be a list of token ids, got a tensor "
+                              f"{tuple(out.shape)}.")  # fmt: skip
+        if out.dtype.is_floating_point:
+            raise CheckFailed(ex, f"{name} must hold integer token ids, got a tensor of "
+                              f"{out.dtype}.")  # fmt: skip
+        out = out.tolist()
+    if not isinstance(out, (list, tuple)):
+        raise CheckFailed(ex, f"{name} must be a list of token ids, got {type(out).__name__}.")
+    ids = []
+    for t in out:
+        try:  # ints, numpy integers, 0-d integer tensors
+            index = None if isinstance(t, bool) else operator.index(t)
+        except TypeError:
+            index = None
+        if index is None or not 0 <= index < d_vocab:
+            raise CheckFailed(ex, f"{name} must hold token ids in 0..{d_vocab - 1}, got {t!r}.")
+        ids.append(index)
+    if len(ids) != k:
+        raise CheckFailed(ex, f"{name} must hold k = {k} token ids, got {len(ids)}.")
+    if len(set(ids)) != k:
+        raise CheckFailed(ex, f"{name} holds a token more than once: {ids}; the top k are "
+                          "distinct.")  # fmt: skip
+    return ids
+
+
+def read_triple(ex: str, item: object, d_vocab: int, what: str) -> tuple[int, int, int]:
+    """One (source, destination, output) triple of token ids, or a CheckFailed naming the
+    problem; `what` names it in messages ("rule", "skip-trigram")."""
+    ids = item.tolist() if isinstance(item, (Tensor, np.ndarray)) else item
+    if not isinstance(ids, (list, tuple)) or len(ids) != 3:
+        raise CheckFailed(
+            ex, f"each {what} must be a (source, destination, output) triple, got {item!r}."
+        )
+    try:
+        if any(isinstance(t, bool) for t in ids):
+            raise TypeError
+        triple = tuple(operator.index(t) for t in ids)
+    except TypeError:
+        raise CheckFailed(ex, f"a {what} must hold token ids (ints), got {item!r}.") from None
+    if not all(0 <= t < d_vocab for t in triple):
+        raise CheckFailed(ex, f"token ids run 0..{d_vocab - 1}, got the {what} {item!r}.")
+    return triple  # type: ignore[return-value]
 
 
 # ---- the judge -------------------------------------------------------------------------------------

@@ -154,11 +154,11 @@ def _ablation_cases(seed: int) -> list[Case]:
                         model, tokens, [(layer, heads[-1][1]) for layer, _ in heads]
                     )
                 )  # fmt: skip
-            mistakes["every layer's pattern was held at the last layer's: a hook defined in a "
-                     "loop sees the loop variable's final value (the last pattern). Bind it when "
-                     "the hook is made: `lambda x, hook, p=pattern: p`."] = (
-                _late_bound_patterns(model, tokens, heads)
-            )
+            mistakes[
+                "every layer's pattern was held at the last layer's: a hook defined in a "
+                "loop sees the loop variable's final value (the last pattern). Bind it when "
+                "the hook is made: `lambda x, hook, p=pattern: p`."
+            ] = _late_bound_patterns(model, tokens, heads)
             if tag == "two heads of one layer":
                 mistakes["only one head of the layer was removed: the list may hold several heads "
                          "of one layer (a dict {layer: head} keeps only the last)."] = (

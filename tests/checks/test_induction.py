@@ -296,7 +296,7 @@ def test_handmade_shows_what_the_model_does(capsys):
 
 
 def test_handmade_thresholds_are_the_ones_the_prose_quotes():
-    from helpers.checks import induction
+    from helpers.checks.induction import by_hand as induction
 
     needed = (induction.PREVIOUS_NEEDED, induction.INDUCTION_NEEDED, induction.LOSS_RATIO_NEEDED)
     assert needed == (0.8, 0.8, 0.1)
@@ -641,7 +641,7 @@ def test_find_induction_circuit_accepts_any_repeated_random_tokens():
 
 
 def test_the_near_threshold_heads_stay_on_their_side_on_any_repeated_random_tokens():
-    from helpers.checks import induction
+    from helpers.checks.induction import mystery as induction
 
     T, near = evals.INDUCTION_HEAD_THRESHOLD, induction.NEAR
     for seed in range(4):

@@ -713,7 +713,7 @@ def test_describe_head_rejects(wrong, diagnosis):
 
 
 def test_a_resized_mystery_model_is_described_as_the_original():
-    from helpers.checks.one_layer import _resized
+    from helpers.checks.one_layer.describe import _resized
 
     for seed in (0, 1):
         mystery = handmade.mystery_heads(seed)

@@ -325,7 +325,9 @@ def test_sweep_predictions_says_what_to_pass(measured_sweep, shown):
         checks.check_sweep_predictions(dict(measured_sweep.answer))
     with pytest.raises(CheckFailed, match="pass your function itself .*, got a str"):
         checks.check_sweep_predictions("later")
-    with pytest.raises(CheckFailed, match=r"(?s)predict\(\) raised TypeError: .* takes no arguments"):
+    with pytest.raises(
+        CheckFailed, match=r"(?s)predict\(\) raised TypeError: .* takes no arguments"
+    ):
         checks.check_sweep_predictions(lambda setting: "later")
     with pytest.raises(CheckFailed, match=r"predict\(\) raised NameError: name 'later' is not"):
         checks.check_sweep_predictions(lambda: {"smeared keys": later})  # noqa: F821
