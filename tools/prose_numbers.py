@@ -246,6 +246,8 @@ def _registered() -> list[Registered]:
         R("04", "ARENA found 31 % for the strongest induction head of its model alone and 96 % for two", C,
           "ARENA's chapter on induction heads"),
         R("04", "say 50 per matching direction", D, "a suggestion: any large value works"),
+        R("04", "`length` ≥ 2 repeated random tokens", D,
+          "the scores' domain: with blocks of 1 token the induction target is the query itself"),
         R("04", "(≥ 0.8 of the attention), an induction score ≥ 0.8, and a loss on repeats ≤ 0.1 ×", S, "",
           lambda: (induction_checks.PREVIOUS_NEEDED, induction_checks.INDUCTION_NEEDED,
                   induction_checks.LOSS_RATIO_NEEDED) == (0.8, 0.8, 0.1)),
