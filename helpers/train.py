@@ -47,6 +47,11 @@ class TrainConfig:
     seq_len: int | None = None  # None: the model's n_ctx (see `sequence_length`)
     seed: int = 0
     eval_every: int = 100
+    # The learning rate rises linearly over the first `warmup_steps` (large steps from an untrained
+    # model's noisy gradients can kick it somewhere it never leaves: the real-text models of
+    # chapter 06 need it), then stays at `lr` or, with `final_lr`, falls linearly to it by the end.
+    warmup_steps: int = 0
+    final_lr: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_steps", "batch_size", "eval_every"):
@@ -70,6 +75,28 @@ class TrainConfig:
             )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if (
+            not isinstance(self.warmup_steps, int)
+            or isinstance(self.warmup_steps, bool)
+            or not (0 <= self.warmup_steps < self.n_steps)
+        ):
+            raise ValueError(
+                f"warmup_steps must be an int in [0, n_steps={self.n_steps}), "
+                f"got {self.warmup_steps!r}"
+            )
+        if self.final_lr is not None and not (_is_number(self.final_lr) and self.final_lr >= 0):
+            raise ValueError(
+                f"final_lr must be None or a finite number >= 0, got {self.final_lr!r}"
+            )
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step `step` (0-based): warm-up, then constant or falling."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.final_lr is None:
+            return self.lr
+        done = (step - self.warmup_steps) / max(1, self.n_steps - 1 - self.warmup_steps)
+        return self.lr + (self.final_lr - self.lr) * done
 
     def sequence_length(self, model_cfg: HookedTransformerConfig) -> int:
         """The length of the training sequences for a model: `seq_len`, or its n_ctx."""
@@ -83,8 +110,14 @@ class TrainConfig:
         return seq_len
 
     def to_dict(self) -> dict:
+        """The fields, for a checkpoint's history; a constant learning rate's schedule fields are
+        left out, so the checkpoints made before schedules existed still match their recipes."""
         d = asdict(self)
         d["betas"] = list(self.betas)
+        if self.warmup_steps == 0:
+            del d["warmup_steps"]
+        if self.final_lr is None:
+            del d["final_lr"]
         return d
 
 
@@ -183,6 +216,7 @@ def _train_loop(
     model.train()
     bar = tqdm(range(cfg.n_steps), disable=not progress, desc="training", leave=False)
     stopped = False
+    scheduled = cfg.warmup_steps > 0 or cfg.final_lr is not None
     for step in bar:
         if step % cfg.eval_every == 0:
             evaluate(step)
@@ -190,6 +224,9 @@ def _train_loop(
                 stopped = True
                 break
         tokens = task.sample(cfg.batch_size, seq_len, generator=generator).to(device)
+        if scheduled:
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr_at(step)
         loss = next_token_loss(model(tokens), tokens)
         if not torch.isfinite(loss):
             bar.close()

@@ -76,11 +76,47 @@ def test_bad_training_setups_are_clear_errors():
         ({"lr": float("nan")}, "lr must be a finite number > 0"),
         ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0"),
         ({"betas": (0.9, 1.0)}, "betas must be two numbers in"),
+        ({"warmup_steps": 1}, r"warmup_steps must be an int in \[0, n_steps=1\), got 1"),
+        ({"warmup_steps": -2}, "warmup_steps must be an int in"),
+        ({"final_lr": -1e-3}, "final_lr must be None or a finite number >= 0"),
     ],
 )
 def test_configs_that_would_train_on_garbage_are_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(n_steps=1, batch_size=2, **kwargs)
+
+
+def test_the_learning_rate_warms_up_then_holds_or_falls():
+    constant = TrainConfig(n_steps=10, batch_size=2, lr=1e-2, warmup_steps=4)
+    assert [constant.lr_at(s) for s in range(6)] == pytest.approx(
+        [2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2]
+    )
+    falling = TrainConfig(n_steps=10, batch_size=2, lr=1e-2, warmup_steps=4, final_lr=1e-3)
+    assert falling.lr_at(4) == pytest.approx(1e-2) and falling.lr_at(9) == pytest.approx(1e-3)
+    assert TrainConfig(n_steps=3, batch_size=2).lr_at(2) == 1e-3  # no schedule: the lr
+
+
+def test_training_follows_the_schedule():
+    seen = []
+    model = make_model(d_vocab=7)
+    cfg = TrainConfig(n_steps=6, batch_size=2, lr=1e-2, warmup_steps=3, final_lr=0.0)
+    optimizer_step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return optimizer_step(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.AdamW, "step", spy)
+        train(model, BigramLanguage(n_states=6), cfg, progress=False)
+    assert seen == pytest.approx([cfg.lr_at(s) for s in range(6)])
+    assert seen[-1] == 0.0 and seen[2] == pytest.approx(1e-2)
+
+
+def test_a_schedule_is_recorded_only_when_there_is_one():
+    assert "warmup_steps" not in TrainConfig(n_steps=2, batch_size=2).to_dict()
+    scheduled = TrainConfig(n_steps=9, batch_size=2, warmup_steps=2, final_lr=1e-4).to_dict()
+    assert scheduled["warmup_steps"] == 2 and scheduled["final_lr"] == 1e-4
 
 
 def test_a_callback_may_not_overwrite_the_history():
