@@ -402,6 +402,28 @@ def test_top_skip_trigrams_brute_force():
     assert len({t for _, _, t in strongest}) == 5
 
 
+def test_strongest_skip_trigrams_never_hold_every_triple(monkeypatch):
+    """Per source, only the n strongest destinations and outputs can make the top n: the search
+    takes sources a block at a time and finds what the full V x V x V search finds."""
+    from helpers.circuits import one_layer
+
+    model = make_model(n_layers=1)
+    whole = circuits.top_skip_trigrams(model, 0, 1, 40, ignore=[0])
+    monkeypatch.setattr(one_layer, "_PRODUCTS_PER_BLOCK", 7)  # one source per block
+    assert circuits.top_skip_trigrams(model, 0, 1, 40, ignore=[0]) == whole
+    real_topk = torch.Tensor.topk
+    sizes = []
+
+    def spy(self, *args, **kwargs):
+        sizes.append(self.numel())
+        return real_topk(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "topk", spy)
+    large = make_model(n_layers=1, d_vocab=300, n_ctx=8)
+    circuits.top_skip_trigrams(large, 0, 0, 3)
+    assert max(sizes) == 300**2  # the V x V circuits themselves; never V x V x V
+
+
 def test_spearman():
     assert circuits.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert circuits.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -449,6 +471,23 @@ def test_composition_map_and_baselines():
     )
     with pytest.raises(ValueError, match="two-layer model"):
         circuits.composition_map(make_model(n_layers=1))
+
+
+def test_composition_map_in_standard_deviations():
+    """Far above chance but under twice the baseline: found in standard deviations only."""
+    from helpers import handmade
+
+    mystery = handmade.mystery_composition(0)
+    (h1, (kind, h0)) = next((h, w) for h, w in mystery.wiring.items() if w is not None)
+    mean, std = circuits.composition_baseline(mystery.model, kind)
+    score = float(circuits.composition_scores(mystery.model, kind)[h0, h1])
+    z = (score - mean) / std
+    assert score / mean > 2 and z > 10
+    by_sigmas = circuits.composition_map(mystery.model, threshold=1e9, sigmas=z - 1)
+    assert by_sigmas[h1] == (kind, h0)  # the ratio threshold is ignored
+    assert circuits.composition_map(mystery.model, sigmas=z + 1)[h1] is None
+    with pytest.raises(ValueError, match="sigmas must be None or a number > 0"):
+        circuits.composition_map(mystery.model, sigmas=-1)
 
 
 def test_k_composition_positivity_of_a_perfect_matcher():

@@ -40,6 +40,21 @@ def test_icl_positions_and_score():
         phase_change.icl_positions(3)
 
 
+def test_icl_band_score_averages_bands_around_the_positions():
+    losses = torch.arange(12.0).repeat(2, 1) ** 2  # entry i: the loss of token i + 1 is i²
+    band = phase_change.icl_band_score(losses, 3, 9, half_width=1)
+    assert band == pytest.approx((49 + 64 + 81) / 3 - (1 + 4 + 9) / 3)
+    assert phase_change.icl_band_score(losses, 3, 9, 0) == phase_change.icl_score_from_losses(
+        losses, 3, 9
+    )
+    with pytest.raises(ValueError, match=r"the bands 2±2 and 9±2 must lie in 1..12"):
+        phase_change.icl_band_score(losses, 2, 9, 2)
+    with pytest.raises(ValueError, match="and not overlap"):
+        phase_change.icl_band_score(losses, 5, 7, 1)
+    with pytest.raises(ValueError, match="half_width must be an int >= 0"):
+        phase_change.icl_band_score(losses, 3, 9, -1)
+
+
 def test_icl_score_of_a_model_is_late_minus_early_loss():
     model = AttnOnlyTransformer(CFG)
     tokens = LANGUAGE.sample(8, 24, generator=torch.Generator().manual_seed(0))

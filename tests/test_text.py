@@ -209,3 +209,12 @@ def test_build_corpora_selects_documents_as_documented(tmp_path):
     ]
     assert [name for name, _ in corpora["code"]] == ["mod.py"]
     assert left_out == {"prose": 1, "code": 2}  # uni.py's docstring; bad.py and uni.py
+
+
+def test_the_repeat_probe_repeats_held_out_text(code):
+    probe = code.repeat_probe(batch_size=6, length=30, repeats=2, seed=3)
+    assert probe.shape == (6, 61) and (probe[:, 0] == BOS).all()
+    assert torch.equal(probe[:, 1:31], probe[:, 31:])
+    held = code.held_out().documents()
+    assert all(any(code.decode(span) in d for d in held) for span in probe[:, 1:31])
+    assert torch.equal(probe, code.repeat_probe(batch_size=6, length=30, repeats=2, seed=3))

@@ -161,16 +161,17 @@ def positional_pattern(model: AttnOnlyTransformer, layer: int, head: int) -> Ten
 @reference
 def _skip_trigram_strength(
     model: AttnOnlyTransformer, layer: int, head: int, ignored: list[int]
-) -> Tensor:
-    """`[source, destination, output]`: QK[d, s] · OV'[s, o] where both are positive, else 0."""
-    qk = full_qk_circuit(model, layer, head).T  # [source, destination]
+) -> tuple[Tensor, Tensor]:
+    """The two factors of every skip-trigram's strength, QK[d, s] · OV'[s, o] where both are
+    positive: (`[source, destination]` QK clamped at 0, `[source, output]` row-centred OV clamped
+    at 0), with the ignored tokens' entries 0."""
+    qk = full_qk_circuit(model, layer, head).T.clamp_min(0)  # [source, destination]
     ov = full_ov_circuit(model, layer, head)
-    ov = ov - ov.mean(dim=-1, keepdim=True)  # [source, output]
-    strength = qk.clamp_min(0)[:, :, None] * ov.clamp_min(0)[:, None, :]  # [s, d, o]
-    strength[ignored] = 0.0
-    strength[:, ignored] = 0.0
-    strength[:, :, ignored] = 0.0
-    return strength
+    ov = (ov - ov.mean(dim=-1, keepdim=True)).clamp_min(0)  # [source, output]
+    for factor in (qk, ov):
+        factor[ignored] = 0.0
+        factor[:, ignored] = 0.0
+    return qk, ov
 
 
 @reference
@@ -207,16 +208,40 @@ def strongest_skip_trigrams(
     return ranked[:n]
 
 
+# sources per block of `_strongest`: about 16 M candidate products held at once
+_PRODUCTS_PER_BLOCK = 1 << 24
+
+
 @reference
 def _strongest(model, layer, head, n, ignore) -> list[tuple[float, tuple[int, int, int]]]:
-    """The head's n strongest (strength, skip-trigram), strongest first."""
+    """The head's n strongest (strength, skip-trigram), strongest first.
+
+    A skip-trigram among the n strongest has, for its source, a destination among that source's
+    n strongest QK entries and an output among its n strongest OV entries (both factors are
+    non-negative). So only V · n² products are candidates, never all V³ (4 GB of them at
+    d_vocab 1024), and sources are taken a block at a time."""
     V = model.cfg.d_vocab
     ignored = _token_ids("ignore", ignore, V)
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= V**3:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    values, flat = _skip_trigram_strength(model, layer, head, ignored).flatten().topk(n)
-    return [(v, (i // (V * V), i // V % V, i % V))
-            for i, v in zip(flat.tolist(), values.tolist(), strict=True) if v > 0]  # fmt: skip
+    qk, ov = _skip_trigram_strength(model, layer, head, ignored)
+    k = min(n, V)
+    qk_value, destination = qk.topk(k, dim=1)  # [source, k]
+    ov_value, output = ov.topk(k, dim=1)
+    best_values, best_triples = torch.empty(0), torch.empty(0, 3, dtype=torch.long)
+    block = max(1, _PRODUCTS_PER_BLOCK // (k * k))
+    for first in range(0, V, block):
+        sources = torch.arange(first, min(V, first + block))
+        products = qk_value[sources, :, None] * ov_value[sources, None, :]  # [block, k, k]
+        values, flat = products.flatten().topk(min(n, products.numel()))
+        s, d, o = flat // (k * k), flat // k % k, flat % k
+        triples = torch.stack([sources[s], destination[sources[s], d], output[sources[s], o]], 1)
+        best_values = torch.cat([best_values, values])
+        best_triples = torch.cat([best_triples, triples])
+        best_values, order = best_values.topk(min(n, len(best_values)))
+        best_triples = best_triples[order]
+    return [(v, tuple(t)) for v, t in zip(best_values.tolist(), best_triples.tolist(), strict=True)
+            if v > 0]  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -118,25 +118,37 @@ def composition_baseline(
 @reference
 @torch.no_grad()
 def composition_map(
-    model: AttnOnlyTransformer, threshold: float = 2.0, n_samples: int = 200
+    model: AttnOnlyTransformer,
+    threshold: float = 2.0,
+    n_samples: int = 200,
+    sigmas: float | None = None,
 ) -> dict[int, tuple[str, int] | None]:
     """For every layer-1 head of a two-layer model: the (kind, layer-0 head) it composes with most,
     measured by composition score over the random baseline, or None if no pair reaches
-    `threshold` times the baseline."""
+    `threshold` times the baseline's mean. With `sigmas`, a pair counts instead when its score
+    lies at least `sigmas` standard deviations of the baseline above its mean: a model whose
+    d_head is a large share of d_model (random scores near 1/sqrt(d_model) are then not small)
+    composes well above chance yet never reaches twice the mean (chapter 06)."""
     if model.cfg.n_layers != 2:
         raise ValueError(f"composition_map needs a two-layer model, got {model.cfg.n_layers}")
-    ratios = torch.stack([
-        composition_scores(model, kind) / composition_baseline(model, kind, n_samples)[0]
-        for kind in COMPOSITION_KINDS
-    ])  # [kind, earlier head, later head]  # fmt: skip
+    if sigmas is not None and not (isinstance(sigmas, (int, float)) and sigmas > 0):
+        raise ValueError(f"sigmas must be None or a number > 0, got {sigmas!r}")
+    baselines = [composition_baseline(model, kind, n_samples) for kind in COMPOSITION_KINDS]
+    scores = torch.stack([composition_scores(model, kind) for kind in COMPOSITION_KINDS])
+    mean = torch.tensor([m for m, _ in baselines], dtype=scores.dtype)[:, None, None]
+    std = torch.tensor([s for _, s in baselines], dtype=scores.dtype)[:, None, None]
+    ratios = scores / mean  # [kind, earlier head, later head]
+    passed = ratios >= threshold if sigmas is None else (scores - mean) / std >= sigmas
     found: dict[int, tuple[str, int] | None] = {}
     for h1 in range(model.cfg.n_heads):
         best = int(ratios[..., h1].argmax())
         kind, h0 = divmod(best, model.cfg.n_heads)
-        found[h1] = (COMPOSITION_KINDS[kind], h0) if ratios[kind, h0, h1] >= threshold else None
+        found[h1] = (COMPOSITION_KINDS[kind], h0) if passed[kind, h0, h1] else None
     return found
 
 
+@reference
+@torch.no_grad()
 def _head_pair(model: AttnOnlyTransformer, earlier: tuple[int, int], later: tuple[int, int]):
     """(attention module, head) of two heads in strictly increasing layers, validated."""
     if not all(isinstance(h, (tuple, list)) and len(h) == 2 for h in (earlier, later)):

@@ -199,6 +199,20 @@ class TextLanguage(Language):
         """The same language on the held-out documents (its own generator, same seed)."""
         return TextLanguage(self.corpus, self.d_vocab, self.seed, self.vocab, "held-out")
 
+    def repeat_probe(
+        self, batch_size: int = 50, length: int = 30, repeats: int = 2, seed: int = 0
+    ) -> Tensor:
+        """`[batch_size, 1 + length * repeats]`: BOS, then a span of `length` tokens of held-out
+        text, repeated. The induction probe for real-text models: its first copy is text the
+        model has learned to read (uniformly random tokens are mostly rare tokens whose
+        embeddings barely trained), and its repeat is what an induction head predicts. The
+        scores of `helpers.evals` take it with `length`."""
+        _check_positive_int("length", length)
+        _check_positive_int("repeats", repeats)
+        generator = torch.Generator().manual_seed(seed)
+        spans = self.held_out()._sample(batch_size, length + 1, generator)[:, 1:]
+        return torch.cat([torch.full((batch_size, 1), BOS), spans.repeat(1, repeats)], dim=1)
+
     def _sample(self, batch_size: int, n_ctx: int, generator: torch.Generator) -> Tensor:
         flat, starts = self.tokens()
         span = n_ctx - 1

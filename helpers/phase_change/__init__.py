@@ -14,7 +14,7 @@ paper's "Dursleys" (an earlier bigram repeated) and "Mrs Potter" (an earlier big
 5.6), whose runs `helpers.recordings.phase_change_sweep` trains or loads from their recording.
 
 Its modules:
-- `icl`: the ICL score and the positions it compares;
+- `icl`: the ICL score, at two positions or over two bands of them, and the positions it compares;
 - `records`: `TrainingRecord` and `record_training`, one run recorded;
 - `runs`: `record_runs`, runs side by side in threads, within a time budget (`OverBudget`);
 - `window`: the onsets of the three changes and `find_phase_change`;
@@ -23,7 +23,12 @@ Its modules:
 """
 
 from helpers.phase_change.continuation import continuation_kinds
-from helpers.phase_change.icl import icl_positions, icl_score, icl_score_from_losses
+from helpers.phase_change.icl import (
+    icl_band_score,
+    icl_positions,
+    icl_score,
+    icl_score_from_losses,
+)
 from helpers.phase_change.records import TrainingRecord, record_training
 from helpers.phase_change.runs import PROJECT_AFTER_S, OverBudget, Setting, record_runs
 from helpers.phase_change.sweeps import (
@@ -52,6 +57,7 @@ from helpers.phase_change.window import (
 # The constants are re-exported to be read: the code reads each from the module that defines it,
 # so a test that changes one patches that module (`phase_change.runs.PROJECT_AFTER_S`).
 __all__ = [
+    "icl_band_score",
     "icl_positions",
     "icl_score_from_losses",
     "icl_score",

@@ -48,3 +48,26 @@ def icl_score(
     early, late = default[0] if early is None else early, default[1] if late is None else late
     losses = next_token_loss(model(tokens), tokens, per_token=True)
     return icl_score_from_losses(losses, early, late)
+
+
+def icl_band_score(losses: Tensor, early: int, late: int, half_width: int) -> float:
+    """The ICL score over bands of positions: mean loss of the tokens at positions
+    `late ± half_width` minus that of the tokens at `early ± half_width` (`losses` as for
+    `icl_score_from_losses`). On real text one position's loss depends on which token happens to
+    sit there, and even a few hundred sequences leave the single-position score noisy; a band
+    averages that away and measures the same trend."""
+    if not isinstance(half_width, int) or isinstance(half_width, bool) or half_width < 0:
+        raise ValueError(f"half_width must be an int >= 0, got {half_width!r}")
+    icl_score_from_losses(losses, early, late)  # checks the losses and the positions
+    n = losses.shape[1] + 1
+    if (
+        early - half_width < 1
+        or late + half_width > n - 1
+        or early + half_width >= late - half_width
+    ):
+        raise ValueError(
+            f"the bands {early}±{half_width} and {late}±{half_width} must lie in 1..{n - 1} "
+            "and not overlap"
+        )
+    band = torch.arange(-half_width, half_width + 1)
+    return float(losses[:, late - 1 + band].mean() - losses[:, early - 1 + band].mean())
