@@ -46,6 +46,14 @@ def test_count_bigrams_accepts_reference():
         (lambda t, V: counts_reference(t, V).to(torch.int8).long(), "wrapped round"),
         (lambda t, V: counts_reference(t.T, V), "down the batch axis"),
         (lambda t, V: counts_reference(t[:, 1:], V), "(BOS, first token) included"),
+        (  # the table's size read off the tokens: some ids never occur in a sample
+            lambda t, V: counts_reference(t, int(t.max()) + 1),
+            "the table's size came from the tokens",
+        ),
+        (
+            lambda t, V: torch.bincount((t[:, :-1] * V + t[:, 1:]).flatten()).view(V, V),
+            "pass minlength=d_vocab * d_vocab",
+        ),
     ],
 )
 def test_count_bigrams_rejects(wrong, diagnosis):
@@ -97,6 +105,7 @@ def _in_place(c):
         (_clamped_with_column_0_by_hand, "finite where the right answer is infinite"),
         (lambda c: c.double().log_softmax(-1), "log_softmax of the counts"),
         (lambda c: log_probs_reference(c) / math.log(2), "log base 2"),
+        (lambda c: (c // c.sum(-1, keepdim=True)).double().log(), "divided as integers"),
     ],
 )
 def test_empirical_log_probs_rejects(wrong, diagnosis):
@@ -164,6 +173,12 @@ def _symmetric_eigenvector(P):  # eigh reads one triangle of P.T, as if it were 
     return pi / pi.sum()
 
 
+def _eigenvector_as_a_row(P):  # vectors[i], where eig's eigenvectors are its columns
+    values, vectors = torch.linalg.eig(P.T)
+    v = vectors[(values - 1).abs().argmin()].real
+    return v / v.sum()
+
+
 def _by_power_iteration(P, steps=300, dtype=None):
     pi = torch.full((P.shape[0],), 1 / P.shape[0], dtype=dtype or P.dtype)
     for _ in range(steps):
@@ -226,6 +241,7 @@ def test_entropy_rate_accepts_reference_and_power_iteration():
         ),
         (lambda P: entropy_with(P, _right_eigenvector(P)), "averaged uniformly"),
         (lambda P: entropy_with(P, _symmetric_eigenvector(P)), "eigh is for symmetric matrices"),
+        (lambda P: entropy_with(P, _eigenvector_as_a_row(P)), "a row of the eigenvector matrix"),
         (lambda P: float(-(P * P.log()).sum()), "each row's entropy was summed"),
         (lambda P: entropy_reference(P) / math.log(10), "log base 10"),
         (lambda P: float(-(_stationary(P)[:, None] * P * P.log()).mean()), "averaged (.mean())"),
@@ -277,6 +293,16 @@ def test_expected_loss_accepts_reference():
         (lambda L, P, pi: loss_with(pi, P, L.flatten().log_softmax(0).view_as(L)), "whole table"),
         (lambda L, P, pi: float(-(pi[:, None] * P * L.log_softmax(-1)).mean()), "(.mean())"),
         (lambda L, P, pi: float(torch.nn.functional.cross_entropy(L, P)), "averaged uniformly"),
+        (
+            lambda L, P, pi: float(
+                (pi[:, None] * P * (P.log() - L.double().log_softmax(-1))).sum()
+            ),
+            "that is the KL divergence",
+        ),
+        (  # its smallest probabilities underflow to 0 where the logits reach the hundreds
+            lambda L, P, pi: float(-(pi[:, None] * P * L.softmax(-1).log()).sum()),
+            "a softmax's smallest probabilities underflow to 0",
+        ),
     ],
 )
 def test_expected_loss_rejects(wrong, diagnosis):
@@ -309,6 +335,8 @@ def _rank_k(kind):
             return (U[:, :k] * S[:k] ** 2) @ Vh[:k]
         if kind == "k+1":
             return (U[:, : k + 1] * S[: k + 1]) @ Vh[: k + 1]
+        if kind == "k-1":
+            return (U[:, : k - 1] * S[: k - 1]) @ Vh[: k - 1]
         return U[:, :k] @ Vh[:k]
 
     return fn
@@ -320,6 +348,7 @@ def _rank_k(kind):
         ("smallest", "*smallest*"),
         ("twice", "applied twice"),
         ("k+1", "k + 1"),
+        ("k-1", "k - 1 directions"),
         ("no S", "singular values are missing"),
     ],
 )

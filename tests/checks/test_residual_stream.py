@@ -33,6 +33,14 @@ def pattern_in_place_then_constant(x, W_Q, W_K):
 
 def test_attention_pattern_accepts_reference(capsys):
     assert_accepts(checks.check_attention_pattern, pattern_reference)
+    assert_accepts(  # another form: a large negative number for -inf, float64
+        checks.check_attention_pattern,
+        lambda x, Q, K: (
+            (_scores(x.double(), Q.double(), K.double()) / math.sqrt(Q.shape[-1]))
+            .masked_fill(~_causal(x.shape[1]), -1e9)
+            .softmax(-1)
+        ),
+    )
     out = capsys.readouterr().out
     assert "✔ Exercise 0.1" in out and "random test models" in out
 
@@ -97,6 +105,38 @@ def test_attention_pattern_accepts_reference(capsys):
             ),
             "divided by sqrt(d_model)",
         ),
+        (
+            lambda x, Q, K: (
+                (_scores(x, Q, K) / math.sqrt(Q.shape[-1]))
+                .masked_fill(~_causal(x.shape[1]), float("-inf"))
+                .log_softmax(-1)
+            ),
+            "these are log-probabilities (log_softmax)",
+        ),
+        (
+            lambda x, Q, K: (_scores(x, Q, K) / math.sqrt(Q.shape[-1])).masked_fill(
+                ~_causal(x.shape[1]), float("-inf")
+            ),
+            "these are the masked scores, before the softmax",
+        ),
+        (
+            lambda x, Q, K: (
+                (_scores(x, Q, K) * math.sqrt(Q.shape[-1]))
+                .masked_fill(~_causal(x.shape[1]), float("-inf"))
+                .softmax(-1)
+            ),
+            "multiplied by sqrt(d_head)",
+        ),
+        (
+            lambda x, Q, K: (
+                (_scores(x, Q, K) / math.sqrt(Q.shape[-1]))
+                .masked_fill(
+                    torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).triu(), -torch.inf
+                )
+                .softmax(-1)
+            ),
+            "the diagonal is masked too",
+        ),
         (_scores, "matches none of the common mistakes"),
         (pattern_in_place_then_constant, "matches none of the common mistakes"),
         (lambda x, Q, K: pattern_reference(x, Q, K)[0], "expected (2,"),
@@ -122,6 +162,7 @@ def test_head_output_accepts_reference():
         (lambda p, x, W_V, W_O: p.transpose(-1, -2) @ x @ W_V @ W_O, "pattern is transposed"),
         (lambda p, x, W_V, W_O: p @ x @ (W_V @ W_O).T, "OV matrix is transposed"),
         (lambda p, x, W_V, W_O: x @ W_V @ W_O, "pattern is not applied"),
+        (lambda p, x, W_V, W_O: x + p @ x @ W_V @ W_O, "the input x was added"),
         (lambda p, x, W_V, W_O: p @ x @ W_V, "returned shape"),
         (
             lambda p, x, W_V, W_O: (p @ x @ W_V @ W_O).tolist(),
@@ -263,6 +304,27 @@ def test_attention_layer_rejects(kwargs, diagnosis):
     )
 
 
+@pytest.mark.parametrize(
+    "scale, dim, diagnosis",
+    [
+        (lambda W_Q: 1.0, -1, "scale of the scores is missing"),
+        (lambda W_Q: W_Q.shape[1] ** 0.5, -1, "divided by sqrt(d_model)"),
+        (lambda W_Q: W_Q.shape[-1] ** 0.5, -2, "the softmax runs over query positions"),
+    ],
+)
+def test_attention_layer_rejects_the_patterns_mistakes(scale, dim, diagnosis):
+    def layer(resid, pos, W_Q, W_K, W_V, W_O):
+        x = resid + pos
+        q, k = torch.einsum("bpm,hmd->bhpd", x, W_Q), torch.einsum("bpm,hmd->bhpd", x, W_K)
+        v = torch.einsum("bpm,hmd->bhpd", resid, W_V)
+        scores = (q @ k.transpose(-1, -2) / scale(W_Q)).masked_fill(
+            ~_causal(x.shape[1]), float("-inf")
+        )
+        return resid + torch.einsum("bhqk,bhkd,hdm->bqm", scores.softmax(dim), v, W_O)
+
+    assert_rejects(checks.check_attention_layer, layer, diagnosis=diagnosis)
+
+
 def test_attention_layer_rejects_positions_missing():
     assert_rejects(
         checks.check_attention_layer,
@@ -290,6 +352,13 @@ def test_concat_then_project_accepts_reference_and_the_sum():
             lambda z, W_O: (
                 einops.rearrange(z, "b p h d -> b p (d h)")
                 @ einops.rearrange(W_O, "h d m -> (h d) m")
+            ),
+            "different orders",
+        ),
+        (
+            lambda z, W_O: (
+                einops.rearrange(z, "b p h d -> b p (h d)")
+                @ einops.rearrange(W_O, "h d m -> (d h) m")
             ),
             "different orders",
         ),
@@ -870,6 +939,18 @@ def _fixed_threshold(threshold, dtype=torch.float32):
     return write_projector
 
 
+def _relative_threshold(rtol):
+    """A tolerance relative to the largest singular value, but far coarser than rounding: it
+    drops a real direction that is much weaker than the others."""
+
+    def write_projector(W_O):
+        _, S, Vh = torch.linalg.svd(W_O, full_matrices=False)
+        basis = Vh[S > rtol * S.max()]
+        return basis.T @ basis
+
+    return write_projector
+
+
 @pytest.mark.parametrize(
     "wrong, diagnosis",
     [
@@ -885,6 +966,10 @@ def _fixed_threshold(threshold, dtype=torch.float32):
         (_fixed_threshold(1e-13, torch.float64), "with entries about 1e4"),
         (_fixed_threshold(1e-13, torch.float64), "A W_O with entries this large (up to "),
         (lambda W_O: torch.linalg.pinv(W_O, atol=1e-6) @ W_O, "entries are all small"),
+        (_relative_threshold(0.1), "one of whose singular values is 0.003 × the largest: your "
+         "matrix has trace"),
+        (_relative_threshold(0.01), "To count the rank, keep only the directions whose singular "
+         "values are not rounding noise"),
     ],
 )  # fmt: skip
 def test_write_projector_rejects_a_rank_counted_against_a_fixed_threshold(wrong, diagnosis):

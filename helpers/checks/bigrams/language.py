@@ -70,7 +70,13 @@ def _count_cases(seed: int) -> list[Case]:
         if int(expected.max()) > 255:
             tags.add("a count above 255")
         where = f"{batch} sequences of {n} tokens, d_vocab = {V}"
-        cases.append(Case((tokens, V), expected, mistakes, where, tags=tags))
+        seen = int(tokens.max()) + 1
+        hints = {} if seen == V else {
+            (seen, seen): f"the table's size came from the tokens (their largest id + 1 = {seen}); "
+            "ids up to d_vocab - 1 may never occur in a sample: make it [d_vocab, d_vocab] "
+            "(torch.bincount(..., minlength=d_vocab * d_vocab)).",
+        }  # fmt: skip
+        cases.append(Case((tokens, V), expected, mistakes, where, shape_hints=hints, tags=tags))
     return cases
 
 
@@ -78,6 +84,9 @@ declare(Exercise(
     number="1.1", title="count the bigram table", functions=("count_bigrams",),
     cases=_count_cases, reference=next_token_counts, withhold=(next_token_counts,),
     covers=frozenset({"tokens that never occur", "a count above 255"}),
+    on_error={"RuntimeError": "If it is about a shape that is invalid for the input's size: "
+              "torch.bincount returns only as many counts as the largest code + 1, and ids up "
+              "to d_vocab - 1 may never occur in a sample; pass minlength=d_vocab * d_vocab."},
     passed="counted the consecutive pairs of three random batches exactly, counts above 255 "
     "among them.",
 ))  # fmt: skip
@@ -118,6 +127,9 @@ def _log_prob_cases(seed: int) -> list[Case]:
              (c / c.sum(-1)).log()),
             ("that is log_softmax of the counts, which exponentiates them first: divide the counts "
              "by their row's total, then take the log.", c.log_softmax(-1)),
+            ("the counts were divided as integers (counts // total, or a division that "
+             "rounds): convert them to float before dividing.",
+             (counts // counts.sum(-1, keepdim=True)).double().log()),
             ("the counts were smoothed (+1 each): leave a pair never seen at probability 0, "
              "log-probability -inf.", ((c + 1) / (c + 1).sum(-1, keepdim=True)).log()),
             ("column 0 was set to -inf by hand (BOS's column in the notebook): a pair never seen "
@@ -198,6 +210,14 @@ def _entropy_cases(seed: int) -> list[Case]:
             ("π lined up with the next state (columns) instead of the current one (rows): "
              "weight row i by π_i, `pi[:, None] * P`.", float(-(pi * Pd * Pd.log()).sum())),
         ]  # fmt: skip
+        values, vectors = torch.linalg.eig(P.T)
+        row = vectors[int((values - 1).abs().argmin())].real.double()  # a row, not a column
+        if abs(float(row.sum())) > 1e-3:
+            mistakes.append((
+                "that π is a row of the eigenvector matrix: torch.linalg.eig returns the "
+                "eigenvectors as its columns, so the one for eigenvalue i is vectors[:, i].",
+                float(row / row.sum() @ rows),
+            ))  # fmt: skip
         for pick in ("closest", "largest"):
             v = _symmetric_eigenvector(P, pick)
             if v is not None:

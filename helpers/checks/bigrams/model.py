@@ -107,13 +107,18 @@ def _loss_cases(seed: int) -> list[Case]:
             ("π lined up with the next state (columns) instead of the current one (rows): "
              "`pi[:, None] * P`.", float(-(pid * Pd * log_q).sum())),
             ("the terms were averaged (.mean()) over the n × n table; sum them.", loss / n**2),
+            ("that is the KL divergence, Σ π_i P_ij log(P_ij / q_ij): the loss is the "
+             "cross-entropy, -Σ π_i P_ij log q_ij, which does not subtract the chain's own "
+             "entropy.", float((pid[:, None] * Pd * (Pd.log() - log_q)).sum())),
         ]  # fmt: skip
         near = "Close: use the `pi` you are given (exact), rather than one you estimated."
         overflow = None
         if float(logits.max()) > math.log(torch.finfo(dtype).max):  # exp(logit) is inf
             overflow = ("The logits here reach the hundreds: exp of them overflows to inf (and "
-                        "inf / inf is NaN). logits.log_softmax(dim=-1) never exponentiates a "
-                        "large logit.")  # fmt: skip
+                        "inf / inf is NaN), and a softmax's smallest probabilities underflow to 0 "
+                        "(log 0 = -inf). logits.log_softmax(dim=-1) does neither: it never "
+                        "exponentiates a large logit nor takes the log of a "
+                        "probability.")  # fmt: skip
         tags = {str(dtype).removeprefix("torch.")}
         if not torch.allclose(P, P.T):
             tags.add("non-symmetric P")
@@ -170,6 +175,8 @@ def _rank_k_cases(seed: int) -> list[Case]:
             ("the singular values were applied twice (U S and S Vᵀ): multiply them in once.",
              (U[:, :k] * S[:k] ** 2) @ Vh[:k]),
             ("that keeps k + 1 directions.", (U[:, : k + 1] * S[: k + 1]) @ Vh[: k + 1]),
+            ("that keeps k - 1 directions: the first k are [:k].",
+             (U[:, : k - 1] * S[: k - 1]) @ Vh[: k - 1]),
             ("the singular values are missing: U_k S_k V_kᵀ.", U[:, :k] @ Vh[:k]),
         ]  # fmt: skip
         v_for_vh = (

@@ -156,6 +156,10 @@ def _with_spectra(seed: int) -> AttnOnlyTransformer:
     with torch.no_grad():
         for head, core in enumerate(spectra):
             basis = torch.randn(4, 4, generator=rng) + 2 * torch.eye(4)
+            while torch.linalg.cond(basis) > 8:  # an ill-conditioned basis makes the eigenvalues
+                # so sensitive that float32 rounding of the weights alone moves the score past the
+                # tolerance: a right answer computed in float64 throughout would be refused
+                basis = torch.randn(4, 4, generator=rng) + 2 * torch.eye(4)
             M = basis @ core @ torch.linalg.inv(basis)  # same eigenvalues, no visible structure
             B = model.W_U @ model.W_E @ attn.W_V[head]  # [d_model, d_head]
             attn.W_O[head] = M @ torch.linalg.pinv(B)

@@ -145,12 +145,15 @@ def _ranked(qk_sd: Tensor, ov: Tensor, n: int, centre: bool, clamp: bool, drop_b
 
 
 def _top_skip_trigram_cases(seed: int) -> list[Case]:
-    """Each head of two random models with two heads, n = 1, 3 and 6; in the second model BOS's
-    embedding is made large, so that BOS would take the first places if it took part."""
+    """Each head of two random models with two heads, n = 1, 3 and 6; BOS's unembedding is made
+    large in the first model and its embedding in the second, so that BOS would take the first
+    places if it took part, as an output or as a source or destination."""
     cases = []
     for i, model in enumerate(random_models(seed, n_heads=2)):
-        if i == 1:
-            with torch.no_grad():
+        with torch.no_grad():
+            if i == 0:  # BOS a strong output
+                model.unembed.W_U[:, BOS] *= 3.0
+            else:  # BOS a strong source and destination
                 model.embed.W_E[BOS] *= 3.0
         for head in range(model.cfg.n_heads):
             qk = circuits.full_qk_circuit(model, 0, head)  # [destination, source]
@@ -181,6 +184,11 @@ def _top_skip_trigram_cases(seed: int) -> list[Case]:
                 ]  # fmt: skip
 
                 def describe(answer, expected=expected) -> str:
+                    with_bos_in = [t for t in answer if BOS in t]
+                    if with_bos_in:
+                        return (f"BOS (token 0) takes part in {with_bos_in[0]}: it is never a "
+                                "real source, destination or output, so zero its slice along "
+                                "all three axes of the strength.")  # fmt: skip
                     if sorted(answer) == sorted(expected):
                         return ("the right skip-trigrams in the wrong order. Rank them by the "
                                 "product QK[d, s] · OV'[s, o], largest first: is your strength "

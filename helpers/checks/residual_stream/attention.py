@@ -45,6 +45,17 @@ def _pattern_mistakes(scores: Tensor, d_head: int, d_model: int) -> dict[str, Te
         ),
         "the mask is on the wrong side: query q may look at keys k ≤ q (the lower triangle, "
         "tril), not at k ≥ q.": (scores / scale).masked_fill(~causal.T, float("-inf")).softmax(-1),
+        "these are log-probabilities (log_softmax): the pattern holds the attention weights "
+        "themselves, softmax(dim=-1), each row summing to 1.": (masked / scale).log_softmax(-1),
+        "these are the masked scores, before the softmax: the pattern is their softmax over key "
+        "positions (dim=-1).": masked / scale,
+        "the scores are multiplied by sqrt(d_head); they are divided by it.": (
+            (masked * scale).softmax(-1)
+        ),
+        "the diagonal is masked too (k < q): query q may also look at itself (k ≤ q, tril with "
+        "the diagonal), so position 0 keeps one key.": (
+            (scores / scale).masked_fill(~causal.tril(-1), float("-inf")).softmax(-1)
+        ),
     }
 
 
@@ -90,6 +101,10 @@ def _head_output_cases(seed: int) -> list[Case]:
                 "the OV matrix is transposed: in the row convention a head writes x @ W_V @ W_O "
                 "(the paper's W_O W_V, transposed).": pattern @ x @ OV.T,
                 "the pattern is not applied: each position only reads itself.": x @ OV,
+                "the input x was added to the head's output: return only what the head writes "
+                "(pattern @ v @ W_O); the layer adds it to the stream (Exercise 0.3).": (
+                    x + pattern @ x @ OV
+                ),
             }
             expected = cache["blocks.0.attn.hook_result"][:, :, head]
             tags = {"several sequences"} if x.shape[0] > 1 else set()
@@ -109,15 +124,19 @@ declare(Exercise(
 # ---- 0.3 a layer of heads ------------------------------------------------------------------------
 
 
-def _layer(qk_input, v_input, W_Q, W_K, W_V, W_O, causal: bool = True) -> Tensor:
-    """Every head of a layer, summed (a reference written independently of helpers.models)."""
+def _layer(
+    qk_input, v_input, W_Q, W_K, W_V, W_O, causal: bool = True, scale=None, dim: int = -1
+) -> Tensor:
+    """Every head of a layer, summed (a reference written independently of helpers.models);
+    `scale` (sqrt(d_head) unless given) and `dim` (of the softmax) make the common mistakes."""
     q = torch.einsum("bpm,hmd->bhpd", qk_input, W_Q)
     k = torch.einsum("bpm,hmd->bhpd", qk_input, W_K)
     v = torch.einsum("bpm,hmd->bhpd", v_input, W_V)
-    scores = q @ k.transpose(-1, -2) / W_Q.shape[-1] ** 0.5  # [batch, head, query, key]
+    scale = W_Q.shape[-1] ** 0.5 if scale is None else scale
+    scores = q @ k.transpose(-1, -2) / scale  # [batch, head, query, key]
     if causal:
         scores = scores.masked_fill(~causal_mask(scores.shape[-1]), float("-inf"))
-    return torch.einsum("bhqk,bhkd,hdm->bqm", scores.softmax(-1), v, W_O)
+    return torch.einsum("bhqk,bhkd,hdm->bqm", scores.softmax(dim), v, W_O)
 
 
 def _attention_layer_cases(seed: int) -> list[Case]:
@@ -144,6 +163,14 @@ def _attention_layer_cases(seed: int) -> list[Case]:
                      resid + _layer(x, resid, *W, causal=False)),
                     ("the heads were averaged; their outputs add up (Σ over heads).",
                      resid + _layer(x, resid, *W) / model.cfg.n_heads),
+                    ("the 1/sqrt(d_head) scale of the scores is missing.",
+                     resid + _layer(x, resid, *W, scale=1.0)),
+                    ("the scores are divided by sqrt(d_model); the scale is sqrt(d_head), the "
+                     "size of the query and key vectors.",
+                     resid + _layer(x, resid, *W, scale=model.cfg.d_model ** 0.5)),
+                    ("the softmax runs over query positions; each query's weights over key "
+                     "positions should sum to 1 (the last axis of [batch, head, query, key]).",
+                     resid + _layer(x, resid, *W, dim=-2)),
                 ]  # fmt: skip
                 added = (
                     "the positions were added to the stream the layer returns: in a shortformer "
@@ -179,14 +206,19 @@ def _concat_cases(seed: int) -> list[Case]:
             z = cache[f"blocks.{layer}.attn.hook_z"]
             W_O = model.blocks[layer].attn.W_O.detach()
             H, d, D = W_O.shape
-            mistakes = {
+            orders = (
                 "the concatenation and the stack of W_O are in different orders: flatten z as "
                 "[batch, pos, (head d_head)] and W_O as [(head d_head), d_model], head first in "
-                "both.": z.transpose(2, 3).reshape(*z.shape[:2], H * d) @ W_O.reshape(H * d, D),
-                "only the first head was used.": z[:, :, 0] @ W_O[0],
-                "the heads were averaged: the projection sums over all n_heads·d_head "
-                "coordinates.": (z.reshape(*z.shape[:2], H * d) @ W_O.reshape(H * d, D)) / H,
-            }
+                "both."
+            )
+            concatenated, stacked = z.reshape(*z.shape[:2], H * d), W_O.reshape(H * d, D)
+            mistakes = [
+                (orders, z.transpose(2, 3).reshape(*z.shape[:2], H * d) @ stacked),
+                (orders, concatenated @ W_O.transpose(0, 1).reshape(H * d, D)),  # W_O as (d h)
+                ("only the first head was used.", z[:, :, 0] @ W_O[0]),
+                ("the heads were averaged: the projection sums over all n_heads·d_head "
+                 "coordinates.", (concatenated @ stacked) / H),
+            ]  # fmt: skip
             tags = {"several heads of one layer"} if H > 1 else set()
             tags |= {"a layer after the first"} if layer > 0 else set()
             expected = cache[f"blocks.{layer}.hook_attn_out"]

@@ -351,8 +351,14 @@ def _dependent(W: Tensor, g: torch.Generator, n: int, rows: int) -> tuple[Tensor
     return W, " and ".join(said)
 
 
+# the weak direction's singular value, relative to the largest: far above float32 rounding
+# (max(W_O.shape) · eps ≈ 4e-6), far below a tolerance of 1e-2 or 1e-1
+_WEAK = 3e-3
+
+
 def _projector_cases(seed: int) -> list[Case]:
-    """Every head's W_O of two random models and a W_O of tiny entries, all of full rank; then
+    """Every head's W_O of two random models, a W_O of tiny entries and one with a weak (but
+    real) direction, all of full rank; then
     W_Os whose rows are dependent (dependent rows drawn: before the last, so that the first
     rank(W_O) rows do not span the row space; anywhere, in a square W_O as in a model whose one
     head has d_head = d_model; anywhere, two of them, in a W_O of huge entries). The tiny and
@@ -369,6 +375,7 @@ def _projector_cases(seed: int) -> list[Case]:
     (d0, D0), (d1, D1) = (m.W_O.shape[-2:] for m in models)
     tiny = torch.randn(d0, D0, generator=g) * 1e-8  # a head that weight decay has all but erased
     drawn.append((tiny, f"a W_O [{d0}, {D0}] with entries about 1e-8, of full rank", ""))
+    full_rank = len(drawn)
     W, which = _dependent(torch.randn(d1, D1, generator=g) * 0.75, g, 1, d1 - 1)
     drawn.append((W, f"a W_O [{d1}, {D1}] of rank {d1 - 1} < d_head ({which})", which))
     n = int(torch.randint(5, 9, (), generator=g))
@@ -378,6 +385,14 @@ def _projector_cases(seed: int) -> list[Case]:
     W, which = _dependent(torch.randn(d0, D0, generator=g) * 1e4, g, 2, d0)
     drawn.append((W, f"a W_O [{d0}, {D0}] with entries about 1e4, of rank {d0 - 2} < d_head "
                      f"({which})", which))  # fmt: skip
+    # a direction far weaker than the others, yet real: a tolerance relative to the largest
+    # singular value, but far above rounding (0.1 · S.max(), say), drops it. Drawn last, among
+    # the cases of full rank
+    U, S, Vh = torch.linalg.svd(torch.randn(d1, D1, generator=g).double() * 0.5,
+                                full_matrices=False)  # fmt: skip
+    S[-1] = S[0] * _WEAK
+    drawn.insert(full_rank, (((U * S) @ Vh).float(), f"a W_O [{d1}, {D1}] of full rank, one of "
+                             f"whose singular values is {_WEAK:g} × the largest", ""))  # fmt: skip
 
     cases = []
     for W_O, where, which in drawn:
@@ -402,6 +417,8 @@ def _projector_cases(seed: int) -> list[Case]:
         tags |= {"d_head = d_model"} if d == D else set()
         tags |= {"entries far below 1"} if entries < 1e-2 else set()
         tags |= {"entries far above 1"} if entries > 1e2 else set()
+        S = torch.linalg.svdvals(W_O.double())
+        tags |= {"a weak direction"} if rank == d and float(S[-1] / S[0]) < 1e-2 else set()
         explain = _explain_projector(W_O, rank, P, structure)
         cases.append(Case((W_O,), P, _write_projector_mistakes(W_O, P, rank), where, hints,
                           describe=explain, tags=tags))  # fmt: skip
@@ -414,7 +431,8 @@ declare(Exercise(
     withhold=(circuits.projector, circuits.row_space, circuits.write_subspace),
     block_forward=True,
     covers=frozenset({"full rank", "rank-deficient", "the first rank(W_O) rows are dependent",
-                      "d_head = d_model", "entries far below 1", "entries far above 1"}),
+                      "d_head = d_model", "entries far below 1", "entries far above 1",
+                      "a weak direction"}),
     on_error={
         name: "W_O W_Oᵀ is singular when W_O's rows are dependent, so it has no inverse; build the "
         "projector from an orthonormal basis of W_O's rows instead (the SVD, keeping the "
