@@ -18,7 +18,9 @@ from typing import TypeVar
 
 F = TypeVar("F", bound=Callable)
 
-_withheld: set[Callable] = set()
+# Withheld functions by module and name, not by object: `importlib.reload` of a module makes new
+# wrappers of the same references, which must be withheld as well.
+_withheld: set[str] = set()
 
 
 class ReferenceWithheld(RuntimeError):
@@ -44,15 +46,18 @@ def reference(fn: F) -> F:
     # named as the learner reaches it: helpers.circuits.one_layer.x -> circuits.x
     package = fn.__module__.split(".")[1] if "." in fn.__module__ else fn.__module__
     name = f"{package}.{fn.__name__}"
+    key = f"{fn.__module__}.{fn.__qualname__}"
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if wrapper in _withheld:
+        if key in _withheld:
             raise ReferenceWithheld(name)
         return _originals[wrapper](*args, **kwargs)
 
     _originals[wrapper] = fn
     wrapper.is_course_reference = True
+    wrapper.reference_key = key
+    wrapper.reference_name = name
     # functools.wraps exposes the unguarded function as __wrapped__; the signature and docstring
     # stay, for help()
     wrapper.__signature__ = inspect.signature(fn)
@@ -61,7 +66,10 @@ def reference(fn: F) -> F:
 
 
 def original(fn: Callable) -> Callable:
-    """The function a `@reference` wraps (for reading its source); any other function as it is."""
+    """The function a `@reference` wraps (for reading its source); any other function as it is.
+    Refused while the reference is withheld: it is not a way around a checker."""
+    if getattr(fn, "reference_key", None) in _withheld:
+        raise ReferenceWithheld(fn.reference_name)
     return _originals.get(fn, fn)
 
 
@@ -72,12 +80,12 @@ def withheld(*fns: Callable) -> Iterator[None]:
     for fn in fns:
         if not getattr(fn, "is_course_reference", False):
             raise TypeError(f"{fn!r} is not marked @reference, so it cannot be withheld")
-    added = [fn for fn in fns if fn not in _withheld]
+    added = [fn.reference_key for fn in fns if fn.reference_key not in _withheld]
     _withheld.update(added)
     intact = False
     try:
         yield
-        intact = all(fn in _withheld for fn in added)
+        intact = all(key in _withheld for key in added)
     finally:
         _withheld.difference_update(added)
     if not intact:

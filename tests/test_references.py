@@ -31,3 +31,27 @@ def test_only_marked_functions_can_be_withheld():
     with pytest.raises(TypeError, match="not marked @reference"):
         with withheld(len):
             pass
+
+
+def test_original_is_refused_while_withheld():
+    from helpers.references import original
+
+    assert original(double)(2) == 4  # for reading its source, outside a check
+    with withheld(double), pytest.raises(ReferenceWithheld, match="test_references.double"):
+        original(double)
+
+
+def test_a_reloaded_module_s_references_are_withheld_too():
+    """`importlib.reload` builds new wrappers of the same functions: they are withheld as well
+    (found by an adversarial pass: a reloaded `evals.run_with_ablation` passed exercise 4.4)."""
+    import importlib
+
+    from helpers import evals
+    from helpers.evals import ablations
+
+    with withheld(evals.run_with_ablation):
+        fresh = importlib.reload(ablations).run_with_ablation
+        assert fresh is not evals.run_with_ablation
+        with pytest.raises(ReferenceWithheld, match="evals.run_with_ablation"):
+            fresh(None, None, [])
+    importlib.reload(ablations)

@@ -11,7 +11,8 @@ from torch import Tensor
 
 from helpers import evals, models, phase_change, plotting, recordings
 from helpers.checks._base import CheckFailed, generator, random_models, random_tokens
-from helpers.checks._judge import Case, Deferred
+from helpers.checks._judge import Case, Deferred, same
+from helpers.checks._judge import describe as describe_number
 from helpers.checks._registry import Exercise, declare
 from helpers.data import BOS
 
@@ -31,6 +32,9 @@ def _icl_cases(seed: int) -> list[Case]:
             late -= 1  # not always the default positions
         if i == 2:
             early, late = 1, n - 1  # the first and the last position a loss exists for
+        score = phase_change.icl_score_from_losses(losses, early, late)
+        if (i == 0 and score > 0) or (i == 1 and score < 0):  # scores of both signs, whatever
+            losses[:, [early - 1, late - 1]] = losses[:, [late - 1, early - 1]]  # the draw
         expected = phase_change.icl_score_from_losses(losses, early, late)
         mean = losses.mean(0).tolist()  # entry p: the mean loss of predicting token p + 1
         mistakes = [
@@ -49,8 +53,24 @@ def _icl_cases(seed: int) -> list[Case]:
         tags |= {"early at position 1", "late at the last position"} if i == 2 else set()
         where = f"{batch} sequences of {n} tokens ({dtype}), early={early}, late={late}"
         cases.append(Case((losses, early, late), expected,
-                          [(d, v) for d, v in mistakes if v is not None], where, tags=tags))  # fmt: skip
+                          [(d, v) for d, v in mistakes if v is not None], where, tags=tags,
+                          describe=_icl_describer(expected)))  # fmt: skip
     return cases
+
+
+def _icl_describer(expected: float):
+    """What to say of a wrong score; one of the right size and the other sign (an absolute value,
+    where the cases' scores have both signs, so that no single mistake explains it) is said."""
+
+    def describe(answer: float) -> str:
+        message = describe_number(answer, expected)
+        if same(answer, -expected):
+            message += (" The right size, the other sign: the score keeps its sign (late minus "
+                        "early; negative when later tokens are easier). Was an absolute value "
+                        "taken?")  # fmt: skip
+        return message
+
+    return describe
 
 
 declare(Exercise(
@@ -100,6 +120,14 @@ def _slope_fall_cases(seed: int) -> list[Case]:
              torch.cummin(slope, 0).values - slope),
             ("the best slope of the whole run was used; only the intervals up to this one count.",
              _fall(slope, "whole run")),
+            ("the best slope was taken over the earlier intervals only; it is the best of the "
+             "intervals up to *and including* this one (so never below this one's: the result is "
+             "never negative).",
+             torch.cat((torch.zeros(1, dtype=slope.dtype),
+                        torch.cummax(slope, 0).values[:-1] - slope[1:]))),
+            ("the loss differences were divided by the step of each record, not by the steps "
+             "between records (torch.diff(steps)).",
+             _fall(torch.diff(losses.double()) / steps.double()[1:] * 100)),
         ]  # fmt: skip
         kind = "a bend" if bend_size else "a convex curve"
         where = f"{kind}, {n} records at uneven steps ({dtype})"
@@ -145,6 +173,8 @@ def _ablation_cases(seed: int) -> list[Case]:
                 "the heads' outputs were replaced by their mean, not by zero.":
                     evals.run_with_ablation(model, tokens, heads, kind="mean"),
                 "the patterns were held but nothing was removed.": model(tokens),
+                "these are log-probabilities (log_softmax): return the logits as "
+                "run_with_hooks gives them.": expected.log_softmax(-1),
             }  # fmt: skip
             if len(heads) > 1 and heads[0][0] != heads[1][0]:
                 mistakes["every hook zeroed the last head in the list: a function defined in a "
@@ -229,6 +259,13 @@ def _kinds(tokens: Tensor, latest: bool = True, shift: int = 1, skip_bos: bool =
     return out
 
 
+def _self_occurrence(tokens: Tensor) -> Tensor:
+    """The kinds when position t - 1 counts as its own earlier occurrence (a mistake): it is then
+    always the latest, and followed by token t itself, so 1 wherever the previous token is not
+    BOS."""
+    return torch.nn.functional.pad((tokens[:, :-1] != BOS).long(), (1, 0))
+
+
 def _kinds_cases(seed: int) -> list[Case]:
     """Random sequences over a few tokens (so that bigrams repeat and conflict often), and one with
     BOS again in the middle (two sequences packed together), where BOS must not count as an
@@ -258,6 +295,9 @@ def _kinds_cases(seed: int) -> list[Case]:
              "not of the token after it.", torch.nn.functional.pad(expected[:, :-1], (1, 0))),
             ("BOS (token 0) was counted as an occurrence: it marks where a sequence starts, not a "
              "token of it, and never counts.", _kinds(tokens, skip_bos=False)),
+            ("position t - 1 was counted as an earlier occurrence of itself (j < t instead of "
+             "j < t - 1), so every token looks like a repeat: the earlier occurrences are "
+             "j < t - 1.", _self_occurrence(tokens)),
         ]  # fmt: skip
         tags = {"repeats", "conflicts", "no earlier occurrence"}
         tags |= {"BOS in the middle of a sequence"} if packed else set()
@@ -289,6 +329,15 @@ def _shifted(k: Tensor, dim: int, first: str) -> Tensor:
     return torch.cat((head, k.narrow(dim, 0, k.shape[dim] - 1)), dim=dim)
 
 
+def _smeared_in_place(k: Tensor, keep: Tensor) -> Tensor:
+    """A loop over positions that smears k in place, each position reading the previous one as
+    already smeared (a mistake)."""
+    out = k.clone()
+    for j in range(1, k.shape[1]):
+        out[:, j] = keep * out[:, j] + (1 - keep) * out[:, j - 1]
+    return out
+
+
 def _smear_cases(seed: int) -> list[Case]:
     """Keys of three shapes, one in float64 and one whose positions, heads and head size are all
     one size (so that no axis can be found by its size), alphas of both signs."""
@@ -318,6 +367,9 @@ def _smear_cases(seed: int) -> list[Case]:
              "(dim 1 is the position).", torch.lerp(nxt, k, keep)),
             ("the keys were smeared along the head axis; smear along the positions (dim 1).",
              torch.lerp(_shifted(k, 2, "self"), k, keep)),
+            ("each key was mixed with the previous key *already smeared* (a loop over positions "
+             "that writes into k, then reads what it wrote): mix with the original keys (clone "
+             "first, or compute all positions at once).", _smeared_in_place(k, keep)),
         ]  # fmt: skip
         tags = {"alphas of both signs"}
         tags |= {"float64"} if dtype == torch.float64 else set()
@@ -401,9 +453,42 @@ def _reveal(answers: list, cases: Sequence[Case]) -> None:
     ))  # fmt: skip
 
 
+# Where predict() could read the sweep's outcomes instead of predicting them: each is unavailable
+# while predict() runs (the checker shows the outcomes once the predictions are in).
+_OUTCOME_SOURCES = (
+    (recordings, "phase_change_sweep"),
+    (phase_change, "sweep_outcomes"),
+    (phase_change, "formation_step"),
+    (phase_change.sweeps, "sweep_outcomes"),
+    (phase_change.sweeps, "formation_step"),
+)
+
+
+def _run_predict(exercise: Exercise, functions: Sequence, case: Case) -> object:
+    """predict(), with the sweep and its outcomes out of its reach."""
+
+    def unavailable(*args: object, **kwargs: object) -> None:
+        raise CheckFailed(
+            exercise.name,
+            "predict() reads the sweep (or its outcomes) instead of predicting them: write "
+            "down what you expect; the checker runs the sweep and shows what happened once your "
+            "predictions are in.",
+        )
+
+    saved = [(module, name, getattr(module, name)) for module, name in _OUTCOME_SOURCES]
+    try:
+        for module, name, _ in saved:
+            setattr(module, name, unavailable)
+        return exercise.call(functions[0], case)
+    finally:
+        for module, name, original in saved:
+            setattr(module, name, original)
+
+
 _PREDICT = declare(Exercise(
     number="5.6", title="predict, then test", functions=("predict",),
     checker="check_sweep_predictions", cases=_sweep_cases, read=_read_predictions,
+    run=_run_predict,
     reveal=_reveal, options={"live": None},
     on_error={"TypeError": "predict() takes no arguments and returns a dict {setting: outcome}."},
     passed="all the predictions right; the explanation below the figure says why.",

@@ -140,6 +140,58 @@ def test_induction_score_names_more_mistakes(wrong, diagnosis):
     assert_rejects(checks.check_induction_score, wrong, diagnosis=diagnosis)
 
 
+def _loop_slip(shift, *, first_query=None, stop_short=False, first_sequence=False):
+    """The hint's loop with one slip: queries from `first_query`, r's range missing its end, or
+    the first sequence only."""
+
+    def fn(pattern, length):
+        pattern = pattern[:1] if first_sequence else pattern
+        n, per_query = pattern.shape[-1], []
+        for q in range(1 + length if first_query is None else first_query(length), n):
+            rs = range(1, (q - 1) // length + (0 if stop_short else 1))
+            per_query.append(pattern[:, q, [q - r * length + shift for r in rs]].sum(-1))
+        return float(torch.stack(per_query).mean())
+
+    return fn
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+@pytest.mark.parametrize(
+    "slip, diagnosis",
+    [
+        ({"first_query": lambda length: length}, "the queries start at q = length"),
+        ({"stop_short": True}, "the earliest copy of each token was left out"),
+        ({"first_sequence": True}, "only the first sequence of the batch"),
+    ],
+)
+def test_block_scores_name_the_loops_off_by_ones(shift, slip, diagnosis):
+    check = checks.check_induction_score if shift else checks.check_duplicate_token_score
+    assert_rejects(check, _loop_slip(shift, **slip), diagnosis=diagnosis)
+
+
+def _by_diagonals(shift):
+    """Right, vectorised: each earlier copy r is the diagonal offset -(r·length - shift)."""
+
+    def fn(pattern, length):
+        n = pattern.shape[-1]
+        total = torch.zeros(pattern.shape[0], n, dtype=pattern.dtype)
+        r = 1
+        while r * length < n:
+            queries = torch.arange(r * length - shift, n)
+            keep = queries - r * length >= 1  # the copy is a token, not BOS
+            total[:, queries[keep]] += pattern.diagonal(shift - r * length, -2, -1)[:, keep]
+            r += 1
+        return total[:, 1 + length :].mean()
+
+    return fn
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_block_scores_accept_diagonals(shift):
+    check = checks.check_induction_score if shift else checks.check_duplicate_token_score
+    assert_accepts(check, _by_diagonals(shift))
+
+
 def test_induction_score_accepts_a_float32_answer_to_float64_patterns():
     assert_accepts(
         checks.check_induction_score, lambda p, length: _vectorised(1)(p.float(), length)
@@ -431,6 +483,37 @@ def test_ablate_heads_rejects_answers_for_the_notebooks_model_only(wrong, diagno
     assert_rejects(checks.check_ablate_heads, wrong, diagnosis=diagnosis)
 
 
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m, t, heads, kind: ablate_reference(m, t, heads, kind).log_softmax(-1),
+         "log-probabilities"),
+        (lambda m, t, heads, kind: ablate_reference(m, t, [(0, h) for _, h in heads], kind),
+         "every head was ablated in layer 0"),
+    ],
+)  # fmt: skip
+def test_ablate_heads_names_more_mistakes(wrong, diagnosis):
+    assert_rejects(checks.check_ablate_heads, wrong, diagnosis=diagnosis)
+
+
+def _through_hook_z(m, t, heads, kind):  # right: result = z @ W_O, so z's mean maps to result's
+    _, cache = m.run_with_cache(t)
+    hooks = []
+    for layer in sorted({layer for layer, _ in heads}):
+        chosen = [h for l_, h in heads if l_ == layer]
+        mean = cache[f"blocks.{layer}.attn.hook_z"].mean((0, 1))
+
+        def ablate(z, hook, chosen=chosen, mean=mean):
+            z[:, :, chosen] = 0.0 if kind == "zero" else mean[chosen]  # in place, returns None
+
+        hooks.append((f"blocks.{layer}.attn.hook_z", ablate))
+    return m.run_with_hooks(t, hooks)
+
+
+def test_ablate_heads_accepts_hook_z_edited_in_place():
+    assert_accepts(checks.check_ablate_heads, _through_hook_z)
+
+
 def test_ablate_heads_refuses_the_reference():
     assert_rejects(checks.check_ablate_heads, evals.run_with_ablation, diagnosis="withholds")
 
@@ -464,6 +547,40 @@ def test_k_composition_circuit_rejects(kwargs, diagnosis):
         return M - M.mean(-1, keepdim=True) if centred else M
 
     assert_rejects(checks.check_k_composition_circuit, answer, diagnosis=diagnosis)
+
+
+def _kcomp_from(m, p, h, value_layer=0, query_layer=1):
+    queries = m.W_E @ m.W_Q[query_layer, h]
+    keys = m.W_E @ m.W_V[value_layer, p] @ m.W_O[value_layer, p] @ m.W_K[1, h]
+    return queries @ keys.T / m.cfg.d_head**0.5
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (lambda m, p, h: kcomp_reference(m, p, h, scale=False) / m.cfg.d_head, "1/d_head"),
+        (lambda m, p, h: kcomp_reference(m, p, h).softmax(-1), "a softmax was applied"),
+        (lambda m, p, h: _kcomp_from(m, p, h, value_layer=1), "taken from layer 1"),
+        (lambda m, p, h: _kcomp_from(m, p, h, query_layer=0), "queries were taken from layer 0"),
+    ],
+)  # fmt: skip
+def test_k_composition_circuit_names_layer_and_scale_slips(wrong, diagnosis):
+    assert_rejects(checks.check_k_composition_circuit, wrong, diagnosis=diagnosis)
+
+
+def test_k_composition_circuit_accepts_other_forms():
+    assert_accepts(
+        checks.check_k_composition_circuit, lambda m, p, h: _kcomp_from(m, p, h).double()
+    )
+    assert_accepts(  # reassociated: W_E (W_Q Wₖᵀ) (W_E W_V W_O)ᵀ
+        checks.check_k_composition_circuit,
+        lambda m, p, h: (
+            m.W_E
+            @ (m.W_Q[1, h] @ m.W_K[1, h].T)
+            @ (m.W_E @ m.W_V[0, p] @ m.W_O[0, p]).T
+            / m.cfg.d_head**0.5
+        ),
+    )
 
 
 @pytest.mark.parametrize(
@@ -518,6 +635,37 @@ def test_combined_ov_circuit_accepts_reference():
 )
 def test_combined_ov_circuit_rejects(wrong, diagnosis):
     assert_rejects(checks.check_combined_ov_circuit, wrong, diagnosis=diagnosis)
+
+
+def _last_head_kept(m, heads):  # assigns instead of adding
+    for layer, h in heads:
+        total = ov(m, layer, h)
+    return total
+
+
+def _summed_separately(m, heads):  # (Σ W_V)(Σ W_O): cross terms between heads
+    W_V = sum(m.blocks[layer].attn.W_V[h] for layer, h in heads)
+    W_O = sum(m.blocks[layer].attn.W_O[h] for layer, h in heads)
+    return m.W_E @ W_V @ W_O @ m.W_U
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_last_head_kept, "only the last head was used"),
+        (_summed_separately, "summed over the heads separately"),
+    ],
+)
+def test_combined_ov_circuit_names_loop_and_factoring_slips(wrong, diagnosis):
+    assert_rejects(checks.check_combined_ov_circuit, wrong, diagnosis=diagnosis)
+
+
+def test_combined_ov_circuit_accepts_the_sum_factored_and_float64():
+    def factored(m, heads):  # W_E (Σ W_V W_O) W_U
+        inner = sum(m.blocks[layer].attn.W_V[h] @ m.blocks[layer].attn.W_O[h] for layer, h in heads)
+        return (m.W_E @ inner @ m.W_U).double()
+
+    assert_accepts(checks.check_combined_ov_circuit, factored)
 
 
 def test_combined_ov_circuit_names_a_cross_layer_product_as_a_virtual_head():
@@ -638,6 +786,39 @@ def test_find_induction_circuit_accepts_any_repeated_random_tokens():
     two_long_blocks = with_probe(lambda V, n: min(V - 1, (n - 1) // 2), lambda L, n: 2, 30)
     assert_accepts(checks.check_find_induction_circuit, blocks_of_two)
     assert_accepts(checks.check_find_induction_circuit, two_long_blocks)
+
+
+def _probe_answer(tokens_for):
+    def fn(m):
+        tokens, length = tokens_for(m)
+        prev, ind = (
+            evals.previous_token_scores(m, tokens),
+            evals.induction_scores(m, tokens, length),
+        )
+        heads = [(1, h) for h in range(m.cfg.n_heads) if ind[1, h] >= 0.5]
+        return (0, int(prev[0].argmax())), heads
+
+    return fn
+
+
+def _blocks_with_repeats(m):  # drawn with replacement: a block may hold a token twice
+    V, n = m.cfg.d_vocab, m.cfg.n_ctx
+    length = (n - 1) // 2
+    block = torch.randint(1, V, (50, length), generator=torch.Generator().manual_seed(0))
+    return torch.cat([torch.zeros(50, 1, dtype=torch.long), block, block], 1), length
+
+
+def _blocks_of_two(m):  # the score's chance level is about 0.5 there: distractors pass it
+    V, n = m.cfg.d_vocab, m.cfg.n_ctx
+    g = torch.Generator().manual_seed(0)
+    return repeated_random_tokens(V - 1, 2, (n - 1) // 2, 50, g), 2
+
+
+def test_find_induction_circuit_says_why_the_probe_misleads():
+    assert_rejects(checks.check_find_induction_circuit, _probe_answer(_blocks_with_repeats),
+                   diagnosis="a token twice")  # fmt: skip
+    assert_rejects(checks.check_find_induction_circuit, _probe_answer(_blocks_of_two),
+                   diagnosis="with blocks of 2", seeds=(3,))  # fmt: skip
 
 
 def test_the_near_threshold_heads_stay_on_their_side_on_any_repeated_random_tokens():

@@ -38,6 +38,15 @@ def test_icl_score_rejects(wrong, diagnosis):
     assert_rejects(checks.check_icl_score, wrong, diagnosis=diagnosis or "")
 
 
+def test_icl_score_says_when_only_the_sign_is_wrong():
+    # the cases' scores have both signs, so an absolute value is wrong in some only, and said
+    assert_rejects(
+        checks.check_icl_score,
+        lambda x, e, t: abs(icl_reference(x, e, t)),
+        diagnosis="The right size, the other sign",
+    )
+
+
 def kinds_reference(tokens, pick=-1):
     """The answer (pick -1: the latest earlier occurrence decides); pick 0 is a mistake."""
     out = torch.zeros_like(tokens)
@@ -51,6 +60,19 @@ def kinds_reference(tokens, pick=-1):
 
 def test_continuation_kinds_accepts_the_reference():
     assert_accepts(checks.check_continuation_kinds, kinds_reference)
+
+
+def test_continuation_kinds_names_position_t_minus_1_counted_as_its_own_occurrence():
+    def with_self(tokens):  # j < t: the token before t is its own latest earlier occurrence
+        out = torch.zeros_like(tokens)
+        for b, seq in enumerate(tokens.tolist()):
+            for t in range(2, len(seq)):
+                before = [j for j in range(t) if seq[j] == seq[t - 1] and seq[j] != BOS]
+                if before:
+                    out[b, t] = 1 if seq[before[-1] + 1] == seq[t] else 2
+        return out
+
+    assert_rejects(checks.check_continuation_kinds, with_self, diagnosis="j < t - 1")
 
 
 @pytest.mark.parametrize(
@@ -136,6 +158,32 @@ def test_pattern_preserving_ablation_rejects(wrong, diagnosis):
     assert_rejects(checks.check_pattern_preserving_ablation, wrong, diagnosis=diagnosis or "")
 
 
+def test_pattern_preserving_ablation_names_log_probabilities():
+    assert_rejects(
+        checks.check_pattern_preserving_ablation,
+        lambda m, t, heads: ablation_reference(m, t, heads).log_softmax(-1),
+        diagnosis="log-probabilities",
+    )
+
+
+def _zero_values(model, tokens, heads):  # right: with patterns held, zero values give zero output
+    _, cache = model.run_with_cache(tokens)
+    hooks = [(f"blocks.{layer}.attn.hook_pattern",
+              lambda x, hook, p=cache[f"blocks.{layer}.attn.hook_pattern"]: p)
+             for layer in range(model.cfg.n_layers)]  # fmt: skip
+    for layer, head in heads:
+
+        def zero(v, hook, head=head):
+            v[:, :, head] = 0.0  # in place, returns None
+
+        hooks.append((f"blocks.{layer}.attn.hook_v", zero))
+    return model.run_with_hooks(tokens, hooks)
+
+
+def test_pattern_preserving_ablation_accepts_zeroed_values():
+    assert_accepts(checks.check_pattern_preserving_ablation, _zero_values)
+
+
 def test_a_stub_is_reported_as_not_done():
     def stub(*args):
         raise NotImplementedError("Exercise 5.1: your code here")
@@ -148,6 +196,24 @@ def smear_reference(k, alpha):
     keep = torch.sigmoid(alpha)[:, None]
     previous = torch.cat((k[:, :1], k[:, :-1]), dim=1)
     return keep * k + (1 - keep) * previous
+
+
+def _smear_in_place_loop(k, alpha):  # each position reads the previous one already smeared
+    keep = torch.sigmoid(alpha)[:, None]
+    for j in range(1, k.shape[1]):
+        k[:, j] = keep * k[:, j] + (1 - keep) * k[:, j - 1]
+    return k
+
+
+def _smear_in_place_at_once(k, alpha):  # right: the right-hand side is computed first
+    keep = torch.sigmoid(alpha)[:, None]
+    k[:, 1:] = keep * k[:, 1:] + (1 - keep) * k[:, :-1]
+    return k
+
+
+def test_smear_keys_names_an_in_place_loop_and_accepts_an_in_place_slice():
+    assert_rejects(checks.check_smear_keys, _smear_in_place_loop, diagnosis="already smeared")
+    assert_accepts(checks.check_smear_keys, _smear_in_place_at_once)
 
 
 def test_smear_keys_accepts_the_reference():
@@ -211,6 +277,24 @@ def test_slope_fall_accepts_the_reference():
     ],
 )
 def test_slope_fall_rejects(wrong, diagnosis):
+    assert_rejects(checks.check_slope_fall, wrong, diagnosis=diagnosis)
+
+
+def _best_before(steps, losses):  # the best of the earlier intervals, this one left out
+    slope = torch.diff(losses) / torch.diff(steps) * 100
+    best = torch.cummax(slope, 0).values
+    return torch.cat((torch.zeros(1, dtype=slope.dtype), best[:-1] - slope[1:]))
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [
+        (_best_before, "earlier intervals only"),
+        (lambda s, x: (lambda d: torch.cummax(d, 0).values - d)(torch.diff(x) / s[1:] * 100),
+         "the step of each record"),
+    ],
+)  # fmt: skip
+def test_slope_fall_names_more_mistakes(wrong, diagnosis):
     assert_rejects(checks.check_slope_fall, wrong, diagnosis=diagnosis)
 
 
@@ -346,6 +430,20 @@ def test_sweep_predictions_on_the_recorded_sweep(monkeypatch, shown, capsys):
     out = capsys.readouterr().out
     assert out.startswith("recorded runs from data/phase_change_runs.pt") and "✔" in out
     assert "8 recorded runs" in shown[0].axes[0].get_title()
+
+
+@pytest.mark.parametrize(
+    "peek",
+    [
+        lambda: phase_change.sweep_outcomes(recordings.phase_change_sweep(live=False)),
+        lambda: {name: "never" if phase_change.formation_step(run) is None else "earlier"
+                 for name, run in recordings.phase_change_sweep().items() if name != "base"},
+    ],
+)  # fmt: skip
+def test_sweep_predictions_refuses_to_read_the_outcomes(measured_sweep, shown, peek):
+    assert_rejects(checks.check_sweep_predictions, peek, diagnosis="instead of predicting")
+    assert recordings.phase_change_sweep is not None and len(measured_sweep.calls) == 0
+    checks.check_sweep_predictions(lambda: measured_sweep.answer)  # put back once it is done
 
 
 def test_sweep_predictions_shows_the_misses_in_the_figure(measured_sweep, shown):

@@ -72,6 +72,7 @@ def _ablation_cases(seed: int) -> list[Case]:
             layers = {layer for layer, _ in heads}
             for kind in ("zero", "mean"):
                 other = "mean" if kind == "zero" else "zero"
+                expected_logits = evals.run_with_ablation(model, tokens, heads, kind=kind)
                 whole = [(layer, h) for layer in layers for h in range(H)]
                 mistakes = {
                     f"kind {kind!r}: that is the other kind of ablation.":
@@ -80,7 +81,15 @@ def _ablation_cases(seed: int) -> list[Case]:
                         evals.run_with_ablation(model, tokens, whole, kind=kind),
                     "nothing was ablated: these are the clean logits. Does each hook return the "
                     "edited tensor, and are the hooks passed to run_with_hooks?": clean,
+                    "these are log-probabilities (log_softmax): return the logits as the model "
+                    "gives them.": expected_logits.log_softmax(-1),
                 }  # fmt: skip
+                if any(layer != 0 for layer in layers):
+                    mistakes["every head was ablated in layer 0: the list holds (layer, head) "
+                             "pairs; hook blocks.{layer}.attn.hook_result of each head's own "
+                             "layer."] = evals.run_with_ablation(
+                        model, tokens, sorted({(0, h) for _, h in heads}), kind
+                    )  # fmt: skip
                 if len({h for _, h in heads}) > 1:
                     mistakes["every hook ablated the last head in the list: a function defined in "
                              "a loop sees the loop variable's final value. Bind it when the hook "
@@ -109,7 +118,7 @@ def _ablation_cases(seed: int) -> list[Case]:
                              "vector [d_model] per head, averaged over the batch and positions "
                              "only (mean(dim=(0, 1)))."] = _mean_over(
                         model, tokens, heads, cache, dims=(0, 1, 3))  # fmt: skip
-                expected = evals.run_with_ablation(model, tokens, heads, kind=kind)
+                expected = expected_logits
                 where = (f"{kind} ablation of {', '.join(f'L{a}H{b}' for a, b in heads)} in a "
                          f"{model.cfg.n_layers}-layer model")  # fmt: skip
                 tags = {kind, f"{model.cfg.n_layers} layers"}
@@ -142,7 +151,7 @@ def _k_composition_cases(seed: int) -> list[Case]:
     layers and different ones (so that swapped heads show)."""
     cases = []
     for model in random_models(seed, n_layers=2):
-        a1 = model.blocks[1].attn
+        a0, a1 = model.blocks[0].attn, model.blocks[1].attn
         H, d = model.cfg.n_heads, model.cfg.d_head
         for p in range(H):
             for h in range(H):
@@ -169,6 +178,22 @@ def _k_composition_cases(seed: int) -> list[Case]:
                         "the 1/sqrt(d_head) scale is missing.": expected * d**0.5,
                         "the scale is 1/sqrt(d_model); attention scores are divided by "
                         "sqrt(d_head).": expected * d**0.5 / model.cfg.d_model**0.5,
+                        "the scale is 1/d_head; attention scores are divided by sqrt(d_head).": expected
+                        / d**0.5,
+                        "a softmax was applied: this exercise asks for the raw scores (the "
+                        "term is one of several that add up before the softmax).": expected.softmax(
+                            -1
+                        ),
+                        "the previous-token head's W_V and W_O were taken from layer 1: the "
+                        "previous-token head is in layer 0 (model.W_V[0, prev_head]).": (
+                            queries @ (model.W_E @ a1.W_V[p] @ a1.W_O[p] @ a1.W_K[h]).T / d**0.5
+                        ),
+                        "the queries were taken from layer 0: the induction head's W_Q is "
+                        "layer 1's (model.W_Q[1, induction_head]).": (
+                            (model.W_E @ a0.W_Q[h])
+                            @ (model.W_E @ a0.W_V[p] @ a0.W_O[p] @ a1.W_K[h]).T
+                            / d**0.5
+                        ),
                         "each row was centred: this exercise asks for the raw term; centring "
                         "(each query's scores minus their mean) comes when you compare keys "
                         "within a query.": expected - expected.mean(-1, keepdim=True),
@@ -226,6 +251,17 @@ def _combined_ov_cases(seed: int) -> list[Case]:
                     mistakes[f"the OV matrices were multiplied: {why}: add them."] = (
                         product @ model.W_U
                     )  # fmt: skip
+                    mistakes[
+                        "only the last head was used: a loop that assigns (M = ...) instead of "
+                        "adding (M = M + ...) keeps the last head's circuit."
+                    ] = each[-1]
+                    summed_v = sum(model.blocks[layer].attn.W_V[h] for layer, h in heads)
+                    summed_o = sum(model.blocks[layer].attn.W_O[h] for layer, h in heads)
+                    mistakes[
+                        "W_V and W_O were summed over the heads separately: (Σ W_V)(Σ W_O) adds "
+                        "cross terms W_V of one head times W_O of another, which no head computes. "
+                        "Multiply within each head, then add."
+                    ] = model.W_E @ summed_v @ summed_o @ model.W_U
                 if len(heads) > 2:
                     mistakes[
                         "only the first two heads were added: `heads` may hold any number "

@@ -113,7 +113,8 @@ def _mystery_cases(seed: int) -> list[Case]:
                 f"blocks), just above evals.INDUCTION_HEAD_THRESHOLD ({T}), was left out of the "
                 "induction heads: keep every head scoring at least the threshold, on the course's "
                 "score (summed over the earlier copies, as evals.induction_scores does; averaged "
-                "over them it comes out lower with three blocks or more).",
+                "over them it comes out lower with three blocks or more; so does every score on "
+                "blocks that hold a token twice).",
                 ((0, p), [(1, h) for h in induction_heads if h != above])))  # fmt: skip
             mistakes.append((
                 f"L1H{below}, whose induction score is {scores[below]:.2f} ({on}; under {T} "
@@ -151,11 +152,27 @@ def _mystery_describer(expected: tuple, scores: list[float]):
                 "layer-0 head on repeated random tokens (Exercise 4.1) and take the highest."
             )
         course = ", ".join(f"L1H{h} {s:.2f}" for h, s in enumerate(scores))
+        extra = sorted(set(map(tuple, induction)) - set(expected[1]))
+        missing = sorted(set(expected[1]) - set(map(tuple, induction)))
+        note = ""
+        if extra:
+            note += (
+                " Heads that attend by content can pass the threshold by chance on very short "
+                "blocks: with blocks of 2, the token after an earlier copy is the other token of "
+                "the block, about half of the positions, so a head that attends anywhere but BOS "
+                "scores near 0.5. Use blocks as long as fit: min(d_vocab - 1, (n_ctx - 1) // 2)."
+            )
+        if missing:
+            note += (
+                " If a block holds a token twice, an induction head splits its attention "
+                "between the positions after each occurrence and scores lower: draw each block "
+                "without repeats (repeated_random_tokens does)."
+            )
         return (
             f"induction heads {induction}, expected {len(expected[1])} head(s) in layer 1. Score "
             "every layer-1 head with the prefix-matching score on repeated random tokens "
             f"(Exercise 4.3) and keep those scoring >= evals.INDUCTION_HEAD_THRESHOLD ({T}). (The "
-            f"course's scores, on its own repeated random tokens: {course}.)"
+            f"course's scores, on its own repeated random tokens: {course}.){note}"
         )
 
     return describe

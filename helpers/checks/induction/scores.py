@@ -4,7 +4,7 @@ pattern."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -83,16 +83,18 @@ def _block_score(
     latest: bool = False,
     average: bool = False,
     first: int | None = None,
+    stop_short: bool = False,
 ) -> float:
     """The score as a learner's loop computes it, right or wrong: for each query q from `first`
     (default: the first position of the second block), the attention summed over the keys
     q - r·length + shift for r = 1 .. (q - earliest) // length, the copies at `earliest` or later
-    (`latest`: r = 1 only; `average`: the mean over them, Olsson et al.'s evaluator), then the
+    (`latest`: r = 1 only; `average`: the mean over them, Olsson et al.'s evaluator;
+    `stop_short`: r = 1 .. (q - earliest) // length - 1, a range whose end is left out), then the
     mean over queries and batch. Right: earliest=1, after BOS."""
     n, p = pattern.shape[-1], pattern.double()
     per_query = []
     for q in range(1 + length if first is None else first, n):
-        rs = list(range(1, (q - earliest) // length + 1))
+        rs = list(range(1, (q - earliest) // length + (0 if stop_short else 1)))
         rs = rs[:1] if latest else rs
         total = p[:, q, [q - r * length + shift for r in rs]].sum(-1)  # [batch]
         per_query.append(total / len(rs) if average and rs else total)
@@ -120,6 +122,31 @@ _FIRST_BLOCK = (
     "the queries of the first block (or BOS) were averaged in: they have no earlier copy to "
     "attend to. Average over the queries of the later blocks only, q = 1 + length .. n - 1."
 )
+_QUERIES_FROM_LENGTH = (
+    "the queries start at q = length, the last position of the first block, which has no "
+    "earlier copy (its score of 0 was averaged in): with BOS at position 0 the second block "
+    "starts at q = 1 + length."
+)
+_STOP_SHORT = (
+    "the earliest copy of each token was left out: r must run over 1 .. (q - 1) // length "
+    "inclusive, range(1, (q - 1) // length + 1) (a range leaves out its end)."
+)
+_FIRST_SEQUENCE = (
+    "only the first sequence of the batch was scored: the pattern is [batch, query_pos, "
+    "key_pos]; average over the batch too."
+)
+
+
+def _slip_mistakes(
+    pattern: Tensor, score: Callable[..., float], length: int, shift: int
+) -> list[tuple[str, float]]:
+    """Off-by-ones of the loop that 4.2 and 4.3 share, and a batch of one scored."""
+    return [
+        (_QUERIES_FROM_LENGTH, score(first=length)),
+        (_STOP_SHORT, score(stop_short=True)),
+        (_FIRST_SEQUENCE, _block_score(pattern[:1], length, shift)),
+    ]  # fmt: skip
+
 
 # (length, blocks, batch, dtype, a sharp pattern): one earlier copy (two blocks) and several,
 # float64, a batch of one, blocks of 2, and the sharp pattern of a head that does what is scored
@@ -159,6 +186,7 @@ def _duplicate_cases(seed: int) -> list[Case]:
             (_ONE_COPY_TOO_MANY, score(earliest=0)),
             (_FIRST_BLOCK, score(first=1)),
             (_FIRST_BLOCK, score(first=0)),
+            *_slip_mistakes(pattern, score, length, 0),
         ]  # fmt: skip
         where = f"blocks of {length}, {blocks} blocks, {batch} pattern(s) ({dtype})"
         tags = _block_tags(length, blocks, pattern, expected)
@@ -205,6 +233,7 @@ def _induction_cases(seed: int) -> list[Case]:
             (_ONE_COPY_TOO_MANY, score(earliest=0)),
             (_FIRST_BLOCK, score(first=1)),
             (_FIRST_BLOCK, score(first=0)),
+            *_slip_mistakes(pattern, score, length, 1),
         ]  # fmt: skip
         where = f"blocks of {length}, {blocks} blocks, {batch} pattern(s) ({dtype})"
         tags = _block_tags(length, blocks, pattern, expected)
