@@ -117,9 +117,10 @@ class WordTokenizer:
         return [*SPECIAL, *(visible(t) for t in self.vocab[len(SPECIAL) :])]
 
     def is_word(self, token: int) -> bool:
-        """Whether the token is a word or identifier (with or without its space)."""
-        text = self.vocab[token].lstrip(" ")
-        return token >= len(SPECIAL) and text.isidentifier()
+        """Whether the token is a whole word or identifier (with or without its space), not a
+        character of the alphabet that spells the rest."""
+        text = self.vocab[token]
+        return len(text) > 1 and token >= len(SPECIAL) and text.lstrip(" ").isidentifier()
 
 
 def _by_count(item: tuple[str, int]) -> tuple[int, str]:

@@ -3,7 +3,8 @@
 (Where `circuits` reads the weights, `evals` watches the forward pass.) One module per kind of
 measurement: `continuation` (skip-trigram effects, chapter 02), `head_scores` (scores of heads on
 repeated random tokens, chapters 00 and 04), `ablations` (heads and paths removed, patterns frozen,
-term importance, chapters 03 and 04).
+term importance, chapters 03 and 04), `real_text` (bigram statistics, skip-trigrams probed in held-out
+text and the search for a skip-trigram bug, chapter 06; imported as `evals.real_text`).
 """
 
 from helpers.evals.ablations import (
