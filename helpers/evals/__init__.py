@@ -3,10 +3,11 @@
 (Where `circuits` reads the weights, `evals` watches the forward pass.) One module per kind of
 measurement: `continuation` (skip-trigram effects, chapter 02), `head_scores` (scores of heads on
 repeated random tokens, chapters 00 and 04), `ablations` (heads and paths removed, patterns frozen,
-term importance, chapters 03 and 04), `real_text` (bigram statistics, skip-trigrams probed in held-out
-text and the search for a skip-trigram bug, chapter 06; imported as `evals.real_text`).
+term importance, chapters 03 and 04), `real_text` (bigram statistics, skip-trigrams probed in
+held-out text and the search for a skip-trigram bug, chapter 06: `evals.real_text`).
 """
 
+from helpers.evals import real_text
 from helpers.evals.ablations import (
     TermImportance,
     run_with_ablation,
@@ -37,6 +38,7 @@ from helpers.evals.head_scores import (
 )
 
 __all__ = [
+    "real_text",
     "INDUCTION_HEAD_THRESHOLD",
     "ContinuationEffect",
     "continuation_effect",
