@@ -16,7 +16,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from helpers.circuits import top_skip_trigrams
+from helpers.circuits import (
+    direct_path,
+    full_ov_circuit,
+    full_qk_circuit,
+    pearson,
+    row_centred,
+    top_skip_trigrams,
+)
 from helpers.data import BOS, TextLanguage
 from helpers.data.tokenizer import UNK
 from helpers.evals.continuation import skip_trigram_effect
@@ -93,8 +100,6 @@ def bigram_agreement(
     the `top` most frequent tokens (rows), and over all columns of those rows; and both held-out
     losses on `n_windows` held-out windows. Framework paper, "Zero-Layer Transformers": W_E W_U
     approximates the bigram log-likelihood."""
-    from helpers.circuits import direct_path, pearson, row_centred
-
     if model.cfg.n_layers != 0:
         raise ValueError(f"bigram_agreement takes a zero-layer model, got {model.cfg.n_layers}")
     counts = bigram_counts(language)
@@ -228,8 +233,6 @@ def find_skip_trigram_bugs(
         raise ValueError(
             f"find_skip_trigram_bugs takes a one-layer model, got {model.cfg.n_layers}"
         )
-    from helpers.circuits import full_ov_circuit, full_qk_circuit
-
     counts = bigram_counts(language)
     ignore = ignored_tokens(language, min_count)
     candidates: dict[tuple[int, int, int], tuple[float, int, tuple[int, int], tuple[int, int]]] = {}
