@@ -19,6 +19,7 @@ from helpers.circuits.one_layer import (
     positional_pattern,
     positional_qk_circuit,
     skip_trigrams,
+    strongest_products,
     strongest_skip_trigrams,
     top_skip_trigrams,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "skip_trigrams",
     "top_skip_trigrams",
     "strongest_skip_trigrams",
+    "strongest_products",
     "HeadDescription",
     "describe_head",
     "diagonal_top1_accuracy",

@@ -213,22 +213,19 @@ _PRODUCTS_PER_BLOCK = 1 << 24
 
 
 @reference
-def _strongest(model, layer, head, n, ignore) -> list[tuple[float, tuple[int, int, int]]]:
-    """The head's n strongest (strength, skip-trigram), strongest first.
+def strongest_products(qk: Tensor, ov: Tensor, n: int) -> list[tuple[float, tuple[int, int, int]]]:
+    """The n largest products qk[s, d] · ov[s, o] of two non-negative `[source, destination]` and
+    `[source, output]` matrices, as (product, (s, d, o)), largest first; zero products left out.
 
-    A skip-trigram among the n strongest has, for its source, a destination among that source's
-    n strongest QK entries and an output among its n strongest OV entries (both factors are
+    A triple among the n largest has, for its source, a destination among that source's n
+    largest qk entries and an output among its n largest ov entries (both factors are
     non-negative). So only V · n² products are candidates, never all V³ (4 GB of them at
     d_vocab 1024), and sources are taken a block at a time."""
-    V = model.cfg.d_vocab
-    ignored = _token_ids("ignore", ignore, V)
-    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= V**3:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    qk, ov = _skip_trigram_strength(model, layer, head, ignored)
-    k = min(n, V)
+    V = qk.shape[0]
+    k = min(n, qk.shape[1], ov.shape[1])
     qk_value, destination = qk.topk(k, dim=1)  # [source, k]
     ov_value, output = ov.topk(k, dim=1)
-    best_values, best_triples = torch.empty(0), torch.empty(0, 3, dtype=torch.long)
+    best_values, best_triples = torch.empty(0, dtype=qk.dtype), torch.empty(0, 3, dtype=torch.long)
     block = max(1, _PRODUCTS_PER_BLOCK // (k * k))
     for first in range(0, V, block):
         sources = torch.arange(first, min(V, first + block))
@@ -242,6 +239,16 @@ def _strongest(model, layer, head, n, ignore) -> list[tuple[float, tuple[int, in
         best_triples = best_triples[order]
     return [(v, tuple(t)) for v, t in zip(best_values.tolist(), best_triples.tolist(), strict=True)
             if v > 0]  # fmt: skip
+
+
+@reference
+def _strongest(model, layer, head, n, ignore) -> list[tuple[float, tuple[int, int, int]]]:
+    """The head's n strongest (strength, skip-trigram), strongest first."""
+    V = model.cfg.d_vocab
+    ignored = _token_ids("ignore", ignore, V)
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= V**3:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    return strongest_products(*_skip_trigram_strength(model, layer, head, ignored), n)
 
 
 @dataclass(frozen=True)

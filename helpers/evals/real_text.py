@@ -26,8 +26,11 @@ from helpers.circuits import (
 )
 from helpers.data import BOS, TextLanguage
 from helpers.data.tokenizer import UNK
+from helpers.evals.ablations import run_with_ablation
 from helpers.evals.continuation import skip_trigram_effect
+from helpers.evals.head_scores import repeat_loss
 from helpers.models import AttnOnlyTransformer, as_index, next_token_loss
+from helpers.references import reference
 
 # The smoothing of the bigram table: (count + BETA · unigram) / (row total + BETA). 30 is the
 # value that gave the prose corpus's held-out text the lowest loss among 1, 3, 10, 30, 100, 300.
@@ -40,22 +43,30 @@ def unigram_counts(language: TextLanguage) -> Tensor:
     return torch.bincount(tokens.long(), minlength=language.d_vocab)
 
 
+@reference
+def document_bigram_counts(documents: list[Tensor], d_vocab: int) -> Tensor:
+    """`[d_vocab, d_vocab]`: counts of (current, next) token pairs inside each document (a list
+    of 1-d tensors of token ids); the last token of one document and the first of the next are
+    not a pair, as no training window holds both."""
+    pairs = [doc[:-1].long() * d_vocab + doc[1:].long() for doc in documents if len(doc) > 1]
+    flat = torch.cat(pairs) if pairs else torch.zeros(0, dtype=torch.long)
+    return torch.bincount(flat, minlength=d_vocab * d_vocab).view(d_vocab, d_vocab)
+
+
 def bigram_counts(language: TextLanguage) -> Tensor:
-    """`[d_vocab, d_vocab]`: counts of (current, next) token pairs inside the documents of the
-    language's split (a pair across two documents never appears in a training window)."""
+    """`document_bigram_counts` of the documents of the language's split."""
     tokens, starts = language.tokens()
-    tokens = tokens.long()
-    keep = torch.ones(len(tokens) - 1, dtype=torch.bool)
-    keep[starts[1:-1] - 1] = False  # the last token of a document and the first of the next
-    pairs = tokens[:-1][keep] * language.d_vocab + tokens[1:][keep]
-    V = language.d_vocab
-    return torch.bincount(pairs, minlength=V * V).view(V, V)
+    bounds = starts.tolist()
+    documents = [tokens[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return document_bigram_counts(documents, language.d_vocab)
 
 
+@reference
 def smoothed_bigram_log_probs(counts: Tensor, beta: float = BETA) -> Tensor:
     """`[d_vocab, d_vocab]` log P(next | current) of a bigram table smoothed toward the unigram
-    distribution: (C[c, n] + beta · P(n)) / (Σ_n C[c, n] + beta). A pair never seen still gets
-    the unigram's probability, scaled down by how much the row has seen."""
+    distribution: (C[c, n] + beta · P(n)) / (Σ_n C[c, n] + beta), where P(n) = (Σ_c C[c, n] + 1)
+    / (Σ C + d_vocab) (add-one, so that no token is ruled out). A pair never seen still gets the
+    unigram's probability, scaled down by how much its row has seen."""
     if not (isinstance(beta, (int, float)) and beta > 0):
         raise ValueError(f"beta must be a number > 0, got {beta!r}")
     counts = counts.double()
@@ -214,6 +225,25 @@ class SkipTrigramBug:
     crossed_count: int  # how often the corpus has first destination → second output: 0
 
 
+@reference
+def crossed_continuations(
+    rules: list[tuple[int, int, int]], counts: Tensor
+) -> list[tuple[int, int, int]]:
+    """The bug candidates among one head's skip-trigram `rules` (source, destination, output):
+    for two rules with the same source whose bigrams (destination → output) the corpus shows
+    (`counts[d, o] > 0`), with different destinations and different outputs, the crossed
+    skip-trigram (source, first destination, second output) when the corpus never shows its
+    bigram (`counts[first destination, second output] == 0`). Each once, sorted."""
+    supported = [(s, d, o) for s, d, o in rules if counts[d, o] > 0]
+    crossed = {
+        (s1, d1, o2)
+        for s1, d1, o1 in supported
+        for s2, d2, o2 in supported
+        if s1 == s2 and d1 != d2 and o1 != o2 and counts[d1, o2] == 0
+    }
+    return sorted(crossed)
+
+
 def find_skip_trigram_bugs(
     model: AttnOnlyTransformer,
     language: TextLanguage,
@@ -240,21 +270,15 @@ def find_skip_trigram_bugs(
         qk = full_qk_circuit(model, 0, head)  # [destination, source]
         ov = full_ov_circuit(model, 0, head)
         ov = ov - ov.mean(-1, keepdim=True)  # [source, output], as the ranking reads it
-        rules: dict[int, list[tuple[int, int]]] = {}
-        for s, d, o in top_skip_trigrams(model, 0, head, per_head, ignore=ignore):
-            if counts[d, o] > 0:  # the corpus supports the rule's bigram
-                rules.setdefault(s, []).append((d, o))
-        for s, pairs in rules.items():
-            for first in pairs:
-                for second in pairs:
-                    if first[0] == second[0] or first[1] == second[1]:
-                        continue
-                    if counts[first[0], second[1]] > 0:
-                        continue  # the corpus has the crossed bigram: no bug
-                    crossed = (s, first[0], second[1])
-                    strength = float(qk[first[0], s] * ov[s, second[1]])
-                    if crossed not in candidates or strength > candidates[crossed][0]:
-                        candidates[crossed] = (strength, head, first, second)
+        rules = top_skip_trigrams(model, 0, head, per_head, ignore=ignore)
+        for crossed in crossed_continuations(rules, counts):
+            s, d1, o2 = crossed
+            supported = [(d, o) for s_, d, o in rules if s_ == s and counts[d, o] > 0]
+            first = next((d, o) for d, o in supported if d == d1 and o != o2)
+            second = next((d, o) for d, o in supported if o == o2 and d != d1)
+            strength = float(qk[d1, s] * ov[s, o2])
+            if crossed not in candidates or strength > candidates[crossed][0]:
+                candidates[crossed] = (strength, head, first, second)
     strongest = sorted(candidates.items(), key=lambda item: -item[1][0])[:n_probed]
     found = [
         SkipTrigramBug(head, crossed[0], first, second,
@@ -277,3 +301,18 @@ def median(values: list[float]) -> float:
         return math.nan
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+@reference
+@torch.no_grad()
+def ablated_gain(
+    model: AttnOnlyTransformer, probe: Tensor, length: int, heads: list[tuple[int, int]]
+) -> float:
+    """The share of the in-context gain on a repeat probe (`TextLanguage.repeat_probe`) that
+    mean-ablating `heads` removes: the gain is the loss on the first copy minus the loss on the
+    repeat (`repeat_loss`), and the share is 1 - gain with the heads ablated / gain without.
+    1 when the ablation removes the whole gain, 0 when it removes none (more than 1 when the
+    repeat becomes harder than the first copy)."""
+    plain = repeat_loss(model(probe), probe, length)
+    ablated = repeat_loss(run_with_ablation(model, probe, heads, kind="mean"), probe, length)
+    return 1 - (ablated.fresh - ablated.repeated) / (plain.fresh - plain.repeated)

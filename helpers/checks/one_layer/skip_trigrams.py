@@ -231,7 +231,7 @@ _TOP_SKIP_TRIGRAMS = declare(Exercise(
     number="2.8", title="ranking a head's skip-trigrams", functions=("top_skip_trigrams",),
     cases=_top_skip_trigram_cases, read=_read_triples, reference=circuits.top_skip_trigrams,
     withhold=(circuits.top_skip_trigrams, circuits.strongest_skip_trigrams, one_layer._strongest,
-              one_layer._skip_trigram_strength),
+              one_layer._skip_trigram_strength, circuits.strongest_products),
     block_forward=True,
     covers=frozenset({"several heads of one layer", "n = 1", "n above 1",
                       "BOS would rank among the strongest",
