@@ -253,7 +253,18 @@ def _crossed_cases(seed: int, model: object, language: object) -> list[Case]:
     model = copy.deepcopy(model)  # the checker's own copy: nothing done later can change it
     (random_model,) = random_models(seed, 1, d_vocab=language.d_vocab, n_ctx=model.cfg.n_ctx)
     ids = language.token_to_id
-    random_rule = tuple(int(t) for t in torch.randint(1, language.d_vocab, (3,), generator=rng))
+
+    def measurable(rule: tuple[int, int, int]) -> bool:
+        """Whether the rule moves its output by far more than float rounding on both models (a
+        change of 1e-6 nats would leave the tolerance, relative to it, below the rounding)."""
+        contexts, where = evals.filler_contexts(language, 60, 8, seed=seed + 3)  # case 2's
+        return all(abs(evals.skip_trigram_effect(m, contexts, where, *rule).mean_change) >= 1e-3
+                   for m in (model, random_model))  # fmt: skip
+
+    for _ in range(50):
+        random_rule = tuple(int(t) for t in torch.randint(1, language.d_vocab, (3,), generator=rng))
+        if measurable(random_rule):
+            break
     runs = [(model, (ids["keep"], ids["in"], ids["bay"])), (model, (ids["keep"], ids["at"], ids["mind"])),
             (model, random_rule), (random_model, random_rule)]  # fmt: skip
     cases = []
