@@ -9,7 +9,7 @@ it (`retrain=True`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,9 +22,11 @@ from helpers.data import (
     CopyingLanguage,
     RepeatedSegmentLanguage,
     SkipTrigramLanguage,
+    TextLanguage,
     induction_probe,
 )
 from helpers.models import AttnOnlyTransformer, HookedTransformerConfig, next_token_loss
+from helpers.phase_change import icl_band_score, icl_positions
 from helpers.train import Task, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +41,9 @@ class Recipe:
     training: TrainConfig
     # extra scores to record during training, besides the held-out loss
     evaluations: Callable[[], dict[str, Callable[[AttnOnlyTransformer], float]]] | None = None
+    # False: too long to train in a notebook (chapter 06's two-layer model): rebuilt only by
+    # `python3 course.py checkpoints NAME`; the tests retrain its first steps and compare
+    live: bool = True
 
 
 def _bigram_language() -> BigramLanguage:
@@ -78,6 +83,53 @@ def _induction_evaluations() -> dict[str, Callable[[AttnOnlyTransformer], float]
         "max_induction_score": lambda m: float(
             evals.induction_scores(m, tokens, PROBE_LENGTH)[-1].max()
         ),
+    }
+
+
+# Real text (chapter 06): the corpora and tokenizers of helpers.data.text
+def _prose() -> TextLanguage:
+    return TextLanguage("prose", d_vocab=1024, seed=0)
+
+
+def _code() -> TextLanguage:
+    return TextLanguage("code", d_vocab=512, seed=0)
+
+
+REAL_TEXT_REPEAT = 30  # tokens of held-out text in each span of the natural-repeat probe
+
+
+def _code_evaluations() -> dict[str, Callable[[AttnOnlyTransformer], float]]:
+    """The two-layer code model's scores while training: induction on repeated held-out code
+    (`TextLanguage.repeat_probe`) and on repeated uniformly random tokens, and the ICL score over
+    bands of positions of held-out code (the single-position score is noisy on real text)."""
+    language = _code()
+    natural = language.repeat_probe(batch_size=50, length=REAL_TEXT_REPEAT, seed=0)
+    uniform = induction_probe(language.d_vocab - 1, batch_size=50, seed=0)
+    heldout = language.held_out().sample(64, 256, generator=torch.Generator().manual_seed(12345))
+    early, late = icl_positions(heldout.shape[1])
+    half_width = round(0.05 * heldout.shape[1])
+
+    def icl_band(m: AttnOnlyTransformer) -> float:
+        losses = next_token_loss(m(heldout), heldout, per_token=True)
+        return icl_band_score(losses, early, late, half_width)
+
+    return {
+        "natural_repeat_ratio": lambda m: (
+            evals.repeated_tokens_loss(m, natural, REAL_TEXT_REPEAT).ratio
+        ),
+        "max_natural_previous_token_score": lambda m: float(
+            evals.previous_token_scores(m, natural)[0].max()
+        ),
+        "max_natural_prefix_matching": lambda m: float(
+            evals.induction_scores(m, natural, REAL_TEXT_REPEAT)[-1].max()
+        ),
+        "uniform_repeat_ratio": lambda m: (
+            evals.repeated_tokens_loss(m, uniform, PROBE_LENGTH).ratio
+        ),
+        "max_uniform_prefix_matching": lambda m: float(
+            evals.induction_scores(m, uniform, PROBE_LENGTH)[-1].max()
+        ),
+        "icl_band": icl_band,
     }
 
 
@@ -127,6 +179,51 @@ RECIPES: dict[str, Recipe] = {
         _INDUCTION_TRAINING,
         _induction_evaluations,
     ),
+    "prose_0l": Recipe(
+        "zero-layer model of the reference manual's prose and the docstrings (chapter 06)",
+        HookedTransformerConfig(
+            n_layers=0, d_model=128, n_heads=0, d_head=1, n_ctx=64, d_vocab=1024, seed=0
+        ),
+        _prose,
+        TrainConfig(n_steps=1000, batch_size=32, lr=1e-2, seed=0),
+    ),
+    "prose_1l": Recipe(
+        "one layer of eight heads on the same prose: copying heads and skip-trigrams (chapter 06)",
+        HookedTransformerConfig(
+            n_layers=1, d_model=128, n_heads=8, d_head=16, n_ctx=64, d_vocab=1024, seed=0
+        ),
+        _prose,
+        TrainConfig(n_steps=1000, batch_size=32, lr=5e-3, warmup_steps=100, seed=0),
+    ),
+    # Two heads of 32 per layer in d_model 64: one head per layer, or d_model 32 (chapter 05's
+    # fast recipe), never formed a previous-token head on code; the learning-rate warm-up keeps
+    # the first large steps from wrecking the wide initialisation
+    "code_2l": Recipe(
+        "two layers of two heads on the standard library's code: induction heads on real "
+        "text (chapter 06)",
+        HookedTransformerConfig(
+            n_layers=2,
+            d_model=64,
+            n_heads=2,
+            d_head=32,
+            n_ctx=256,
+            d_vocab=512,
+            initializer_range=0.15,
+            seed=0,
+        ),  # fmt: skip
+        _code,
+        TrainConfig(
+            n_steps=8000,
+            batch_size=32,
+            lr=1e-2,
+            warmup_steps=200,
+            final_lr=1e-3,
+            seed=0,
+            eval_every=100,
+        ),  # fmt: skip
+        _code_evaluations,
+        live=False,
+    ),
 }
 
 
@@ -137,8 +234,10 @@ def _check_name(name: str) -> Recipe:
 
 
 def _eval_loss(task: Task, n_ctx: int) -> Callable[[AttnOnlyTransformer], float]:
-    """Loss on a fixed held-out batch, over transitions only (positions >= 1 predicting the next)."""
-    tokens = task.sample(256, n_ctx, generator=torch.Generator().manual_seed(12345))
+    """Loss on a fixed held-out batch, over transitions only (positions >= 1 predicting the next):
+    fresh draws of a planted language, or windows of real text's held-out documents."""
+    source = task.held_out() if isinstance(task, TextLanguage) else task
+    tokens = source.sample(256, n_ctx, generator=torch.Generator().manual_seed(12345))
 
     def fn(model: AttnOnlyTransformer) -> float:
         return float(next_token_loss(model(tokens), tokens, per_token=True)[:, 1:].mean())
@@ -157,6 +256,26 @@ def train_recipe(name: str, progress: bool = True) -> Checkpoint:
     history = train(model, task, recipe.training, callbacks, progress=progress)
     history["training"] = recipe.training.to_dict()
     return Checkpoint(model=model, task=task.to_dict(), history=history)
+
+
+def train_text_model(
+    language: TextLanguage, n_layers: int, n_steps: int | None = None, progress: bool = True
+) -> AttnOnlyTransformer:
+    """A zero- or one-layer model trained on your own text (`TextLanguage` of a file or a folder),
+    with the shape and training of `prose_0l` or `prose_1l` (`n_steps` of them, by default as
+    many) and the text's own vocabulary."""
+    if n_layers not in (0, 1):
+        raise ValueError(
+            f"n_layers must be 0 or 1 (the shapes of prose_0l and prose_1l), got {n_layers!r}"
+        )
+    recipe = RECIPES[f"prose_{n_layers}l"]
+    training = recipe.training
+    if n_steps is not None:  # a shorter run warms up over the same share of its steps
+        share = training.warmup_steps / training.n_steps
+        training = replace(training, n_steps=n_steps, warmup_steps=int(share * n_steps))
+    model = AttnOnlyTransformer(replace(recipe.model, d_vocab=language.d_vocab))
+    train(model, language, training, progress=progress)
+    return model
 
 
 def checkpoint_path(name: str) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -43,9 +44,11 @@ _originals: dict[Callable, Callable] = {}
 
 def reference(fn: F) -> F:
     """Mark `fn` as a reference implementation that a checker may withhold."""
-    # named as the learner reaches it: helpers.circuits.one_layer.x -> circuits.x
+    # named as the learner reaches it: helpers.circuits.one_layer.x -> circuits.x, or as the
+    # module says, when its functions are not in its package's namespace (REFERENCE_PREFIX)
     package = fn.__module__.split(".")[1] if "." in fn.__module__ else fn.__module__
-    name = f"{package}.{fn.__name__}"
+    prefix = getattr(sys.modules.get(fn.__module__), "REFERENCE_PREFIX", package)
+    name = f"{prefix}.{fn.__name__}"
     key = f"{fn.__module__}.{fn.__qualname__}"
 
     @functools.wraps(fn)

@@ -193,6 +193,15 @@ FIGURES = {
         },
         windows={"two layers": (200, 300)},
     ),  # fmt: skip
+    "history_curves, 2 scores, 81 records": lambda c: plotting.history_curves(
+        list(range(0, 8100, 100)),
+        {
+            "best prefix matching (natural repeats)": torch.rand(81).tolist(),
+            "ICL score over bands (nats)": (-torch.rand(81)).tolist(),
+        },
+        marks={"prefix matching rises": 1200, "ICL falls": 1100},
+        title="code_2l: what formed, and when (recorded)",
+    ),  # fmt: skip
     "phase_change_panel, 2 x 4 heads, 31 tokens": lambda c: plotting.phase_change_panel(
         list(range(0, 620, 20)),
         c["patterns"][None].repeat(31, 1, 1, 1, 1),

@@ -241,6 +241,15 @@ def test_phase_change_curves_draw_every_run_and_window():
     _png(fig)
 
 
+def test_history_curves_draw_a_panel_per_score_and_a_line_per_mark():
+    fig = plotting.history_curves([0, 100, 200], {"a": [0.1, 0.2, 0.4], "b": [0.0, -0.1, -0.3]},
+                                  marks={"rise": 100, "fall": None}, title="t")  # fmt: skip
+    assert len(fig.axes) == 2
+    assert [len(ax.lines) for ax in fig.axes] == [2, 2]  # the curve and the one drawn mark
+    assert fig.axes[0].lines[1].get_xdata()[0] == 100
+    _png(fig)
+
+
 def test_formation_steps_show_runs_that_never_formed():
     fig = plotting.formation_steps({"base": 150, "slow": None}, {"base": 150, "slow": 300})
     ax = fig.axes[0]

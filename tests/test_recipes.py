@@ -17,7 +17,7 @@ from helpers.data import (
     induction_probe,
 )
 from helpers.evals import continuation_effect
-from helpers.models import next_token_loss
+from helpers.models import AttnOnlyTransformer, next_token_loss
 
 
 @pytest.mark.parametrize("name", list(recipes.RECIPES))
@@ -102,3 +102,35 @@ def test_retraining_induction_models_reproduces_chapter_04_claims():
     assert evals.repeated_tokens_loss(one, tokens, PROBE_LENGTH).ratio >= 0.6
     assert evals.previous_token_scores(two, tokens)[0].max() >= 0.8
     assert evals.induction_scores(two, tokens, PROBE_LENGTH)[1].max() >= 0.6
+
+
+# Real text (chapter 06)
+
+
+def test_a_model_of_your_own_text_trains_on_its_vocabulary(tmp_path):
+    from helpers.data import TextLanguage
+
+    for i in range(3):
+        (tmp_path / f"part{i}.txt").write_text("the cat sat on the mat. " * 400 + f"part {i}\n")
+    language = TextLanguage(tmp_path, 64)
+    for n_layers in (0, 1):
+        model = recipes.train_text_model(language, n_layers, n_steps=3, progress=False)
+        assert model.cfg.d_vocab == language.d_vocab and model.cfg.n_layers == n_layers
+    with pytest.raises(ValueError, match="n_layers must be 0 or 1"):
+        recipes.train_text_model(language, 2)
+
+
+@pytest.mark.slow  # trains the first 100 steps of a model that took half an hour
+def test_retraining_the_code_model_reproduces_its_first_steps():
+    """code_2l is too long to retrain in the suite: its first 100 steps are retrained and compared
+    with the checkpoint's history (same seeds, same machine type: equal to float rounding)."""
+    from helpers.train import train
+
+    recipe = recipes.RECIPES["code_2l"]
+    stored = recipes.load("code_2l").history
+    model = AttnOnlyTransformer(recipe.model)
+    history = train(model, recipe.make_task(), recipe.training, stop_when=lambda h: True,
+                    progress=False)  # fmt: skip
+    steps = len(history["loss"])
+    assert steps == recipe.training.eval_every
+    assert history["loss"] == pytest.approx(stored["loss"][:steps], rel=1e-4)

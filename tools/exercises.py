@@ -34,7 +34,7 @@ STATED = re.compile(r"\*\*Time:\*\* (about [^.]*?)\. ")
 CHAPTER_TITLE = re.compile(r"^# \d\d · (.*)$", re.M)
 SHORT_TITLES = {  # the chapters as the tables name them
     "00": "residual stream", "01": "bigrams", "02": "skip-trigrams", "03": "composition",
-    "04": "induction heads", "05": "phase change",
+    "04": "induction heads", "05": "phase change", "06": "real text",
 }  # fmt: skip
 
 

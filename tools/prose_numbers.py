@@ -151,6 +151,27 @@ def _about(stated: float, measured: float) -> bool:
     return measured / 1.5 <= stated <= measured * 1.5
 
 
+def _recipe(name: str):
+    from helpers import recipes
+
+    return recipes.RECIPES[name]
+
+
+def _corpus_python() -> str:
+    import json
+    import lzma
+
+    payload = json.loads(lzma.decompress((ROOT / "data" / "text" / "prose.json.xz").read_bytes()))
+    return payload["python"]
+
+
+def _unseen_pair_share(name: str) -> float:
+    from helpers.evals import real_text
+
+    counts = real_text.bigram_counts(_language(name))
+    return float((counts == 0).double().mean())
+
+
 def _circuitsvis_megabytes() -> float:
     from importlib.resources import files
 
@@ -161,6 +182,7 @@ def _registered() -> list[Registered]:
     from helpers import evals, phase_change
     from helpers.checks.induction import by_hand as induction_checks
     from helpers.data import PROBE_LENGTH
+    from helpers.evals import real_text
 
     copying, bigrams = _language("copying_2l"), _language("bigram_0l")
     skip, repeats = _language("skip_trigrams_1l"), _language("induction_2l")
@@ -270,6 +292,40 @@ def _registered() -> list[Registered]:
           live("the sweep", 10, 15)),
         R("05", "**segments of 4-8 tokens: never.**", S, "",
           lambda: "segments of 4-8 tokens" in phase_change.sweep_settings()),
+        # 06
+        R("06", "at a vocabulary of 1,024 tokens", S, "", shape("prose_1l", d_vocab=1024)),
+        R("06", "cut from CPython 3.11.7's standard library", S, "", lambda: _corpus_python() == "3.11.7"),
+        R("06", "(GPT-2's kind)", D, "a model's name"),
+        R("06", "95 % of the pairs of a 1,024-token vocabulary are", M, "",
+          lambda: round(100 * _unseen_pair_share("prose_0l")) == 95),
+        R("06", "The zero-layer model trained on the prose for 1,000 steps", S, "",
+          lambda: _recipe("prose_0l").training.n_steps == 1000),
+        R("06", "over the pairs seen at least 5 times among the 200 most frequent tokens", S, "",
+          lambda: (_default(real_text.bigram_agreement, "min_count"),
+                   _default(real_text.bigram_agreement, "top")) == (5, 200)),
+        R("06", "eight heads of 16 dimensions (d_model 128, n_ctx 64)", S, "",
+          shape("prose_1l", n_heads=8, d_head=16, d_model=128, n_ctx=64)),
+        R("06", "same prose for 1,000 steps", S, "", lambda: _recipe("prose_1l").training.n_steps == 1000),
+        R("06", "had 10 of its 12 heads copying", C, "the framework paper, one-layer models: copying heads"),
+        R("06", "to see more heads cross 0.7", S, "", lambda: _code("06", "c >= 0.7")),
+        R("06", "a thousand million here (4 GB)", M, "", lambda: round(1024**3 * 4 / 1e9) == 4),
+        R("06", "words seen at least 100 times", S, "",
+          lambda: _default(real_text.readable_tokens, "min_count") == 100),
+        R("06", "200 contexts of real held-out", S, "",
+          lambda: _default(real_text.skip_trigram_probe, "n_contexts") == 200),
+        R("06", "over every head's 40 strongest readable", S, "",
+          lambda: _default(real_text.find_skip_trigram_bugs, "per_head") == 40),
+        R("06", "two heads of 32 dimensions per layer (d_model 64) and a context of 256", S, "",
+          shape("code_2l", n_layers=2, n_heads=2, d_head=32, d_model=64, n_ctx=256)),
+        R("06", "for 8,000 steps (about 65 M tokens", S, "",
+          lambda: (_recipe("code_2l").training.n_steps, round(8000 * 32 * 256 / 1e6)) == (8000, 66)
+          and _recipe("code_2l").training.batch_size == 32),
+        R("06", "one head per layer in d_model 32", S, "",
+          lambda: (phase_change.sweep_settings()["base"][0].n_heads,
+                   phase_change.sweep_settings()["base"][0].d_model) == (1, 32)),
+        R("06", "most of the 512 tokens are rare", S, "", shape("code_2l", d_vocab=512)),
+        R("06", "a 30-token span of a", S, "", lambda: _code("06", "length=30")),
+        R("06", "recorded every 100 steps", S, "", lambda: _recipe("code_2l").training.eval_every == 100),
     ]
     # fmt: on
 

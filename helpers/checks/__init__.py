@@ -16,6 +16,7 @@ from helpers.checks import (  # noqa: F401
     induction,
     one_layer,
     phase_change,
+    real_text,
     residual_stream,
 )
 from helpers.checks._base import CheckFailed, ExerciseNotDone, fixed_seed

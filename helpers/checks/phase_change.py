@@ -54,11 +54,11 @@ def _icl_cases(seed: int) -> list[Case]:
         where = f"{batch} sequences of {n} tokens ({dtype}), early={early}, late={late}"
         cases.append(Case((losses, early, late), expected,
                           [(d, v) for d, v in mistakes if v is not None], where, tags=tags,
-                          describe=_icl_describer(expected)))  # fmt: skip
+                          describe=icl_describer(expected)))  # fmt: skip
     return cases
 
 
-def _icl_describer(expected: float):
+def icl_describer(expected: float):
     """What to say of a wrong score; one of the right size and the other sign (an absolute value,
     where the cases' scores have both signs, so that no single mistake explains it) is said."""
 

@@ -32,6 +32,8 @@ from helpers.evals.head_scores import repeat_loss
 from helpers.models import AttnOnlyTransformer, as_index, next_token_loss
 from helpers.references import reference
 
+# how a withheld reference of this module is named to the learner (helpers.references)
+REFERENCE_PREFIX = "evals.real_text"
 # The smoothing of the bigram table: (count + BETA · unigram) / (row total + BETA). 30 is the
 # value that gave the prose corpus's held-out text the lowest loss among 1, 3, 10, 30, 100, 300.
 BETA = 30.0

@@ -50,6 +50,7 @@ def icl_score(
     return icl_score_from_losses(losses, early, late)
 
 
+@reference
 def icl_band_score(losses: Tensor, early: int, late: int, half_width: int) -> float:
     """The ICL score over bands of positions: mean loss of the tokens at positions
     `late ± half_width` minus that of the tokens at `early ± half_width` (`losses` as for

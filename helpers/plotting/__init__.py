@@ -73,6 +73,7 @@ from helpers.plotting.panels import (
 )
 from helpers.plotting.training import (
     formation_steps,
+    history_curves,
     phase_change_curves,
     phase_change_panel,
     update_phase_change_panel,
@@ -117,6 +118,7 @@ __all__ = [
     "phase_change_panel",
     "update_phase_change_panel",
     "phase_change_curves",
+    "history_curves",
     "formation_steps",
     "read_share_bars",
     "update_read_share_bars",

@@ -228,3 +228,34 @@ def formation_steps(
                         textcoords="offset points", va="center", fontsize=9,
                         color="tab:green" if right else "tab:red")  # fmt: skip
     return fig
+
+
+def history_curves(
+    steps: Sequence[int],
+    curves: Mapping[str, Sequence[float]],
+    *,
+    marks: Mapping[str, int | None] | None = None,
+    title: str = "",
+) -> Figure:
+    """Recorded scores over training, one panel per score (`curves`: label -> values at
+    `steps`), with a dashed vertical line at each step of `marks` (label -> step; None: not
+    drawn), e.g. where each change starts (`phase_change.change_onset`)."""
+    fig = CourseFigure(figsize=(MAX_WIDTH_IN, 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(curves)))
+    for ax, (label, values) in zip(axes, curves.items(), strict=True):
+        ax.plot(steps, values, color="C0")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    for i, (label, step) in enumerate((marks or {}).items()):
+        if step is None:
+            continue
+        for ax in axes:
+            ax.axvline(step, color=f"C{i + 1}", ls="--", lw=1.2,
+                       label=f"{label} (step {step})")  # fmt: skip
+    if marks:
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
+                   ncols=max(1, len(marks)))  # fmt: skip
+    if title:
+        fig.suptitle(title)
+    return fig
