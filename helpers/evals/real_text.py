@@ -27,7 +27,6 @@ from helpers.circuits import (
 from helpers.data import BOS, TextLanguage
 from helpers.data.tokenizer import UNK
 from helpers.evals.ablations import run_with_ablation
-from helpers.evals.continuation import skip_trigram_effect
 from helpers.evals.head_scores import repeat_loss
 from helpers.models import AttnOnlyTransformer, as_index, next_token_loss
 from helpers.references import reference
@@ -190,14 +189,21 @@ def skip_trigram_probe(
     source, dest, output = (as_index(n, t, V) for n, t in zip(("source", "destination", "output"),
                                                               triple, strict=True))  # fmt: skip
     contexts, where = text_contexts(language, n_contexts, seed=seed)
-    effect = skip_trigram_effect(model, contexts, where, source, dest, output)
     words = [w for w in frequent_words(language, controls + 1) if w != source][:controls]
-    control = [skip_trigram_effect(model, contexts, where, w, dest, output) for w in words]
-    return Probe(
-        (source, dest, output),
-        effect.mean_logit_change,
-        sum(c.mean_logit_change for c in control) / len(control),
-    )
+    # what `skip_trigram_effect` measures, for the source and every control word in one batch:
+    # BOS + context (with the word written at `where`, or as it is) + destination
+    variants = []
+    for word in (source, *words):
+        written = contexts.clone()
+        written[torch.arange(len(contexts)), where] = word
+        variants.append(written)
+    variants.append(contexts)
+    body = torch.cat(variants)
+    tokens = torch.cat([torch.full((len(body), 1), BOS), body, torch.full((len(body), 1), dest)], 1)
+    with torch.no_grad():
+        last = model(tokens)[:, -1, output].double().view(len(variants), -1)
+    changes = (last[:-1] - last[-1]).mean(-1)  # [source, control words]
+    return Probe((source, dest, output), float(changes[0]), float(changes[1:].mean()))
 
 
 def readable_tokens(language: TextLanguage, min_count: int = 100) -> list[int]:
