@@ -426,8 +426,24 @@ def realtext() -> None:
         print(f"  {name:18s} retrained in {time.perf_counter() - start:5.1f} s")
 
 
+TOKENIZERS = "tokenizers==0.23.3"  # Hugging Face's; measured against, never a course dependency
+
+
+def tokenizers() -> None:
+    """Chapter 06's tokenizer against a byte-level BPE (tools/tokenizer_comparison.py), with
+    `tokenizers` installed into .venv-tokenizers/ (its Rust core alone: no other package)."""
+    target = ROOT / ".venv-tokenizers"
+    if not (target / "tokenizers").is_dir():
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                        "--target", str(target), TOKENIZERS], check=True)  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), str(ROOT)]))
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "tokenizer_comparison.py")],
+                         capture_output=True, text=True, check=True, env=env)  # fmt: skip
+    print(out.stdout.rstrip())
+
+
 SECTIONS = {"notebooks": notebooks, "widgets": widget_response, "training": training,
-            "chapter05": chapter05, "realtext": realtext, "peers": peers,
+            "chapter05": chapter05, "realtext": realtext, "tokenizers": tokenizers, "peers": peers,
             "install": install}  # fmt: skip
 
 

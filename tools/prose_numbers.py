@@ -307,7 +307,6 @@ def _registered() -> list[Registered]:
           shape("prose_1l", n_heads=8, d_head=16, d_model=128, n_ctx=64)),
         R("06", "same prose for 1,000 steps", S, "", lambda: _recipe("prose_1l").training.n_steps == 1000),
         R("06", "had 10 of its 12 heads copying", C, "the framework paper, one-layer models: copying heads"),
-        R("06", "to see more heads cross 0.7", S, "", lambda: _code("06", "c >= 0.7")),
         R("06", "a thousand million here (4 GB)", M, "", lambda: round(1024**3 * 4 / 1e9) == 4),
         R("06", "words seen at least 100 times", S, "",
           lambda: _default(real_text.readable_tokens, "min_count") == 100),

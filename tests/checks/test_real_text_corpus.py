@@ -4,6 +4,7 @@ bigram table (6.2) and the strongest skip-trigram products without the cube (6.3
 import math
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +63,10 @@ def test_document_bigram_counts_accepts_right_answers(answer):
         (lambda docs, V: counts_reference([torch.cat(docs)], V), "joined before pairing"),
         (lambda docs, V: counts_reference(docs[:1], V), "only the first document"),
         (lambda docs, V: counts_reference(docs[:-1], V), "the last document was left out"),
+        (  # `if len(doc) > 2`: one off, a document of two tokens holds one pair
+            lambda docs, V: counts_reference([d for d in docs if len(d) > 2], V),
+            "the documents of two tokens were left out",
+        ),
         (counts_once, "counted once per document however often it occurs there"),
         (
             lambda docs, V: (counts_reference(docs, V) > 0).long(),
@@ -138,14 +143,14 @@ def test_smoothed_bigram_log_probs_accepts_right_answers(answer):
 
 
 def smoothed_wrong(counts, beta, add_one=1, axis=0, plus_v=True, beta_below=True, row_axis=1,
-                   uniform=False, unigram_row=False):  # fmt: skip
+                   uniform=False, unigram_row=False, keepdim=True):  # fmt: skip
     c = counts.double()
     V = c.shape[1]
     unigram = (c.sum(axis) + add_one) / (c.sum() + (V * add_one if plus_v else 0))
     if uniform:
         unigram = torch.full((V,), 1 / V, dtype=torch.float64)
     smoothing = beta * (unigram[:, None] if unigram_row else unigram)
-    return ((c + smoothing) / (c.sum(row_axis, keepdim=True) + beta * beta_below)).log()
+    return ((c + smoothing) / (c.sum(row_axis, keepdim=keepdim) + beta * beta_below)).log()
 
 
 @pytest.mark.parametrize(
@@ -160,6 +165,10 @@ def smoothed_wrong(counts, beta, add_one=1, axis=0, plus_v=True, beta_below=True
         (lambda c, b: smoothed_wrong(c, b, uniform=True), "the smoothing is uniform"),
         (lambda c, b: smoothed_wrong(c, b, unigram_row=True), "lined up with the rows"),
         (lambda c, b: smoothed_reference(c, b) / math.log(2), "log base 2"),
+        (
+            lambda c, b: smoothed_wrong(c, b, keepdim=False),  # entry [c, n] / row n's total
+            "without keepdim=True",
+        ),
         (lambda c, b: smoothed_reference(c, 30.0), "Exercise 6.2"),  # beta fixed at the default
         (lambda c, b: torch.zeros(c.shape, dtype=torch.float64), "Exercise 6.2"),
         (real_text.smoothed_bigram_log_probs, "which this exercise withholds"),
@@ -326,6 +335,62 @@ def products_k1(qk, ov, n):
 )
 def test_strongest_products_rejects(wrong, diagnosis):
     assert_rejects(checks.check_strongest_products, wrong, diagnosis=diagnosis)
+
+
+def numpy_cube(qk, ov, n):
+    """The cube built in numpy, which the torch mode does not see."""
+    q, o = qk.numpy(), ov.numpy()
+    V = q.shape[0]
+    cube = q[:, :, None] * o[:, None, :]
+    flat = np.argsort(-cube, axis=None)[:n]
+    return [(float(cube.flat[i]), (int(i // (V * V)), int(i // V % V), int(i % V)))
+            for i in flat if cube.flat[i] > 0]  # fmt: skip
+
+
+def numpy_einsum_cube(qk, ov, n):
+    cube = np.einsum("sd,so->sdo", qk.float().numpy(), ov.float().numpy())
+    V = cube.shape[0]
+    flat = np.argsort(-cube, axis=None)[:n]
+    return [(float(cube.flat[i]), (int(i // (V * V)), int(i // V % V), int(i % V)))
+            for i in flat if cube.flat[i] > 0]  # fmt: skip
+
+
+@pytest.mark.parametrize("wrong", [numpy_cube, numpy_einsum_cube])
+def test_strongest_products_refuses_the_cube_in_numpy(wrong):
+    assert_rejects(checks.check_strongest_products, wrong, diagnosis="memory outside torch")
+
+
+def products_in_numpy(qk, ov, n):
+    """The right answer in numpy: each source's top k by argsort, then the [V, k, k] products."""
+    q, o = qk.numpy(), ov.numpy()
+    k = min(n, q.shape[1])
+    d = np.argsort(-q, axis=1)[:, :k]
+    out = np.argsort(-o, axis=1)[:, :k]
+    p = np.take_along_axis(q, d, 1)[:, :, None] * np.take_along_axis(o, out, 1)[:, None, :]
+    found = []
+    for i in np.argsort(-p, axis=None, kind="stable")[:n]:
+        s, a, b = i // (k * k), i // k % k, i % k
+        if p.flat[i] > 0:
+            found.append((float(p.flat[i]), (int(s), int(d[s, a]), int(out[s, b]))))
+    return found
+
+
+def products_in_python_lists(qk, ov, n):
+    """Python lists of V² entries (the factors, each source's best), never V³ at once."""
+    q, o = qk.tolist(), ov.tolist()
+    k = min(n, len(q[0]))
+    found = []
+    for s in range(len(q)):
+        dests = sorted(range(len(q[s])), key=lambda d: -q[s][d])[:k]
+        outs = sorted(range(len(o[s])), key=lambda x: -o[s][x])[:k]
+        found += [(q[s][d] * o[s][x], (s, d, x)) for d in dests for x in outs]
+    found.sort(key=lambda t: -t[0])
+    return [t for t in found[:n] if t[0] > 0]
+
+
+@pytest.mark.parametrize("answer", [products_in_numpy, products_in_python_lists])
+def test_strongest_products_accepts_numpy_and_python_lists(answer):
+    assert_accepts(checks.check_strongest_products, answer)
 
 
 def test_the_size_limit_holds_only_while_the_answer_runs():

@@ -1,6 +1,7 @@
 """Chapter 06's checkers of exercises 6.4 to 6.6 accept right answers in several forms and reject
 plausible wrong answers with the right diagnosis."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,6 +70,26 @@ def test_crossed_continuations_accepts_lists_and_numpy_counts():
 )
 def test_crossed_continuations_rejects(wrong, diagnosis):
     assert_rejects(checks.check_crossed_continuations, wrong, diagnosis=diagnosis)
+
+
+def test_crossed_continuations_accepts_arrays_empty_ones_included():
+    # a case has no crossed continuation: np.array([]) is 1-d float64, torch.tensor([]) float32
+    for to_array in (np.array, torch.tensor,
+                     lambda found: np.array(found, dtype=np.int64),
+                     lambda found: torch.tensor(found, dtype=torch.long)):  # fmt: skip
+        assert_accepts(checks.check_crossed_continuations,
+                       lambda r, c, to_array=to_array: to_array(crossed_reference(r, c)))  # fmt: skip
+
+
+def test_crossed_continuations_names_a_check_of_both_crossed_bigrams():
+    def both_unseen(rules, counts):  # kept only when the other crossing's bigram is unseen too
+        kept = [r for r in rules if counts[r[1], r[2]] > 0]
+        return sorted({(s1, d1, o2) for s1, d1, o1 in kept for s2, d2, o2 in kept
+                       if s1 == s2 and d1 != d2 and o1 != o2
+                       and counts[d1, o2] == 0 and counts[d2, o1] == 0})  # fmt: skip
+
+    assert_rejects(checks.check_crossed_continuations, both_unseen,
+                   diagnosis="the pair's other crossed bigram", seeds=range(20))  # fmt: skip
 
 
 def test_crossed_continuations_rejects_support_read_the_wrong_way():
@@ -147,6 +168,8 @@ def _from_losses(formula):
          "upside down"),
         (_from_losses(lambda p, a: 1 - (a.repeated - a.fresh) / (p.fresh - p.repeated)),
          "swapped in one"),
+        (_from_losses(lambda p, a: 1 - abs(a.fresh - a.repeated) / abs(p.fresh - p.repeated)),
+         "absolute values"),  # a case's share is above 1: its ablated gain is below 0
         (lambda m, p, n, h: gain_reference(m, p, n, h[-1:]), "only the last head"),
         (lambda m, p, n, h: sum(gain_reference(m, p, n, [x]) for x in h), "one at a time"),
         (lambda m, p, n, h: 0.5, None),
@@ -215,6 +238,34 @@ def test_icl_band_score_accepts_loops_row_means_and_float64():
 )
 def test_icl_band_score_rejects(wrong, diagnosis):
     assert_rejects(checks.check_icl_band_score, wrong, diagnosis=diagnosis or "")
+
+
+def band_over_2w(losses, early, late, half_width):
+    """Sums divided by 2 * half_width per sequence, not 2 * half_width + 1: 0 / 0 at width 0."""
+    band = torch.arange(-half_width, half_width + 1)
+    count = losses.shape[0] * 2 * half_width
+    return float(
+        losses[:, late - 1 + band].sum() / count - losses[:, early - 1 + band].sum() / count
+    )
+
+
+def band_over_2w_python(losses, early, late, half_width):
+    band = torch.arange(-half_width, half_width + 1)
+    count = losses.shape[0] * 2 * half_width
+    late_sum, early_sum = (
+        float(losses[:, late - 1 + band].sum()),
+        float(losses[:, early - 1 + band].sum()),
+    )
+    return late_sum / count - early_sum / count
+
+
+@pytest.mark.parametrize(
+    "wrong, diagnosis",
+    [(band_over_2w, "a sum divided by a count of 0"),
+     (band_over_2w_python, "2 * half_width + 1 positions")],
+)  # fmt: skip
+def test_icl_band_score_says_a_band_holds_2w_plus_1_positions(wrong, diagnosis):
+    assert_rejects(checks.check_icl_band_score, wrong, diagnosis=diagnosis)
 
 
 def test_icl_band_score_says_when_only_the_sign_is_wrong():

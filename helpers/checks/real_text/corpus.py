@@ -45,17 +45,17 @@ def _document_count_cases(seed: int) -> list[Case]:
     """Three corpora of documents of different lengths: one as the notebook's corpus stores its
     tokens (int32), with a document of a single token (no pair at all); one whose vocabulary is
     larger than the tokens drawn need (its last ids never occur, so the table's size must come
-    from d_vocab, not from the tokens); and one of long documents over two letters, whose four
+    from d_vocab, not from the tokens), with a document of two tokens (one pair); and one of long documents over two letters, whose four
     cells hold several hundred pairs each (counts kept in 8 bits wrap round)."""
     g = generator(seed)
     layouts = [  # (document lengths, letters drawn, unused ids, dtype)
         ([7, 1, 12, 5, 9], 6, 0, torch.int32),
-        ([11, 4, 8, 6], 5, 4, torch.int64),
+        ([11, 2, 8, 6], 5, 4, torch.int64),
         ([420, 380, 450], 2, 0, torch.int64),
     ]
     cases = []
     for i, (sizes, letters, unused, dtype) in enumerate(layouts):
-        sizes = [n + int(torch.randint(0, 3, (), generator=g)) * (n > 1) for n in sizes]
+        sizes = [n + int(torch.randint(0, 3, (), generator=g)) * (n > 2) for n in sizes]
         documents = _documents(seed + 10 + i, sizes, letters, dtype)
         V = letters + unused
         expected = _counts(documents, V)
@@ -70,6 +70,9 @@ def _document_count_cases(seed: int) -> list[Case]:
              _counts(documents[:1], V)),
             ("the last document was left out: count every document of the list.",
              _counts(documents[:-1], V)),
+            ("the documents of two tokens were left out: a document of two tokens holds one "
+             "pair; only a document of one token (or none) has no pair.",
+             _counts([doc for doc in documents if len(doc) > 2], V)),
             ("each pair was counted once however often it occurs: `counts[c, n] += 1` with "
              "tensors of indices writes each cell once. Use `torch.bincount` (or `index_put_` "
              "with accumulate=True).", (expected > 0).long()),
@@ -99,6 +102,8 @@ def _document_count_cases(seed: int) -> list[Case]:
             tags.add("a count above 255")
         if min(sizes) <= 1:
             tags.add("a document of one token")
+        if 2 in sizes:
+            tags.add("a document of two tokens")
         if not torch.equal(_counts([joined], V), expected):
             tags.add("pairs across documents would change the counts")
         where = (f"{len(documents)} documents of {', '.join(map(str, sizes))} tokens ({dtype}), "
@@ -113,7 +118,8 @@ declare(Exercise(
     # next_token_counts gives the same answer on documents of one length, stacked
     withhold=(real_text.document_bigram_counts, next_token_counts),
     covers=frozenset({"int32 token ids", "tokens that never occur", "a count above 255",
-                      "a document of one token", "pairs across documents would change the counts"}),
+                      "a document of one token", "a document of two tokens",
+                      "pairs across documents would change the counts"}),
     on_error={"RuntimeError": "If it is about a shape that is invalid for the input's size: "
               "torch.bincount returns only as many counts as the largest code + 1, and ids up "
               "to d_vocab - 1 may never occur; pass minlength=d_vocab * d_vocab."},
@@ -128,7 +134,7 @@ declare(Exercise(
 def _smoothed(counts: Tensor, beta: float, *, add_one: bool = True, axis: int = 0,
               unigram_total: bool = True, with_beta_below: bool = True,
               uniform: bool = False, unigram_of_row: bool = False,
-              normalise_axis: int = 1) -> Tensor:  # fmt: skip
+              normalise_axis: int = 1, keepdim: bool = True) -> Tensor:  # fmt: skip
     """The smoothed table, written out once with every common mistake as a switch (the defaults
     give the right answer, in float64)."""
     c = counts.double()
@@ -138,7 +144,7 @@ def _smoothed(counts: Tensor, beta: float, *, add_one: bool = True, axis: int = 
     if uniform:
         unigram = torch.full((V,), 1.0 / V, dtype=torch.float64)
     smoothing = beta * (unigram[:, None] if unigram_of_row else unigram)
-    total = c.sum(normalise_axis, keepdim=True) + (beta if with_beta_below else 0.0)
+    total = c.sum(normalise_axis, keepdim=keepdim) + (beta if with_beta_below else 0.0)
     return ((c + smoothing) / total).log()
 
 
@@ -187,6 +193,10 @@ def _smoothed_cases(seed: int) -> list[Case]:
              "vector, not unigram[:, None].", _smoothed(counts, beta, unigram_of_row=True)),
             ("that is log base 2; log-probabilities in this course are natural logs (nats).",
              expected / math.log(2)),
+            ("the row totals were taken without keepdim=True: counts.sum(1) is [d_vocab], which "
+             "broadcasts along the last axis, so entry [c, n] was divided by row n's total; "
+             "counts.sum(1, keepdim=True) is [d_vocab, 1], one total per row.",
+             _smoothed(counts, beta, keepdim=False)),
         ]  # fmt: skip
         tags = {str(dtype).removeprefix("torch.") + " counts"}
         if (counts.sum(1) == 0).any():

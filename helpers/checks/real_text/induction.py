@@ -36,7 +36,8 @@ def _crossed(
     as counts[d, o] ("d, o"), counts[o, d] ("o, d") or not at all ("none"), of both rules of a
     pair or (`both_supported=False`) of the first only; `check` keeps a
     crossed bigram counts[d1, o2] that is 0 ("== 0"), one that is not ("> 0"), counts[o2, d1]
-    that is 0 ("transposed") or any ("none"); `orders` pairs every two rules both ways ("both")
+    that is 0 ("transposed"), any ("none") or only when the other crossing's, counts[d2, o1], is 0
+    too ("both"); `orders` pairs every two rules both ways ("both")
     or only an earlier rule with a later one ("earlier first") or the other way ("later first");
     `same_source=False` crosses rules of different sources; `unique=False` keeps a triple crossed
     from two pairs twice. (Two rules of one source that share a destination or an output cross
@@ -53,7 +54,8 @@ def _crossed(
             if (same_source and s1 != s2) or d1 == d2 or o1 == o2:
                 continue
             keep = {"== 0": counts[d1][o2] == 0, "> 0": counts[d1][o2] > 0,
-                    "transposed": counts[o2][d1] == 0, "none": True}[check]  # fmt: skip
+                    "transposed": counts[o2][d1] == 0, "none": True,
+                    "both": counts[d1][o2] == 0 and counts[d2][o1] == 0}[check]  # fmt: skip
             if keep:
                 found.append((s1, d1, o2))
     return sorted(set(found)) if unique else sorted(found)
@@ -106,6 +108,10 @@ def _crossed_mistakes(rules: list[Triple], counts: Tensor, expected: list[Triple
          _crossed(rules, counts, check="none")),
         ("the crossed bigrams kept are those the corpus shows; keep those it never shows, "
          "counts[first destination, second output] == 0.", _crossed(rules, counts, check="> 0")),
+        ("a crossed skip-trigram was kept only when the pair's other crossed bigram, counts[second "
+         "destination, first output], is 0 too: each crossed skip-trigram (source, first "
+         "destination, second output) depends on its own bigram only, counts[d1, o2] == 0.",
+         _crossed(rules, counts, check="both")),
         ("the crossed bigram was read as counts[second output, first destination]: its bigram is "
          "first destination → second output, counts[d1, o2].",
          _crossed(rules, counts, check="transposed")),
@@ -252,6 +258,8 @@ def _read_crossed(out: object, case: Case) -> list[Triple]:
     _, counts = case.args
     if isinstance(out, np.ndarray):
         out = torch.from_numpy(out)
+    if isinstance(out, Tensor) and out.numel() == 0:
+        out = []  # no crossed skip-trigram: np.array([]) is 1-d, and float64, torch.tensor([]) float32
     if isinstance(out, Tensor) and out.ndim == 2 and out.shape[1] == 3:
         if out.dtype.is_floating_point:
             raise CheckFailed(ex, f"the triples must hold token ids (integers), got {out.dtype}.")
@@ -325,6 +333,9 @@ def _ablated_gain_mistakes(model, probe: Tensor, length: int, heads) -> list[tup
          "1 - gain ablated / gain without.", 1 - _gain(plain) / _gain(ablated)),
         ("repeated and fresh were swapped in one of the two gains (a gain is fresh - repeated, "
          "both times).", 1 + _gain(ablated) / _gain(plain)),
+        ("the gains were taken as absolute values: a gain below 0 (the ablated model finds the "
+         "repeat harder than the first copy) is what makes the share above 1; keep its sign.",
+         1 - abs(_gain(ablated)) / abs(_gain(plain))),
     ]  # fmt: skip
     if len(heads) > 1:
         one_at_a_time = [_gains(model, probe, length, [head])[1] for head in heads]
@@ -350,6 +361,7 @@ def _ablated_gain_cases(seed: int) -> list[Case]:
     cases = []
     layouts = ((0, 4, 3, "one head"), (0, 6, 2, "two heads of one layer"),
                (1, 3, 3, "heads of both layers"), (1, 5, 2, "one head"))  # fmt: skip
+    wanted = ["below 0", "above 1"]  # shares the text names, each in some case
     for i, (m, length, repeats, kind) in enumerate(layouts):
         model = models[m]
         H = model.cfg.n_heads
@@ -357,16 +369,35 @@ def _ablated_gain_cases(seed: int) -> list[Case]:
         layer = int(torch.randint(2, (), generator=rng))
         heads = {"one head": [(1 - m, first)], "two heads of one layer": [(layer, first),
                  (layer, second)], "heads of both layers": [(0, first), (1, second)]}[kind]  # fmt: skip
+        # each case looks first for a share still wanted (the first case below 0, the second
+        # above 1: an ablated gain below 0, so that abs() of a gain shows), a later case for what
+        # an earlier one did not find; failing that, the first probe of a clear gain
+        want = wanted[:1] if i == 0 else wanted[:2]
+        probe = None
         for attempt in range(200):
-            probe = _repeat_probe(model.cfg.d_vocab, 6, length, repeats, seed + 1000 * i + attempt)
-            plain, ablated = _gains(model, probe, length, heads)
+            if probe is not None and attempt >= 60:
+                break  # a clear gain found, the share wanted not: leave it to a later case
+            drawn = _repeat_probe(model.cfg.d_vocab, 6, length, repeats, seed + 1000 * i + attempt)
+            plain, ablated = _gains(model, drawn, length, heads)
             share = 1 - _gain(ablated) / _gain(plain)
-            if _gain(plain) >= 0.5 and abs(share) >= 0.05:
+            if _gain(plain) < 0.5 or abs(share) < 0.05:
+                continue
+            probe = drawn if probe is None else probe
+            found = "below 0" if share < -0.05 else "above 1" if share > 1.05 else None
+            if not want or found in want:
+                probe = drawn
+                if found in wanted:
+                    wanted.remove(found)
                 break
+        probe = drawn if probe is None else probe  # (not reached: a clear gain comes soon)
         expected = real_text.ablated_gain(model, probe, length, heads)
         where = (f"L{', L'.join(f'{a}H{b}' for a, b in heads)} mean-ablated in a two-layer model, "
                  f"a span of {length} tokens × {repeats}")  # fmt: skip
         tags = {kind, f"{repeats} repeats"}
+        if expected < 0:
+            tags.add("a share below 0")
+        if expected > 1:
+            tags.add("a share above 1")
         cases.append(Case((model, probe, length, heads), expected,
                           _ablated_gain_mistakes(model, probe, length, heads), where, tags=tags))  # fmt: skip
     return cases
@@ -377,7 +408,7 @@ declare(Exercise(
     cases=_ablated_gain_cases, reference=real_text.ablated_gain,
     withhold=(real_text.ablated_gain,),
     covers=frozenset({"one head", "two heads of one layer", "heads of both layers",
-                      "2 repeats", "3 repeats"}),
+                      "2 repeats", "3 repeats", "a share below 0", "a share above 1"}),
     on_error={"ValueError": "evals.repeat_loss takes the probe's `length` (the span's, not the "
               "probe's), and run_with_ablation a list of (layer, head) pairs."},
     passed="the share of the repeat's gain removed, for one head, two heads of one layer and a "
@@ -480,9 +511,10 @@ def _read_band_score(out: object, case: Case) -> float:
     empty band."""
     value = out.item() if isinstance(out, (Tensor, np.ndarray)) and out.ndim == 0 else out
     if isinstance(value, float) and value != value:  # NaN
-        raise CheckFailed(_BAND.name, "icl_band_score returned NaN, the mean of no losses: is a "
-                          "band empty? With half_width 0 the band is the one position; its "
-                          "offsets are torch.arange(-half_width, half_width + 1).")  # fmt: skip
+        raise CheckFailed(_BAND.name, "icl_band_score returned NaN, the mean of no losses (is a "
+                          "band empty?) or a sum divided by a count of 0: with half_width 0 the "
+                          "band is the one position; a band holds 2 * half_width + 1 positions, "
+                          "offsets torch.arange(-half_width, half_width + 1).")  # fmt: skip
     return expect_float(_BAND.name, "icl_band_score", out)
 
 
@@ -494,7 +526,9 @@ _BAND = declare(Exercise(
                       "bands at the ends", "a negative score", "a positive score"}),
     on_error={"IndexError": "an index past the last loss: entry i of the losses predicts the "
               "token at position i + 1, so the band of the token at position p is entries "
-              "p - 1 - half_width to p - 1 + half_width."},
+              "p - 1 - half_width to p - 1 + half_width.",
+              "ZeroDivisionError": "a band holds 2 * half_width + 1 positions, so its mean divides "
+              "by 2 * half_width + 1 per sequence (1 with half_width 0), never by 0."},
     passed="right on random losses of four lengths, bands at the recorder's positions, at the "
     "ends and of a single position, scores of both signs.",
 ))  # fmt: skip

@@ -8,6 +8,7 @@ max(V · n², V²) entries; one case has a vocabulary large enough that the cube
 from __future__ import annotations
 
 import numbers
+import tracemalloc
 
 import numpy as np
 import torch
@@ -183,10 +184,36 @@ class _SizeLimit(TorchFunctionMode):
 
 
 def _run(exercise: Exercise, functions, case: Case) -> object:
-    """The learner's function under the size limit, on this case's V and n."""
+    """The learner's function under the size limit, on this case's V and n; and, since the torch
+    mode sees no numpy array or Python list, the memory Python and numpy allocate traced
+    (`tracemalloc`) and refused past 3 bytes per entry of the cube: a cube of float32 or float64
+    in numpy (4 or 8 bytes an entry), or of Python floats, is over it, while the tables of
+    V² entries a right answer may hold as Python objects (about 32 bytes each) are far below it
+    at V = 200 (the only case whose cube, a million entries or more, makes the test telling)."""
     qk, _, n = case.args
-    with _SizeLimit(exercise.name, qk.shape[0], n):
-        return exercise.call(functions[0], case)
+    V = qk.shape[0]
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    else:
+        tracemalloc.reset_peak()
+    before = tracemalloc.get_traced_memory()[0]
+    try:
+        with _SizeLimit(exercise.name, V, n):
+            out = exercise.call(functions[0], case)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        if started:
+            tracemalloc.stop()
+    if V**3 >= 10**6 and peak > 3 * V**3:  # the large case only: a few kB are nothing
+        raise CheckFailed(exercise.name, (
+            f"your answer took {peak / 1e6:.0f} MB of memory outside torch (numpy arrays or "
+            f"Python lists) at V = {V}, n = {n}: as much as the V x V x V cube of every product "
+            f"({V**3:,} entries), which this exercise is about not building, in numpy as in "
+            f"torch. Take each source's k = min(n, V) strongest destinations and outputs first "
+            f"(topk along dim=1 of qk and of ov), so that only [V, k, k] products are candidates."
+        ))  # fmt: skip
+    return out
 
 
 # ---- reading and describing the answer --------------------------------------------------------------
