@@ -238,8 +238,8 @@ def history_curves(
     title: str = "",
 ) -> Figure:
     """Recorded scores over training, one panel per score (`curves`: label -> values at
-    `steps`), with a dashed vertical line at each step of `marks` (label -> step; None: not
-    drawn), e.g. where each change starts (`phase_change.change_onset`)."""
+    `steps`), with a vertical line at each step of `marks` (label -> step; None: not drawn),
+    e.g. where each change starts (`phase_change.change_onset`)."""
     fig = CourseFigure(figsize=(MAX_WIDTH_IN, 3.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(curves)))
     for ax, (label, values) in zip(axes, curves.items(), strict=True):
@@ -251,7 +251,8 @@ def history_curves(
         if step is None:
             continue
         for ax in axes:
-            ax.axvline(step, color=f"C{i + 1}", ls="--", lw=1.2,
+            # dashed, then dotted and thinner: marks at the same step stay visible on one another
+            ax.axvline(step, color=f"C{i + 1}", ls=("--", ":")[i % 2], lw=(2.0, 1.4)[i % 2],
                        label=f"{label} (step {step})")  # fmt: skip
     if marks:
         fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
