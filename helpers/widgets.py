@@ -82,7 +82,7 @@ class Explorer(widgets.VBox):
             else:
                 figure = self._draw()
                 png = figure_png(figure)
-                self._figure = figure if self._update is not None else None
+                self._figure = figure  # kept for `update`, and for checks of what is shown
             shown = Image(data=png, format="png")
             self.error = None
         except Exception as err:  # shown to the learner, who can pick other values
@@ -166,9 +166,13 @@ def bigram_explorer(
     token_labels: list[str],
     names: tuple[str, str] = ("model", "true"),
     initial: int = 0,
+    top_k: int | None = None,
+    tokens: Sequence[int] | None = None,
 ) -> Explorer:
     """Chapter 01: pick a current token; compare the model's next-token distribution (a row of
-    softmax(W_E @ W_U)) with the planted chain's transition probabilities."""
+    softmax(W_E @ W_U)) with the planted chain's transition probabilities. For a real vocabulary
+    (chapter 06) `top_k` shows only the k next tokens likeliest under either distribution (a bar
+    per token of a thousand is unreadable), and `tokens` limits the current tokens offered."""
     if predicted.shape != true.shape or predicted.shape[0] != len(token_labels):
         raise ValueError(
             f"predicted {tuple(predicted.shape)} and true {tuple(true.shape)} must both be "
@@ -177,23 +181,38 @@ def bigram_explorer(
     for name, table in (("predicted", predicted), ("true", true)):
         if not torch.isfinite(table).all():
             raise ValueError(f"the {name} probabilities hold NaN or infinite values")
-    current = token_dropdown(token_labels, initial, "current")
+    V = len(token_labels)
+    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= V):
+        raise ValueError(f"top_k must be None or an int in 1..{V}, got {top_k!r}")
+    offered = list(range(V)) if tokens is None else [int(t) for t in tokens]
+    if not offered or not all(0 <= t < V for t in offered) or initial not in offered:
+        raise ValueError(f"tokens must be token ids in 0..{V - 1} that include initial={initial!r}")
+    current = widgets.Dropdown(
+        options=[(token_labels[t], t) for t in offered], value=initial, description="current",
+        layout=widgets.Layout(width=CONTROL_WIDTH),
+    )  # fmt: skip
 
     def values() -> tuple:
         i = current.value
         tv = 0.5 * float((predicted[i] - true[i]).abs().sum())
         title = f"P(next | {token_labels[i]!r}); total variation distance {tv:.3f}"
-        return {names[0]: predicted[i], names[1]: true[i]}, title
+        shown = (slice(None) if top_k is None
+                 else torch.maximum(predicted[i], true[i]).topk(top_k).indices)  # fmt: skip
+        labels = token_labels if top_k is None else [token_labels[t] for t in shown.tolist()]
+        if top_k is not None:
+            title += f" (the {top_k} likeliest next tokens)"
+        return {names[0]: predicted[i][shown], names[1]: true[i][shown]}, labels, title
 
     def draw() -> Figure:
-        distributions, title = values()
-        return distribution_comparison(distributions, token_labels, title=title)
+        distributions, labels, title = values()
+        return distribution_comparison(distributions, labels, title=title)
 
     def update(figure: Figure) -> list:  # the same tokens: bars, probability axis and title
-        distributions, title = values()
+        distributions, _, title = values()
         return update_distribution_comparison(figure, distributions, title=title)
 
-    return Explorer([current], draw, update)
+    # with top_k the next tokens shown change with the current token: each change redraws
+    return Explorer([current], draw, update if top_k is None else None)
 
 
 def circuit_explorer(

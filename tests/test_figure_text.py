@@ -296,6 +296,7 @@ WIDGETS = {
         c["bigram_0l"].language.transition_matrix,
         _labels(c, "bigram_0l")[1:],
     ),  # fmt: skip
+    "bigram_explorer, the 20 likeliest of a real vocabulary": lambda c: _real_text_bigrams(),
     "circuit_explorer": lambda c: widgets.circuit_explorer(
         c["skip_trigrams_1l"].model,
         _labels(c, "skip_trigrams_1l"),
@@ -312,6 +313,19 @@ WIDGETS = {
         _replay_record(c), induction_probe(52, batch_size=1, seed=1)
     ),
 }
+
+
+def _real_text_bigrams():
+    """Chapter 06's bigram explorer: the prose model against the corpus, over readable words."""
+    from helpers.evals import real_text
+
+    zero = recipes.load("prose_0l", progress=False)
+    prose = zero.language
+    readable = real_text.readable_tokens(prose)[:40]  # the dropdown's options, fewer for speed
+    table = real_text.smoothed_bigram_log_probs(real_text.bigram_counts(prose)).exp()
+    predicted = circuits.direct_path(zero.model).softmax(-1)
+    return widgets.bigram_explorer(predicted, table, prose.token_labels, names=("model", "corpus"),
+                                   initial=readable[0], top_k=20, tokens=readable)  # fmt: skip
 
 
 def _shown_png(explorer) -> bytes:

@@ -158,3 +158,27 @@ def test_dropdown_helpers():
     assert tokens.value == 2 and tokens.label == "c"
     with pytest.raises(ValueError, match=r"source must be an int in 0..12, got 13"):
         widgets.circuit_explorer(model, [f"t{i}" for i in range(13)], source=13)
+
+
+def test_bigram_explorer_shows_the_likeliest_next_tokens_of_a_large_vocabulary():
+    V = 300
+    generator = torch.Generator().manual_seed(0)
+    predicted = torch.randn(V, V, generator=generator).softmax(-1)
+    true = torch.randn(V, V, generator=generator).softmax(-1)
+    labels = [f"w{i}" for i in range(V)]
+    explorer = widgets.bigram_explorer(predicted, true, labels, initial=7, top_k=12,
+                                       tokens=[7, 8, 9])  # fmt: skip
+    (current,) = explorer.controls
+    assert [value for _, value in current.options] == [7, 8, 9]
+    shown = [t.get_text() for t in explorer._figure.axes[0].get_xticklabels() if t.get_text()]
+    expected = torch.maximum(predicted[7], true[7]).topk(12).indices.tolist()
+    assert (
+        set(shown) <= {labels[t] for t in expected} and len(explorer._figure.axes[0].patches) == 24
+    )
+    before = _png(explorer)
+    current.value = 9
+    assert _png(explorer) != before and explorer.error is None
+    with pytest.raises(ValueError, match=r"top_k must be None or an int in 1..300"):
+        widgets.bigram_explorer(predicted, true, labels, top_k=0)
+    with pytest.raises(ValueError, match="that include initial=0"):
+        widgets.bigram_explorer(predicted, true, labels, tokens=[5])
