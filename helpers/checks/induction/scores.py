@@ -164,34 +164,45 @@ def _block_tags(length: int, blocks: int, pattern: Tensor, score: float) -> set[
     return tags
 
 
-def _duplicate_cases(seed: int) -> list[Case]:
+def _score_cases(seed: int, shift: int, own_mistakes, context=None) -> list[Case]:
+    """The cases of 4.2 (`shift` 0) and 4.3 (`shift` 1): random patterns over every layout of
+    `_BLOCKS` (sharpened toward the right keys where the layout says so) with the course's score,
+    the exercise's own mistakes (`own_mistakes(score)`, `score` being `_block_score` on the
+    case's pattern) and those both exercises share; `context(score)`, if given, is each case's."""
     cases = []
     for i, (length, blocks, batch, dtype, sharp) in enumerate(_BLOCKS):
         n = 1 + length * blocks
-        boost = evals.earlier_occurrence_mask(n, length, 0).float() if sharp else None
+        boost = evals.earlier_occurrence_mask(n, length, shift).float() if sharp else None
         pattern = _random_patterns(seed + i, n, batch, dtype, boost)
-        expected = _course_score(pattern, length, 0)
-        score = functools.partial(_block_score, pattern, length, shift=0)
+        expected = _course_score(pattern, length, shift)
+        score = functools.partial(_block_score, pattern, length, shift=shift)
         mistakes = [
-            ("this is the induction score: the token *after* each earlier copy (key + 1). A "
-             "duplicate-token head attends to the earlier copies themselves.", score(shift=1)),
-            ("only the most recent earlier copy was counted; sum over every earlier copy.",
-             score(latest=True)),
-            ("the attention was averaged over the earlier copies; sum it over them (a head "
-             "that splits its attention between two copies of its token still attends to it).",
-             score(average=True)),
-            ("this looks one position too early (key - 1): the token before each earlier copy.",
-             score(shift=-1)),
+            *own_mistakes(score),
             (_BOS_OFFSET, score(earliest=0, first=length)),
             (_ONE_COPY_TOO_MANY, score(earliest=0)),
             (_FIRST_BLOCK, score(first=1)),
             (_FIRST_BLOCK, score(first=0)),
-            *_slip_mistakes(pattern, score, length, 0),
+            *_slip_mistakes(pattern, score, length, shift),
         ]  # fmt: skip
         where = f"blocks of {length}, {blocks} blocks, {batch} pattern(s) ({dtype})"
         tags = _block_tags(length, blocks, pattern, expected)
-        cases.append(Case((pattern, length), expected, mistakes, where, tags=tags))
+        cases.append(Case((pattern, length), expected, mistakes, where, tags=tags,
+                          context=None if context is None else context(score)))  # fmt: skip
     return cases
+
+
+def _duplicate_cases(seed: int) -> list[Case]:
+    return _score_cases(seed, 0, lambda score: [
+        ("this is the induction score: the token *after* each earlier copy (key + 1). A "
+         "duplicate-token head attends to the earlier copies themselves.", score(shift=1)),
+        ("only the most recent earlier copy was counted; sum over every earlier copy.",
+         score(latest=True)),
+        ("the attention was averaged over the earlier copies; sum it over them (a head "
+         "that splits its attention between two copies of its token still attends to it).",
+         score(average=True)),
+        ("this looks one position too early (key - 1): the token before each earlier copy.",
+         score(shift=-1)),
+    ])  # fmt: skip
 
 
 _SCORE_ERRORS = {
@@ -212,36 +223,18 @@ declare(Exercise(
 
 
 def _induction_cases(seed: int) -> list[Case]:
-    cases = []
-    for i, (length, blocks, batch, dtype, sharp) in enumerate(_BLOCKS):
-        n = 1 + length * blocks
-        boost = evals.earlier_occurrence_mask(n, length, 1).float() if sharp else None
-        pattern = _random_patterns(seed + i, n, batch, dtype, boost)
-        expected = _course_score(pattern, length, 1)
-        score = functools.partial(_block_score, pattern, length, shift=1)
-        mistakes = [
-            ("this is the duplicate-token score: attention to earlier copies of the *current* "
-             "token. Induction attends to the token *after* an earlier copy (key + 1).",
-             score(shift=0)),
-            ("these are the keys q - r·length - 1, one position *before* each earlier copy (the "
-             "token that preceded it): the diagonal was shifted the wrong way. Induction looks "
-             "one position *after* it, q - r·length + 1.", score(shift=-1)),
-            ("this looks one position too far: key + 2.", score(shift=2)),
-            ("only the most recent earlier copy was counted; with several repeats, sum the "
-             "attention over every earlier copy.", score(latest=True)),
-            (_BOS_OFFSET, score(earliest=0, first=length)),
-            (_ONE_COPY_TOO_MANY, score(earliest=0)),
-            (_FIRST_BLOCK, score(first=1)),
-            (_FIRST_BLOCK, score(first=0)),
-            *_slip_mistakes(pattern, score, length, 1),
-        ]  # fmt: skip
-        where = f"blocks of {length}, {blocks} blocks, {batch} pattern(s) ({dtype})"
-        tags = _block_tags(length, blocks, pattern, expected)
-        # Olsson et al. average over the earlier copies instead: accepted (`_read_olsson`)
-        context = {"averaged": score(average=True), "olsson": False}
-        cases.append(Case((pattern, length), expected, mistakes, where, tags=tags,
-                          context=context))  # fmt: skip
-    return cases
+    # Olsson et al. average over the earlier copies instead: accepted (`_read_olsson`)
+    return _score_cases(seed, 1, lambda score: [
+        ("this is the duplicate-token score: attention to earlier copies of the *current* "
+         "token. Induction attends to the token *after* an earlier copy (key + 1).",
+         score(shift=0)),
+        ("these are the keys q - r·length - 1, one position *before* each earlier copy (the "
+         "token that preceded it): the diagonal was shifted the wrong way. Induction looks "
+         "one position *after* it, q - r·length + 1.", score(shift=-1)),
+        ("this looks one position too far: key + 2.", score(shift=2)),
+        ("only the most recent earlier copy was counted; with several repeats, sum the "
+         "attention over every earlier copy.", score(latest=True)),
+    ], context=lambda score: {"averaged": score(average=True), "olsson": False})  # fmt: skip
 
 
 def _read_olsson(out: object, case: Case) -> object:
